@@ -1,0 +1,222 @@
+"""The `dump` step: the guest's memory into a file panicd owns.
+
+1. Ask QEMU which formats it can write (query-dump-guest-memory-capability); a format it lacks
+   (Debian's 7.2 has no kdump-lzo/snappy) falls back to elf, with a warning.
+2. Wait for a host-wide dump slot (`max_concurrent_dumps`): the guest stays stopped meanwhile.
+3. Create the file (dumps.DumpStore: 0600, unique, never overwriting), pass its fd to QEMU
+   (SCM_RIGHTS + getfd), and start `dump-guest-memory` with `protocol: "fd:NAME"`, detached,
+   so QEMU writes while this task follows progress with query-dump and DUMP_COMPLETED.
+4. On success write `<dump>.json` and alert; on failure or timeout remove the partial file,
+   alert, and let the policy's next steps run.
+
+QEMU 7.2 has no command to cancel a dump: after a timeout QEMU may still be writing to the
+(removed) file, and refuses stop/cont/another dump until it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from panicd import __version__
+from panicd.actions import StepContext
+from panicd.alerts import Alert, AlertKind
+from panicd.errors import DumpFailed
+from panicd.events import DumpCompletedData
+from panicd.qmp import QmpCommandError, QmpSession
+
+log = structlog.get_logger("panicd.dump")
+
+#: How often query-dump is asked while a dump runs (DUMP_COMPLETED usually comes first).
+POLL_SECONDS = 1.0
+#: How often progress is logged, at most.
+PROGRESS_LOG_SECONDS = 10.0
+
+_fd_names = itertools.count(1)
+
+
+async def dump(ctx: StepContext) -> dict[str, Any]:
+    guest = ctx.guest.identity
+    settings = ctx.policy.dump
+    session = _session(ctx)
+    fmt = await _usable_format(ctx, session, settings.format)
+
+    waited = time.monotonic()
+    async with ctx.dump_slots:
+        waited = time.monotonic() - waited
+        started_at = dt.datetime.now(dt.UTC)
+        try:
+            dump_file = await asyncio.to_thread(ctx.dumps.create, guest.name, fmt, started_at)
+        except OSError as exc:
+            raise DumpFailed(guest.name, f"cannot create the dump file: {exc}") from exc
+        path = dump_file.path
+        args: dict[str, Any] = {"paging": settings.paging, "protocol": "", "detach": True}
+        if fmt != "elf":
+            args["format"] = fmt
+        begun = time.monotonic()
+        metadata = _metadata(ctx, path, fmt, started_at, waited)
+        try:
+            # Re-read the session: the guest may have reconnected while this task waited.
+            session = _session(ctx)
+            started = _started_hook(ctx, path, metadata)
+            result = await _run_dump(ctx, session, dump_file.fd, args, settings.timeout, started)
+        except asyncio.CancelledError:
+            # panicd is stopping. Once QEMU has started, it goes on writing without us: the
+            # metadata says "running" until a later panicd completes it. Before that, the
+            # empty file is of no use.
+            if not ctx.dumps.metadata_path(path).exists():
+                await asyncio.to_thread(ctx.dumps.discard, path)
+            raise
+        except BaseException:
+            await asyncio.to_thread(ctx.dumps.discard, path)
+            raise
+        finally:
+            os.close(dump_file.fd)
+        seconds = time.monotonic() - begun
+
+    size = path.stat().st_size
+    metadata["dump"].update(
+        size_bytes=size,
+        guest_bytes=result.result.total,
+        duration_seconds=round(seconds, 3),
+        result="completed",
+    )
+    await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
+    ctx.dump_path = path
+    ctx.alerter.send(
+        Alert(
+            AlertKind.DUMP_COMPLETED,
+            f"Guest {guest.name}: memory dump written to {path} ({size} bytes, {fmt}, {seconds:.1f} s)",
+            guest,
+            {"DUMP_PATH": str(path), "DUMP_FORMAT": fmt, "DUMP_BYTES": str(size),
+             "DUMP_SECONDS": f"{seconds:.3f}"},
+        )
+    )
+    return {"path": str(path), "format": fmt, "bytes": size, "seconds": round(seconds, 3)}
+
+
+def _metadata(
+    ctx: StepContext, path: Any, fmt: str, started_at: dt.datetime, waited: float
+) -> dict[str, Any]:
+    settings = ctx.policy.dump
+    return {
+        "panicd_version": __version__,
+        "guest": ctx.guest.identity.as_dict(),
+        "incident": {
+            "kind": ctx.incident.kind.value,
+            "detection": ctx.incident.detection.value,
+            "action": ctx.incident.action,
+            "received_at": dt.datetime.fromtimestamp(ctx.incident.received_at, dt.UTC),
+        },
+        "event": ctx.incident.raw_event,
+        "dump": {
+            "path": str(path),
+            "format": fmt,
+            "requested_format": settings.format,
+            "paging": settings.paging,
+            "started_at": started_at,
+            "waited_for_slot_seconds": round(waited, 3),
+            "result": "running",
+        },
+    }
+
+
+def _started_hook(ctx: StepContext, path: Any, metadata: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+    async def started() -> None:
+        await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
+
+    return started
+
+
+def _session(ctx: StepContext) -> QmpSession:
+    try:
+        return ctx.guest.session()
+    except QmpCommandError as exc:
+        raise DumpFailed(ctx.guest.identity.name, exc.reason) from exc
+
+
+async def _usable_format(ctx: StepContext, session: QmpSession, wanted: str) -> str:
+    if wanted == "elf":
+        return wanted
+    try:
+        caps = await session.execute("query-dump-guest-memory-capability")
+    except QmpCommandError as exc:
+        raise DumpFailed(ctx.guest.identity.name, exc.reason, command=exc.command,
+                         reply=exc.reply) from exc
+    formats = caps.get("formats", []) if isinstance(caps, dict) else []
+    if wanted in formats:
+        return wanted
+    log.warning("dump.format_unavailable", wanted=wanted, available=formats, using="elf")
+    return "elf"
+
+
+async def _run_dump(
+    ctx: StepContext,
+    session: QmpSession,
+    fd: int,
+    args: dict[str, Any],
+    timeout: float,
+    started: Callable[[], Awaitable[None]],
+) -> DumpCompletedData:
+    name = ctx.guest.identity.name
+    fdname = f"panicd-dump-{next(_fd_names)}"
+    args["protocol"] = f"fd:{fdname}"
+    completed = ctx.guest.expect_dump_completed()
+    try:
+        session.send_fd(fd)
+        await session.execute("getfd", {"fdname": fdname})
+        try:
+            await session.execute("dump-guest-memory", args)
+        except QmpCommandError:
+            # QEMU only takes the fd over once the dump starts; give it back.
+            with contextlib.suppress(QmpCommandError):
+                await session.execute("closefd", {"fdname": fdname})
+            raise
+        log.info("dump.started", format=args.get("format", "elf"), protocol=args["protocol"])
+        await started()
+        try:
+            async with asyncio.timeout(timeout):
+                result = await _follow(session, completed)
+        except TimeoutError as exc:
+            raise DumpFailed(
+                name,
+                f"timed out after {timeout:g} s; QEMU may still be writing (it cannot cancel a dump)",
+            ) from exc
+    except QmpCommandError as exc:
+        raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
+    finally:
+        completed.cancel()
+    if result.result.status != "completed":
+        raise DumpFailed(name, f"QEMU reports the dump {result.result.status}: {result.error or ''}",
+                         command={"execute": "dump-guest-memory", "arguments": args},
+                         reply=result.model_dump())
+    return result
+
+
+async def _follow(session: QmpSession, completed: asyncio.Future[DumpCompletedData]) -> DumpCompletedData:
+    """Wait for DUMP_COMPLETED, asking query-dump meanwhile for progress (and in case the event is lost)."""
+    last_log = time.monotonic()
+    while True:
+        done, _ = await asyncio.wait({completed}, timeout=POLL_SECONDS)
+        if done:
+            return completed.result()
+        state = await session.execute("query-dump")
+        status = DumpCompletedData.Result.model_validate(state)
+        if status.status in ("completed", "failed"):
+            # The event may still be on its way with the error text: give it a moment.
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(completed), POLL_SECONDS)
+            return DumpCompletedData(result=status)
+        if time.monotonic() - last_log >= PROGRESS_LOG_SECONDS:
+            last_log = time.monotonic()
+            percent = 100 * status.completed / status.total if status.total else 0.0
+            log.info("dump.progress", percent=round(percent, 1), completed=status.completed,
+                     total=status.total)

@@ -1,0 +1,82 @@
+"""The `exec` step: run the operator's command with the incident in its environment.
+
+Environment: PANICD_GUEST, PANICD_UUID, PANICD_SOCKET, PANICD_KIND (panic | crash-loaded),
+PANICD_EVENT (the QMP event as JSON; on a panic found at connect time, a description of it),
+PANICD_DUMP (the dump written by an earlier `dump` step of this incident, else empty).
+The command runs without a shell, in its own process group, killed whole at its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from typing import Any
+
+import structlog
+
+from panicd.actions import StepContext
+from panicd.errors import StepFailed
+
+log = structlog.get_logger("panicd.hook")
+
+#: Captured output kept for the log, per stream.
+OUTPUT_LIMIT = 4096
+
+
+def hook_environment(ctx: StepContext) -> dict[str, str]:
+    incident = ctx.incident
+    event = incident.raw_event or {
+        "event": "GUEST_PANICKED",
+        "data": {"action": incident.action or "pause"},
+        "detected": incident.detection.value,
+    }
+    return {
+        "PANICD_GUEST": incident.guest.name,
+        "PANICD_UUID": incident.guest.uuid or "",
+        "PANICD_SOCKET": incident.guest.socket,
+        "PANICD_KIND": incident.kind.value,
+        "PANICD_EVENT": json.dumps(event, sort_keys=True),
+        "PANICD_DUMP": str(ctx.dump_path) if ctx.dump_path else "",
+    }
+
+
+async def run_hook(ctx: StepContext) -> dict[str, Any]:
+    settings = ctx.policy.exec
+    name = ctx.guest.identity.name
+    if settings is None:  # config validation forbids this; kept for direct callers
+        raise StepFailed(name, "exec", "no exec command configured")
+    env = {**os.environ, **hook_environment(ctx)}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *settings.command,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise StepFailed(name, "exec", f"cannot start {settings.command[0]}: {exc}") from exc
+    try:
+        async with asyncio.timeout(settings.timeout):
+            out, err = await proc.communicate()
+    except TimeoutError as exc:
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise StepFailed(name, "exec", f"timed out after {settings.timeout:g} s; killed") from exc
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        raise
+    stdout = out[:OUTPUT_LIMIT].decode("utf-8", "replace")
+    stderr = err[:OUTPUT_LIMIT].decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise StepFailed(name, "exec", f"exited with status {proc.returncode}: {stderr.strip()}")
+    return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,73 @@
+"""Power steps: pause, resume, restart, poweroff.
+
+The QEMU behaviour they rely on (QEMU 7.2, seen):
+- `cont` resumes straight from `guest-panicked`.
+- `system_reset` of a guest that needs a reset (guest-panicked, shutdown) leaves it in
+  `prelaunch`; only `cont` makes it run again. A guest that was running keeps running.
+- `quit` makes QEMU exit; the reply may or may not arrive before the connection closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from panicd.actions import StepContext
+from panicd.errors import StepFailed
+from panicd.qmp import QmpCommandError, QmpSession
+
+_STOPPED = {"paused", "guest-panicked", "prelaunch", "postmigrate", "suspended"}
+
+
+async def _run(ctx: StepContext, step: str, command: str, args: dict[str, Any] | None = None) -> Any:
+    try:
+        return await _session(ctx, step).execute(command, args)
+    except QmpCommandError as exc:
+        raise StepFailed(
+            ctx.guest.identity.name, step, exc.reason, command=exc.command, reply=exc.reply
+        ) from exc
+
+
+def _session(ctx: StepContext, step: str) -> QmpSession:
+    try:
+        return ctx.guest.session()
+    except QmpCommandError as exc:
+        raise StepFailed(ctx.guest.identity.name, step, exc.reason) from exc
+
+
+async def _status(ctx: StepContext, step: str) -> str:
+    reply = await _run(ctx, step, "query-status")
+    status = reply.get("status") if isinstance(reply, dict) else None
+    return status if isinstance(status, str) else "unknown"
+
+
+async def pause(ctx: StepContext) -> dict[str, Any]:
+    """Keep the guest stopped: `stop` it unless it already is (guest-panicked usually is)."""
+    before = await _status(ctx, "pause")
+    if before not in _STOPPED:
+        await _run(ctx, "pause", "stop")
+    return {"status_before": before, "status": await _status(ctx, "pause")}
+
+
+async def resume(ctx: StepContext) -> dict[str, Any]:
+    await _run(ctx, "resume", "cont")
+    return {"status": await _status(ctx, "resume")}
+
+
+async def restart(ctx: StepContext) -> dict[str, Any]:
+    await _run(ctx, "restart", "system_reset")
+    # After system_reset a guest-panicked guest sits in prelaunch until cont.
+    if await _status(ctx, "restart") != "running":
+        await _run(ctx, "restart", "cont")
+    return {"status": await _status(ctx, "restart")}
+
+
+async def poweroff(ctx: StepContext) -> dict[str, Any]:
+    try:
+        await _session(ctx, "poweroff").execute("quit")
+    except QmpCommandError as exc:
+        # QEMU may close the socket before its reply to quit is read: that is success.
+        if exc.kind != QmpCommandError.DISCONNECTED:
+            raise StepFailed(
+                ctx.guest.identity.name, "poweroff", exc.reason, command=exc.command, reply=exc.reply
+            ) from exc
+    return {}

@@ -1,0 +1,84 @@
+"""Alerts: structured journald entries with fixed MESSAGE_IDs.
+
+An alert is what an operator (or a log shipper matching on MESSAGE_ID) acts on; panicd's
+ordinary log lines are for following what it does. Every alert carries
+SYSLOG_IDENTIFIER=panicd, its kind's MESSAGE_ID (explained in systemd/panicd.catalog, shown by
+`journalctl -x`), and GUEST_NAME, GUEST_UUID, QMP_SOCKET, plus the kind's own fields
+(PANIC_ACTION, DUMP_PATH, STEP, ...). The MESSAGE_IDs never change: they are public.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import structlog
+
+from panicd.events import GuestIdentity
+
+log = structlog.get_logger("panicd.alerts")
+
+
+class AlertKind(Enum):
+    """Each kind: (MESSAGE_ID, syslog PRIORITY)."""
+
+    PANIC = ("079e6d4b8354425b802f1a81c3453411", 2)  # crit
+    CRASH_LOADED = ("892c9b221d974ff4a61aaf9336f08654", 4)  # warning
+    DUMP_COMPLETED = ("6cd00ab14a7041128cbae65a9b0fb139", 5)  # notice
+    DUMP_FAILED = ("46e9d6ac440246b1a32dffc7fe49e096", 3)  # err
+    STEP_FAILED = ("f693c22abd834ff3bb00443b5707bcb5", 3)  # err
+
+    @property
+    def message_id(self) -> str:
+        return self.value[0]
+
+    @property
+    def priority(self) -> int:
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: AlertKind
+    message: str
+    guest: GuestIdentity
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def journal_fields(self) -> dict[str, str]:
+        out = {
+            "MESSAGE_ID": self.kind.message_id,
+            "PRIORITY": str(self.kind.priority),
+            "SYSLOG_IDENTIFIER": "panicd",
+            "GUEST_NAME": self.guest.name,
+            "GUEST_UUID": self.guest.uuid or "",
+            "QMP_SOCKET": self.guest.socket,
+        }
+        if self.guest.qemu_pid is not None:
+            out["QEMU_PID"] = str(self.guest.qemu_pid)
+        out.update(self.fields)
+        return out
+
+
+class Alerter(Protocol):
+    def send(self, alert: Alert) -> None: ...
+
+
+class JournalAlerter:
+    """Sends alerts to journald through systemd-python (a datagram per alert; never blocks)."""
+
+    def send(self, alert: Alert) -> None:
+        from systemd import journal  # noqa: PLC0415 - keeps `check-config` usable without it
+
+        fields = alert.journal_fields()
+        try:
+            journal.send(alert.message, **fields)
+        except OSError as exc:
+            # No journald (a container, a test box): the alert still reaches the log.
+            log.error("alert.undeliverable", error=str(exc), **_lower(fields))
+            return
+        log.info("alert.sent", kind=alert.kind.name, message=alert.message)
+
+
+def _lower(fields: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in fields.items()}

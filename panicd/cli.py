@@ -1,0 +1,99 @@
+"""The `panicd` command: a thin shell over the library.
+
+    panicd run -c FILE             watch the configured guests (the daemon)
+    panicd check-config -c FILE    validate a config; exit 0, or 1 naming each bad key
+    panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
+    panicd demo                    a guided run on a built-in default (mock + real QEMU)
+
+`main(argv)` returns the exit code, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from panicd import __version__
+from panicd.config import load
+from panicd.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/panicd/panicd.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="panicd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"panicd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    run.add_argument("--log-format", choices=["auto", "console", "json"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+
+    from panicd.mock import cli as mock_cli  # noqa: PLC0415 - keeps start-up light
+
+    mock = sub.add_parser(
+        "mock-guest",
+        help="run the built-in mock pvpanic guest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mock_cli.add_arguments(mock)
+
+    demo = sub.add_parser("demo", help="watch built-in guests panic: the quick start")
+    demo.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    demo.add_argument("--no-qemu", action="store_true", help="mock guests only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "mock-guest":
+        from panicd.mock import cli as mock_cli  # noqa: PLC0415
+
+        return mock_cli.run(args)
+    if args.command == "demo":
+        from panicd import demo  # noqa: PLC0415
+
+        return demo.main(work_dir=args.dir, use_qemu=not args.no_qemu)
+    raise AssertionError(args.command)
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.guest)} guests, {len(config.policy)} policies)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from panicd import logs  # noqa: PLC0415
+    from panicd.daemon import Daemon  # noqa: PLC0415
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        logs.configure("error", args.log_format or "auto")
+        print(exc, file=sys.stderr)
+        return 1
+    logs.configure(
+        args.log_level or config.daemon.log_level, args.log_format or config.daemon.log_format
+    )
+
+    async def serve() -> None:
+        await Daemon(config).run()
+
+    asyncio.run(serve())
+    return 0

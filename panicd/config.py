@@ -1,0 +1,211 @@
+"""The configuration file: pydantic models and TOML loading.
+
+This is the only module that sees raw configuration. Everything else receives a validated
+`Config`. The keys below are panicd's public contract; unknown keys are errors, so that a
+typo (`on_panics`) is reported instead of silently ignored::
+
+    [daemon]
+    dump_dir = "/var/lib/panicd/dumps"
+    max_concurrent_dumps = 2
+    take_over_panic_action = true
+
+    [[guest]]
+    socket = "/run/qemu/web-01.qmp"
+
+    [[policy]]
+    match = "web-*"
+    on_panic = ["dump", "restart"]
+    dump = { format = "kdump-zlib", paging = false, timeout = 600 }
+
+Relative paths are taken relative to the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from panicd.errors import ConfigError
+
+#: What a policy may do on a panic, in the order the operator lists them.
+StepName = Literal["dump", "pause", "resume", "restart", "poweroff", "exec"]
+STEP_NAMES: tuple[str, ...] = StepName.__args__  # type: ignore[attr-defined]
+
+#: Formats of QMP's dump-guest-memory (qapi/dump.json, DumpGuestMemoryFormat).
+DumpFormat = Literal["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "kdump-raw-zlib",
+                     "kdump-raw-lzo", "kdump-raw-snappy", "win-dmp"]
+
+Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DumpSettings(_Strict):
+    """How `dump` writes the guest's memory."""
+
+    format: DumpFormat = "elf"
+    # paging=true makes QEMU walk the guest's page tables, with memory use the guest controls.
+    paging: bool = False
+    timeout: Seconds = 600.0
+
+    @model_validator(mode="after")
+    def _paging_only_with_elf(self) -> DumpSettings:
+        # QEMU refuses paging (and begin/length) for every format but elf.
+        if self.paging and self.format != "elf":
+            raise ValueError(f"paging = true works only with format = \"elf\", not {self.format!r}")
+        return self
+
+
+class ExecSettings(_Strict):
+    """The hook run by the `exec` step."""
+
+    command: list[str] = Field(min_length=1)
+    timeout: Seconds = 30.0
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, command: list[str]) -> list[str]:
+        if not command[0]:
+            raise ValueError("the first element (the program) must not be empty")
+        return command
+
+
+class Policy(_Strict):
+    """What to do when a guest whose name matches `match` panics."""
+
+    match: str = "*"
+    on_panic: list[StepName] = Field(default_factory=lambda: ["dump", "pause"])
+    on_crash_loaded: list[StepName] = Field(default_factory=list)
+    dump: DumpSettings = DumpSettings()
+    exec: ExecSettings | None = None
+
+    @model_validator(mode="after")
+    def _exec_needs_command(self) -> Policy:
+        if self.exec is None and "exec" in (*self.on_panic, *self.on_crash_loaded):
+            raise ValueError('the step "exec" needs exec = { command = [...] } in the same policy')
+        return self
+
+    def matches(self, guest_name: str) -> bool:
+        return fnmatch.fnmatchcase(guest_name, self.match)
+
+
+#: Used for a guest no [[policy]] matches.
+DEFAULT_POLICY = Policy()
+
+
+class GuestConfig(_Strict):
+    """One guest, reached through its QMP unix socket."""
+
+    socket: Path
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_path(cls, socket: Path) -> Path:
+        if not str(socket):
+            raise ValueError("must not be empty")
+        return socket
+
+
+class DaemonConfig(_Strict):
+    """Host-wide settings."""
+
+    dump_dir: Path = Path("/var/lib/panicd/dumps")
+    state_dir: Path = Path("/var/lib/panicd/state")
+    max_concurrent_dumps: int = Field(default=2, ge=1, le=64)
+    take_over_panic_action: bool = True
+    connect_timeout: Seconds = 5.0
+    command_timeout: Seconds = 30.0
+    reconnect_max_seconds: Seconds = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+
+
+class Config(_Strict):
+    """The whole file."""
+
+    daemon: DaemonConfig = DaemonConfig()
+    guest: list[GuestConfig] = Field(default_factory=list)
+    policy: list[Policy] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_guests(self) -> Config:
+        seen_sockets: set[Path] = set()
+        seen_names: set[str] = set()
+        for i, guest in enumerate(self.guest):
+            if guest.socket in seen_sockets:
+                raise ValueError(f"guest[{i}].socket: {guest.socket} is listed twice")
+            seen_sockets.add(guest.socket)
+            if guest.name is not None:
+                if guest.name in seen_names:
+                    raise ValueError(f"guest[{i}].name: {guest.name!r} is listed twice")
+                seen_names.add(guest.name)
+        return self
+
+    def policy_for(self, guest_name: str) -> Policy:
+        """The first policy whose `match` fits the guest's name; the default when none does."""
+        return next((p for p in self.policy if p.matches(guest_name)), DEFAULT_POLICY)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith(("function-", "literal[")):
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{_where(item['loc'])}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative paths relative to the config file, before validation sees them."""
+    daemon = raw.get("daemon")
+    if isinstance(daemon, dict):
+        for key in ("dump_dir", "state_dir"):
+            if isinstance(daemon.get(key), str) and daemon[key]:
+                daemon[key] = str(base / daemon[key])
+    guests = raw.get("guest")
+    if isinstance(guests, list):
+        for guest in guests:
+            if isinstance(guest, dict) and isinstance(guest.get("socket"), str) and guest["socket"]:
+                guest["socket"] = str(base / guest["socket"])
+
+
+def parse(text: str, *, base: Path = Path("/"), source: str = "<config>") -> Config:
+    """Validate config text; raise ConfigError naming every offending key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    _resolve_paths(raw, base)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration:\n{_explain(exc)}") from exc
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return parse(text, base=path.resolve().parent, source=str(path))

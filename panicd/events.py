@@ -1,0 +1,119 @@
+"""QMP events as typed models, and the `Incident` panicd builds from them.
+
+QEMU's events arrive as JSON objects (`{"event": ..., "data": ..., "timestamp": ...}`). They are
+validated here, at the edge, into `QmpEvent`; a message that does not fit is reported and
+dropped by the caller, never passed on raw. The events panicd acts on (qapi/run-state.json):
+
+- GUEST_PANICKED {action: pause|poweroff|run, info?}: the pvpanic device saw PANICKED (bit 1),
+  or Hyper-V crash MSRs / s390 reported a crash. `info` is a union on "type" that grows with
+  QEMU releases (hyper-v, s390, tdx, sev...): unknown types are kept, not refused.
+- GUEST_CRASHLOADED {action: run, info?}: CRASH_LOADED (bit 2), the guest's own kdump kernel
+  took over; the guest keeps running.
+- RESUME / RESET: the guest runs again, so the next panic is a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Timestamp(BaseModel):
+    seconds: int
+    microseconds: int = Field(ge=0, lt=1_000_000)
+
+    def as_float(self) -> float:
+        return self.seconds + self.microseconds / 1e6
+
+
+class PanicInfo(BaseModel):
+    """GuestPanicInformation: a union on `type`; members panicd does not know are kept as-is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
+class QmpEvent(BaseModel):
+    """Any QMP event. `data` stays a mapping; the models below read the parts panicd uses."""
+
+    model_config = ConfigDict(frozen=True)
+    event: str = Field(min_length=1, max_length=128)
+    data: dict[str, Any] = Field(default_factory=dict)
+    timestamp: Timestamp | None = None
+
+
+class PanickedData(BaseModel):
+    """Data of GUEST_PANICKED and GUEST_CRASHLOADED."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    # Not a Literal: a newer QEMU may add an action, and a panic must never be dropped for it.
+    action: str = Field(max_length=64)
+    info: PanicInfo | None = None
+
+
+class DumpCompletedData(BaseModel):
+    """Data of DUMP_COMPLETED (qapi/dump.json)."""
+
+    class Result(BaseModel):
+        status: str
+        completed: int = 0
+        total: int = 0
+
+    result: Result
+    error: str | None = None
+
+
+class IncidentKind(StrEnum):
+    PANIC = "panic"
+    CRASH_LOADED = "crash-loaded"
+
+
+class Detection(StrEnum):
+    #: QEMU sent the event while panicd was connected.
+    EVENT = "event"
+    #: panicd (re)connected and found the guest already in `guest-panicked`.
+    ON_CONNECT = "on-connect"
+
+
+@dataclass(frozen=True)
+class GuestIdentity:
+    """Who a guest is, as learned when its QMP connection was made."""
+
+    name: str
+    socket: str
+    uuid: str | None = None
+    qemu_version: str | None = None
+    qemu_pid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "socket": self.socket,
+            "uuid": self.uuid,
+            "qemu_version": self.qemu_version,
+            "qemu_pid": self.qemu_pid,
+        }
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One panic (or crash-loaded report) of one guest: what the policy steps act on."""
+
+    kind: IncidentKind
+    guest: GuestIdentity
+    detection: Detection
+    #: QEMU's panic action as reported: pause, poweroff, run; None when found on connect.
+    action: str | None
+    #: The event exactly as QEMU sent it (None when found on connect).
+    raw_event: dict[str, Any] | None = None
+    info: PanicInfo | None = None
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def qemu_exiting(self) -> bool:
+        """QEMU powers the guest off after this event: nothing is left to dump or act on."""
+        return self.action == "poweroff"

@@ -1,0 +1,94 @@
+"""Which panics panicd has already handled, across reconnections and restarts of panicd.
+
+A guest that panics and is paused by its policy stays in `guest-panicked`. When panicd
+reconnects (QMP glitch, panicd restarted, reload), query-status says `guest-panicked` again:
+is that a panic missed while away, or the one already dumped? The ledger answers it. A panic
+is recorded against the QEMU *process* that reported it (pid and its start time from /proc, so
+a recycled pid does not match), and forgotten once that guest runs again.
+
+State lives in `<state_dir>/handled-panics.json`, written atomically by the ledger's own task
+(`run`), never on the event path; a lost or corrupt file costs at most a second dump of a
+paused guest, never a missed panic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("panicd.ledger")
+
+
+def qemu_instance(socket: str, pid: int | None) -> str:
+    """A key for one run of one QEMU: its socket, pid and the pid's start time."""
+    start = "?"
+    if pid is not None:
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            # Field 22 (starttime) counts from after the parenthesised command name.
+            start = stat.rsplit(")", 1)[1].split()[19]
+    return f"{socket}|{pid}|{start}"
+
+
+class PanicLedger:
+    def __init__(self, state_dir: Path | None) -> None:
+        self._path = state_dir / "handled-panics.json" if state_dir else None
+        self._handled: dict[str, float] = self._load()
+        self._dirty = asyncio.Event()
+
+    def _load(self) -> dict[str, float]:
+        if self._path is None:
+            return {}
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ledger.unreadable", path=str(self._path), error=str(exc))
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+
+    async def run(self) -> None:
+        """Write the ledger whenever it changed; runs until cancelled."""
+        try:
+            while True:
+                await self._dirty.wait()
+                await self.flush()
+        finally:
+            if self._dirty.is_set():
+                self._write(dict(self._handled))
+
+    async def flush(self) -> None:
+        self._dirty.clear()
+        await asyncio.to_thread(self._write, dict(self._handled))
+
+    def _write(self, snapshot: dict[str, float]) -> None:
+        if self._path is None:
+            return
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self._path.with_name(self._path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(snapshot, out, sort_keys=True)
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            log.warning("ledger.unwritable", path=str(self._path), error=str(exc))
+
+    def handled(self, instance: str) -> bool:
+        return instance in self._handled
+
+    def record(self, instance: str, when: float) -> None:
+        self._handled[instance] = when
+        self._dirty.set()
+
+    def forget(self, instance: str) -> None:
+        if self._handled.pop(instance, None) is not None:
+            self._dirty.set()

@@ -1,0 +1,341 @@
+"""One guest, watched: a QMP session kept up, its events turned into incidents.
+
+`GuestMonitor.run` owns everything about one guest and runs until cancelled:
+
+    connect ──> identify ──> take over the panic action ──> query-status ──> read events
+       ^                                                                        │
+       └──────────── capped exponential backoff <──── connection lost ──────────┘
+
+- identify: query-name and query-uuid, QEMU's version from the greeting, QEMU's pid from
+  SO_PEERCRED. The configured name wins, then query-name, then the socket file's stem.
+- take over: `set-action panic=pause`, because QEMU's default panic action (shutdown) powers
+  the guest off and leaves nothing to dump.
+- query-status `guest-panicked` on connect is a panic that happened while panicd was away
+  (unless the ledger says panicd already handled it): it is handled like a live one.
+- Events are read by the session's reader and handed to `_on_event` synchronously. That path
+  only classifies, alerts (one datagram) and queues: incidents are handled by this guest's
+  worker task, one at a time, so a slow dump never delays reading events.
+- One panic is handled once: after GUEST_PANICKED, further GUEST_PANICKED events are
+  duplicates until the guest runs again (RESUME or RESET). QEMU < 6.0 sends a second
+  GUEST_PANICKED {action: poweroff} after the first {action: pause}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from panicd.alerts import Alerter
+from panicd.config import DaemonConfig, GuestConfig
+from panicd.errors import GuestUnreachable
+from panicd.events import (
+    Detection,
+    DumpCompletedData,
+    GuestIdentity,
+    Incident,
+    IncidentKind,
+    PanickedData,
+    QmpEvent,
+)
+from panicd.ledger import PanicLedger, qemu_instance
+from panicd.qmp import QmpCommandError, QmpSession
+from panicd.respond import PanicResponder, panic_alert
+
+log = structlog.get_logger("panicd.monitor")
+
+#: First reconnect delay; doubles up to DaemonConfig.reconnect_max_seconds.
+FIRST_RETRY_SECONDS = 0.2
+#: Events read while the guest is being identified are held, up to this many.
+EARLY_EVENT_LIMIT = 256
+
+
+class ConnectionState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+_PANIC_EVENTS = {"GUEST_PANICKED": IncidentKind.PANIC, "GUEST_CRASHLOADED": IncidentKind.CRASH_LOADED}
+
+
+class GuestMonitor:
+    """Watches one guest's QMP socket for as long as it runs."""
+
+    def __init__(
+        self,
+        spec: GuestConfig,
+        *,
+        settings: DaemonConfig,
+        responder: PanicResponder,
+        alerter: Alerter,
+        ledger: PanicLedger,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.responder = responder
+        self.alerter = alerter
+        self.ledger = ledger
+        self._identity = GuestIdentity(name=spec.name or spec.socket.stem, socket=str(spec.socket))
+        self._session: QmpSession | None = None
+        self._instance = ""
+        self._identified = False
+        self._early_events: list[dict[str, Any]] = []
+        self._latched: set[IncidentKind] = set()
+        self._incidents: asyncio.Queue[Incident] = asyncio.Queue()
+        self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
+        # What `panicd status` shows (issue: service).
+        self.state = ConnectionState.DISCONNECTED
+        self.runstate: str | None = None
+        self.last_incident: Incident | None = None
+        self.connections = 0
+
+    # -- GuestHandle, for the steps -------------------------------------------------------
+
+    @property
+    def identity(self) -> GuestIdentity:
+        return self._identity
+
+    def session(self) -> QmpSession:
+        if self._session is None or not self._session.connected:
+            raise QmpCommandError(
+                {"execute": "(none)"}, "guest not connected", kind=QmpCommandError.DISCONNECTED
+            )
+        return self._session
+
+    def expect_dump_completed(self) -> asyncio.Future[DumpCompletedData]:
+        future: asyncio.Future[DumpCompletedData] = asyncio.get_running_loop().create_future()
+        self._dump_waiters.append(future)
+        return future
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the guest watched until cancelled."""
+        structlog.contextvars.bind_contextvars(guest=self._identity.name, socket=str(self.spec.socket))
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
+            await self._keep_connected()
+
+    async def _keep_connected(self) -> None:
+        delay = FIRST_RETRY_SECONDS
+        failures = 0
+        while True:
+            self.state = ConnectionState.CONNECTING
+            try:
+                session = await QmpSession.open(
+                    self.spec.socket,
+                    name=self._identity.name,
+                    on_event=self._on_event,
+                    connect_timeout=self.settings.connect_timeout,
+                    command_timeout=self.settings.command_timeout,
+                )
+            except GuestUnreachable as exc:
+                self.state = ConnectionState.DISCONNECTED
+                # Said once per outage, then quietly: a stopped guest must not flood the log.
+                (log.warning if failures == 0 else log.debug)(
+                    "qmp.unreachable", error=str(exc), retry_in=round(delay, 2)
+                )
+                failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_seconds)
+                continue
+            failures = 0
+            delay = FIRST_RETRY_SECONDS
+            try:
+                await self._serve(session)
+            except QmpCommandError as exc:
+                log.warning("qmp.setup_failed", error=str(exc), reply=exc.reply)
+            finally:
+                self._session = None
+                self._identified = False
+                self._early_events.clear()
+                self.state = ConnectionState.DISCONNECTED
+                await session.close()
+            log.warning("qmp.disconnected")
+            await asyncio.sleep(delay)
+
+    async def _serve(self, session: QmpSession) -> None:
+        self._session = session
+        # A new connection may be a new QEMU: what was latched is re-learned from query-status
+        # and the ledger below.
+        self._latched.clear()
+        await self._identify(session)
+        if self.settings.take_over_panic_action:
+            await self._take_over_panic_action(session)
+        status = await session.execute("query-status")
+        self.runstate = str(status.get("status")) if isinstance(status, dict) else None
+        self.state = ConnectionState.CONNECTED
+        self.connections += 1
+        log.info(
+            "qmp.connected",
+            qemu=self._identity.qemu_version,
+            pid=self._identity.qemu_pid,
+            uuid=self._identity.uuid,
+            status=self.runstate,
+        )
+        self._identified = True
+        early, self._early_events = self._early_events, []
+        for event in early:
+            self._on_event(event)
+        if self.runstate == "guest-panicked":
+            self._found_panicked()
+        elif self.runstate == "running":
+            self.ledger.forget(self._instance)
+        await session.closed()
+
+    async def _identify(self, session: QmpSession) -> None:
+        name = self.spec.name
+        if name is None:
+            reply = await session.execute("query-name")
+            reported = reply.get("name") if isinstance(reply, dict) else None
+            name = reported if isinstance(reported, str) and reported else self.spec.socket.stem
+        reply = await session.execute("query-uuid")
+        uuid = reply.get("UUID") if isinstance(reply, dict) else None
+        if not isinstance(uuid, str) or uuid.strip("0-") == "":
+            uuid = None  # QEMU answers all zeros when no -uuid was given
+        self._identity = GuestIdentity(
+            name=name,
+            socket=str(self.spec.socket),
+            uuid=uuid,
+            qemu_version=session.greeting_version,
+            qemu_pid=session.peer_pid,
+        )
+        self._instance = qemu_instance(str(self.spec.socket), session.peer_pid)
+        structlog.contextvars.bind_contextvars(guest=name)
+
+    async def _take_over_panic_action(self, session: QmpSession) -> None:
+        try:
+            await session.execute("set-action", {"panic": "pause"})
+        except QmpCommandError as exc:
+            if exc.kind != QmpCommandError.REFUSED:
+                raise
+            # set-action exists from QEMU 6.0; older QEMUs pause on panic only with -no-shutdown.
+            log.warning(
+                "qmp.take_over_refused",
+                error=exc.reason,
+                hint="start this QEMU with -no-shutdown so that a panicked guest stays dumpable",
+            )
+
+    # -- the event path: classify, alert, queue; nothing slow ---------------------------------
+
+    def _on_event(self, raw: dict[str, Any]) -> None:
+        if not self._identified:
+            if len(self._early_events) < EARLY_EVENT_LIMIT:
+                self._early_events.append(raw)
+            else:
+                log.warning("qmp.event_dropped", reason="too many events before identification")
+            return
+        try:
+            event = QmpEvent.model_validate(raw)
+        except ValidationError as exc:
+            log.warning("qmp.bad_event", error=exc.errors(include_url=False)[:3], raw=str(raw)[:500])
+            return
+        kind = _PANIC_EVENTS.get(event.event)
+        if kind is not None:
+            self._on_panic_event(kind, event, raw)
+        elif event.event in ("RESUME", "RESET"):
+            # The guest runs again: whatever panics next is a new panic.
+            if self._latched:
+                log.info("panic.cleared", by=event.event)
+            self._latched.clear()
+            self.ledger.forget(self._instance)
+            self.runstate = "running" if event.event == "RESUME" else self.runstate
+        elif event.event == "STOP":
+            if self.runstate != "guest-panicked":
+                self.runstate = "paused"
+        elif event.event == "SHUTDOWN":
+            self.runstate = "shutdown"
+            log.info("qemu.shutdown", **{k: v for k, v in event.data.items() if k in ("guest", "reason")})
+        elif event.event == "DUMP_COMPLETED":
+            self._on_dump_completed(event)
+        else:
+            log.debug("qmp.event", qmp_event=event.event)
+
+    def _on_panic_event(self, kind: IncidentKind, event: QmpEvent, raw: dict[str, Any]) -> None:
+        try:
+            data = PanickedData.model_validate(event.data)
+        except ValidationError as exc:
+            # A panic with odd data is still a panic: handle it, say what was odd.
+            log.warning("qmp.bad_panic_data", error=exc.errors(include_url=False)[:3])
+            data = PanickedData(action="unknown")
+        if kind in self._latched:
+            log.info("panic.duplicate", qmp_event=event.event, action=data.action)
+            return
+        if kind is IncidentKind.PANIC and data.action == "pause":
+            self.runstate = "guest-panicked"
+        self._raise_incident(
+            Incident(
+                kind=kind,
+                guest=self._identity,
+                detection=Detection.EVENT,
+                action=data.action,
+                raw_event=raw,
+                info=data.info,
+            )
+        )
+
+    def _found_panicked(self) -> None:
+        if IncidentKind.PANIC in self._latched:
+            return  # the GUEST_PANICKED event itself arrived while connecting
+        if self.ledger.handled(self._instance):
+            log.info("panic.already_handled", status=self.runstate)
+            self._latched.add(IncidentKind.PANIC)
+            return
+        log.warning("panic.found_on_connect", status=self.runstate)
+        self._raise_incident(
+            Incident(
+                kind=IncidentKind.PANIC,
+                guest=self._identity,
+                detection=Detection.ON_CONNECT,
+                action="pause",
+            )
+        )
+
+    def _raise_incident(self, incident: Incident) -> None:
+        self._latched.add(incident.kind)
+        self.last_incident = incident
+        if incident.kind is IncidentKind.PANIC:
+            self.ledger.record(self._instance, incident.received_at)
+        log.critical(
+            "panic.detected" if incident.kind is IncidentKind.PANIC else "panic.crash_loaded",
+            action=incident.action,
+            detection=incident.detection.value,
+        )
+        self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
+        self._incidents.put_nowait(incident)
+
+    def _on_dump_completed(self, event: QmpEvent) -> None:
+        try:
+            data = DumpCompletedData.model_validate(event.data)
+        except ValidationError as exc:
+            log.warning("qmp.bad_dump_completed", error=exc.errors(include_url=False)[:3])
+            return
+        waiters, self._dump_waiters = self._dump_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(data)
+
+    # -- the worker: incidents, one at a time ----------------------------------------------
+
+    async def _work_incidents(self) -> None:
+        while True:
+            incident = await self._incidents.get()
+            begun = time.monotonic()
+            try:
+                with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
+                    await self.responder.handle(incident, self)
+            except Exception:
+                # A bug must cost this incident's remaining steps, not the guest's connection.
+                log.exception("incident.crashed", kind=incident.kind.value)
+            log.debug("incident.finished", seconds=round(time.monotonic() - begun, 3))
+
+
+def guest_key(spec: GuestConfig) -> Path:
+    """Monitors are keyed by socket path: one monitor per QMP socket."""
+    return spec.socket

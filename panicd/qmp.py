@@ -1,0 +1,190 @@
+"""One QMP connection to one QEMU, as panicd needs it.
+
+`QmpSession` wraps a fresh `qemu.qmp.QMPClient` per connection and fixes the traps listed in
+QEMU-FACTS.md:
+
+- qemu.qmp keeps every event in an unbounded queue and an unbounded history on each listener,
+  including the default one that cannot be removed. A session lives for months, so events
+  bypass listeners here: each one is handed to a callback as it is read, and nothing is kept.
+- A listener never reports EOF; `closed()` watches the client's runstate instead.
+- A second client on a busy monitor gets no greeting and hangs: connecting has a timeout.
+- Every command has a timeout, and every failure comes back as `QmpCommandError`, carrying
+  the command sent and what QEMU replied (or why nothing came back).
+
+Reconnecting is the owner's job (`monitor.GuestMonitor`), as in qemu.qmp itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError, Runstate
+from qemu.qmp.message import Message
+
+from panicd.errors import GuestUnreachable, PanicdError
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class QmpCommandError(PanicdError):
+    """A QMP command failed: QEMU said no, did not answer in time, or the connection went away."""
+
+    #: QEMU answered with an error (the reply is in `reply`).
+    REFUSED = "refused"
+    #: No answer within the command timeout.
+    TIMEOUT = "timeout"
+    #: The connection is gone (or was never there).
+    DISCONNECTED = "disconnected"
+
+    def __init__(
+        self, command: dict[str, Any], reason: str, *, kind: str, reply: object = None
+    ) -> None:
+        super().__init__(f"{command['execute']}: {reason}")
+        self.command = command
+        self.reason = reason
+        self.kind = kind
+        self.reply = reply
+
+    @property
+    def error_class(self) -> str | None:
+        if isinstance(self.reply, dict):
+            error = self.reply.get("error")
+            if isinstance(error, dict):
+                cls = error.get("class")
+                return cls if isinstance(cls, str) else None
+        return None
+
+
+class _EventTapClient(QMPClient):
+    """A QMPClient that hands each event to a callback and stores none of them."""
+
+    def __init__(self, name: str, on_event: EventCallback) -> None:
+        super().__init__(name)
+        self._on_event = on_event
+
+    async def _event_dispatch(self, msg: Message) -> None:
+        # Replaces qemu.qmp's listener fan-out, whose queues and histories grow without bound.
+        self._on_event(dict(msg))
+
+
+def _peer_pid(client: QMPClient) -> int | None:
+    """The pid of the QEMU on the other end of a unix socket (SO_PEERCRED)."""
+    writer = getattr(client, "_writer", None)
+    if writer is None:
+        return None
+    sock = writer.transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return pid or None
+
+
+class QmpSession:
+    """A connected QMP monitor. Create with `QmpSession.open`; one session per connection."""
+
+    def __init__(self, client: QMPClient, *, command_timeout: float) -> None:
+        self._client = client
+        self._command_timeout = command_timeout
+        self.peer_pid = _peer_pid(client)
+
+    @classmethod
+    async def open(
+        cls,
+        address: Path | socket.socket,
+        *,
+        name: str,
+        on_event: EventCallback,
+        connect_timeout: float,
+        command_timeout: float,
+    ) -> QmpSession:
+        """Connect, read the greeting and negotiate capabilities, within `connect_timeout`."""
+        client = _EventTapClient(name, on_event)
+        target: str | socket.socket = str(address) if isinstance(address, Path) else address
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await client.connect(target)
+        except TimeoutError as exc:
+            await _quietly_disconnect(client)
+            raise GuestUnreachable(
+                name,
+                f"no QMP greeting within {connect_timeout:g} s "
+                "(is another client holding this monitor? QEMU serves one at a time)",
+            ) from exc
+        except ConnectError as exc:
+            raise GuestUnreachable(name, f"cannot connect to {target}: {exc.exc}") from exc
+        except (QMPError, OSError) as exc:
+            await _quietly_disconnect(client)
+            raise GuestUnreachable(name, f"cannot connect to {target}: {exc}") from exc
+        return cls(client, command_timeout=command_timeout)
+
+    @property
+    def greeting_version(self) -> str | None:
+        greeting = self._client.greeting
+        if greeting is None:
+            return None
+        try:
+            qemu = greeting.QMP.version["qemu"]
+            return f"{int(qemu['major'])}.{int(qemu['minor'])}.{int(qemu['micro'])}"
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def connected(self) -> bool:
+        return self._client.runstate == Runstate.RUNNING
+
+    async def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Run a command and return its "return" value; raise QmpCommandError on any failure."""
+        sent: dict[str, Any] = {"execute": command}
+        if arguments:
+            sent["arguments"] = arguments
+        try:
+            async with asyncio.timeout(timeout or self._command_timeout):
+                return await self._client.execute(command, arguments)
+        except ExecuteError as exc:
+            raise QmpCommandError(
+                sent, str(exc), kind=QmpCommandError.REFUSED, reply=dict(exc.received)
+            ) from exc
+        except TimeoutError as exc:
+            raise QmpCommandError(sent, "no reply in time", kind=QmpCommandError.TIMEOUT) from exc
+        except (QMPError, OSError) as exc:
+            raise QmpCommandError(
+                sent, f"connection lost ({type(exc).__name__}: {exc})",
+                kind=QmpCommandError.DISCONNECTED,
+            ) from exc
+
+    def send_fd(self, fd: int) -> None:
+        """Pass `fd` to QEMU with SCM_RIGHTS; name it next with the `getfd` command."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise QmpCommandError(
+                {"execute": "send_fd_scm"}, f"cannot pass fd: {exc}",
+                kind=QmpCommandError.DISCONNECTED,
+            ) from exc
+
+    async def closed(self) -> None:
+        """Return when the connection has ended, for whatever reason."""
+        while self._client.runstate == Runstate.RUNNING:
+            await self._client.runstate_changed()
+
+    async def close(self) -> None:
+        await _quietly_disconnect(self._client)
+
+
+async def _quietly_disconnect(client: QMPClient) -> None:
+    # disconnect() re-raises whatever ended the reader (EOF, a protocol error): the caller has
+    # already learned that through closed(), so it is only logged by qemu.qmp here.
+    with contextlib.suppress(Exception):
+        await client.disconnect()

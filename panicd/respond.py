@@ -1,0 +1,148 @@
+"""From an incident to the policy's steps, in order, with alerts.
+
+The monitor calls `panic_alert` on the event path (an alert is one datagram) and queues the
+incident; `PanicResponder.handle` then runs in the guest's own worker task, so slow steps
+(dumps, hooks) never hold up reading events from this or any other guest. A step that fails is
+alerted and the next step still runs: a failed dump must not leave a guest that should be
+restarted sitting paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from panicd.actions import GuestHandle, Step, StepContext, registry
+from panicd.alerts import Alert, Alerter, AlertKind
+from panicd.config import Policy
+from panicd.dumps import DumpStore
+from panicd.errors import DumpFailed, StepFailed
+from panicd.events import Detection, Incident, IncidentKind
+
+log = structlog.get_logger("panicd.respond")
+
+#: Steps that need QEMU; when QEMU is about to exit (panic action poweroff) they are skipped.
+_NEEDS_QEMU = frozenset({"dump", "pause", "resume", "restart", "poweroff"})
+
+TAKE_OVER_HINT = (
+    "QEMU's panic action is 'shutdown' (its default), so the guest is gone and cannot be "
+    "dumped. Start QEMU with '-action panic=pause' (QEMU >= 6.0; '-no-shutdown' before), or set "
+    "take_over_panic_action = true in panicd's [daemon] section."
+)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: str
+    ok: bool
+    detail: Mapping[str, Any]
+
+
+def panic_alert(incident: Incident, policy: Policy) -> Alert:
+    guest = incident.guest
+    steps = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
+    plan = ", ".join(steps) if steps else "nothing (alert only)"
+    fields = {
+        "PANIC_ACTION": incident.action or "pause",
+        "PANIC_DETECTION": incident.detection.value,
+        "POLICY_STEPS": " ".join(steps),
+    }
+    if incident.info is not None:
+        fields["PANIC_INFO"] = incident.info.model_dump_json()
+    if incident.kind is IncidentKind.CRASH_LOADED:
+        return Alert(
+            AlertKind.CRASH_LOADED,
+            f"Guest {guest.name} panicked and its own crash kernel (kdump) took over; steps: {plan}",
+            guest,
+            fields,
+        )
+    if incident.qemu_exiting:
+        text = f"Guest {guest.name} panicked and QEMU is powering it off: no dump possible. "
+        text += TAKE_OVER_HINT
+    elif incident.detection is Detection.ON_CONNECT:
+        text = f"Guest {guest.name} panicked while panicd was not connected; steps: {plan}"
+    else:
+        text = f"Guest {guest.name} panicked (QEMU action: {incident.action}); steps: {plan}"
+    return Alert(AlertKind.PANIC, text, guest, fields)
+
+
+class PanicResponder:
+    """Runs a policy's steps for one incident at a time per guest."""
+
+    def __init__(
+        self,
+        *,
+        policy_for: Callable[[str], Policy],
+        dumps: DumpStore,
+        dump_slots: asyncio.Semaphore,
+        alerter: Alerter,
+        steps: Mapping[str, Step] | None = None,
+    ) -> None:
+        self.policy_for = policy_for
+        self.dumps = dumps
+        self.dump_slots = dump_slots
+        self.alerter = alerter
+        self.steps = dict(steps) if steps is not None else registry()
+
+    async def handle(self, incident: Incident, guest: GuestHandle) -> list[StepOutcome]:
+        # The policy is looked up now, not at event time: a reload applies to the next panic.
+        policy = self.policy_for(incident.guest.name)
+        names = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
+        ctx = StepContext(
+            incident=incident,
+            policy=policy,
+            guest=guest,
+            dumps=self.dumps,
+            dump_slots=self.dump_slots,
+            alerter=self.alerter,
+        )
+        outcomes = []
+        for name in names:
+            if incident.qemu_exiting and name in _NEEDS_QEMU:
+                log.warning("step.skipped", step=name, reason="QEMU is powering the guest off")
+                outcomes.append(StepOutcome(name, ok=False, detail={"skipped": True}))
+                continue
+            outcomes.append(await self._run_step(name, ctx))
+        log.info(
+            "incident.handled",
+            kind=incident.kind.value,
+            steps=[f"{o.step}:{'ok' if o.ok else 'failed'}" for o in outcomes],
+        )
+        return outcomes
+
+    async def _run_step(self, name: str, ctx: StepContext) -> StepOutcome:
+        log.info("step.started", step=name)
+        begun = time.monotonic()
+        try:
+            detail = await self.steps[name](ctx)
+        except StepFailed as exc:
+            self._alert_failure(ctx, exc)
+            return StepOutcome(name, ok=False, detail={"error": exc.reason})
+        except Exception as exc:
+            # A bug in a step must cost that step only, never the guest's worker or the daemon.
+            log.exception("step.crashed", step=name)
+            failure = StepFailed(ctx.guest.identity.name, name, f"internal error: {exc!r}")
+            self._alert_failure(ctx, failure)
+            return StepOutcome(name, ok=False, detail={"error": repr(exc)})
+        log.info("step.done", step=name, took=round(time.monotonic() - begun, 3), result=detail)
+        return StepOutcome(name, ok=True, detail=detail)
+
+    def _alert_failure(self, ctx: StepContext, exc: StepFailed) -> None:
+        log.error("step.failed", step=exc.step, error=exc.reason, command=exc.command,
+                  reply=exc.reply)
+        guest = ctx.guest.identity
+        fields = {"STEP": exc.step, "ERROR": exc.reason}
+        if exc.command is not None:
+            fields["QMP_COMMAND"] = str(exc.command.get("execute", ""))
+        if exc.reply is not None:
+            fields["QMP_REPLY"] = str(exc.reply)[:2000]
+        if isinstance(exc, DumpFailed):
+            kind, text = AlertKind.DUMP_FAILED, f"Guest {guest.name}: memory dump failed: {exc.reason}"
+        else:
+            kind, text = AlertKind.STEP_FAILED, f"Guest {guest.name}: step {exc.step!r} failed: {exc.reason}"
+        self.alerter.send(Alert(kind, text, guest, fields))

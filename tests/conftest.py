@@ -1,0 +1,1 @@
+"""Shared fixtures: a real journald, panicd daemons, guests under test."""
