@@ -1,0 +1,209 @@
+"""`panicd demo`: the quick start. Guests panic; panicd dumps, acts and alerts; you see it all.
+
+It runs, in one process and a work directory of its own:
+- two built-in mock guests (`demo-web-01` will panic, `demo-db-01` stays healthy),
+- a real QEMU guest (`demo-qemu-01`, qtest + pvpanic, no OS needed) when qemu-system-x86_64
+  is installed,
+- panicd itself, on a generated config (policy: dump, then restart),
+then injects a panic into each panicking guest through its pvpanic port, waits for the dumps,
+and prints the dump files, their metadata, the guests' runstates and the journal alerts.
+When no journald is running (a container), it starts one, as the test suite does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from panicd import logs
+from panicd.config import parse
+from panicd.daemon import Daemon
+from panicd.mock import MockGuest
+
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+JOURNALD = Path("/usr/lib/systemd/systemd-journald")
+QEMU = "qemu-system-x86_64"
+
+CONFIG = """\
+[daemon]
+dump_dir = "dumps"
+state_dir = "state"
+max_concurrent_dumps = 2
+take_over_panic_action = true
+reconnect_max_seconds = 2
+log_format = "console"
+
+[[guest]]
+socket = "demo-web-01.qmp"
+
+[[guest]]
+socket = "demo-db-01.qmp"
+{qemu_guest}
+[[policy]]
+match = "demo-*"
+on_panic = ["dump", "restart"]
+dump = {{ format = "kdump-zlib", timeout = 120 }}
+"""
+
+
+def ensure_journald() -> subprocess.Popen[bytes] | None:
+    """Start systemd-journald when this machine has none; return the process we started."""
+    if JOURNAL_SOCKET.exists():
+        return None
+    if not JOURNALD.exists() or os.geteuid() != 0:
+        return None
+    proc = subprocess.Popen([str(JOURNALD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not JOURNAL_SOCKET.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+class _Qemu:
+    """A real QEMU with a pvpanic device and no guest OS: panics are injected over qtest."""
+
+    def __init__(self, work: Path, name: str) -> None:
+        self.qmp = work / f"{name}.qmp"
+        self.qtest = work / f"{name}.qtest"
+        self.proc = subprocess.Popen(
+            [QEMU, "-machine", "pc", "-display", "none", "-nodefaults", "-m", "128",
+             "-name", name, "-device", "pvpanic",
+             "-qtest", f"unix:{self.qtest},server=on,wait=off", "-qtest-log", "/dev/null",
+             "-qmp", f"unix:{self.qmp},server=on,wait=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    async def ready(self) -> None:
+        async with asyncio.timeout(10):
+            while not (self.qmp.exists() and self.qtest.exists()):
+                await asyncio.sleep(0.05)
+
+    async def panic(self) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(self.qtest))
+        writer.write(b"outb 0x505 0x1\n")  # pvpanic PANICKED, exactly what the guest driver writes
+        await writer.drain()
+        await reader.readline()
+        writer.close()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def _banner(text: str) -> None:
+    print(f"\n\033[1m=== {text}\033[0m" if sys.stdout.isatty() else f"\n=== {text}", flush=True)
+
+
+async def _wait_for_dumps(dump_dir: Path, count: int, timeout: float) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [
+            p for p in sorted(dump_dir.glob("*/*.json"))
+            if json.loads(p.read_text()).get("dump", {}).get("result") == "completed"
+        ]
+        if len(done) >= count or time.monotonic() > deadline:
+            return done
+        await asyncio.sleep(0.2)
+
+
+async def _demo(work: Path, use_qemu: bool) -> int:
+    qemu = _Qemu(work, "demo-qemu-01") if use_qemu and shutil.which(QEMU) else None
+    if use_qemu and qemu is None:
+        print(f"({QEMU} not found: mock guests only. `./run setup` installs it.)")
+    qemu_guest = f'\n[[guest]]\nsocket = "{qemu.qmp}"\n' if qemu else ""
+    (work / "panicd.toml").write_text(CONFIG.format(qemu_guest=qemu_guest))
+    config = parse((work / "panicd.toml").read_text(), base=work, source="panicd.toml")
+
+    web = MockGuest(name="demo-web-01", memory_bytes=32 * 2**20)
+    db = MockGuest(name="demo-db-01", memory_bytes=32 * 2**20)
+    await web.start(work / "demo-web-01.qmp")
+    await db.start(work / "demo-db-01.qmp")
+    if qemu:
+        await qemu.ready()
+    daemon = Daemon(config)
+    task = asyncio.create_task(daemon.run(), name="panicd")
+    try:
+        async with asyncio.timeout(15):
+            while not daemon.monitors or any(
+                m.state != "connected" for m in daemon.monitors.values()
+            ):
+                await asyncio.sleep(0.05)
+        _banner("All guests connected; injecting panics (pvpanic port 0x505 <- 0x1)")
+        web.port.write(1)
+        if qemu:
+            await qemu.panic()
+        expected = 2 if qemu else 1
+        dumps = await _wait_for_dumps(config.daemon.dump_dir, expected, timeout=60)
+        await asyncio.sleep(0.5)  # let the restart step finish
+        _show(config.daemon.dump_dir, dumps, daemon)
+        return 0 if len(dumps) == expected else 1
+    finally:
+        daemon.stop()
+        await task
+        await web.stop()
+        await db.stop()
+        if qemu:
+            qemu.stop()
+
+
+def _show(dump_dir: Path, metadata_files: list[Path], daemon: Daemon) -> None:
+    _banner(f"Dumps under {dump_dir}")
+    for meta in metadata_files:
+        info: dict[str, Any] = json.loads(meta.read_text())
+        dump = Path(info["dump"]["path"])
+        st = dump.stat()
+        with dump.open("rb") as f:
+            magic = f.read(12)
+        print(f"{dump}\n    mode {st.st_mode & 0o777:o}, {st.st_size} bytes, starts {magic!r}")
+        print(f"    metadata {meta.name}: guest={info['guest']['name']} "
+              f"qemu={info['guest']['qemu_version']} format={info['dump']['format']} "
+              f"result={info['dump']['result']} seconds={info['dump']['duration_seconds']}")
+    _banner("Guests now (policy: dump, then restart)")
+    for monitor in daemon.monitors.values():
+        incident = monitor.last_incident
+        print(f"  {monitor.identity.name:14} {monitor.state:10} runstate={monitor.runstate:10} "
+              f"panicked={'yes' if incident else 'no'}")
+    _banner("Journal alerts (journalctl SYSLOG_IDENTIFIER=panicd -o json)")
+    out = subprocess.run(
+        ["journalctl", "--no-pager", "-o", "json", "SYSLOG_IDENTIFIER=panicd",
+         "--since", "-5min"],
+        capture_output=True, text=True, check=False,
+    )
+    shown = 0
+    for line in out.stdout.splitlines()[-12:]:
+        entry = json.loads(line)
+        if not entry.get("GUEST_NAME", "").startswith("demo-"):
+            continue
+        shown += 1
+        fields = {k: entry[k] for k in ("PRIORITY", "MESSAGE_ID", "GUEST_NAME", "PANIC_ACTION",
+                                        "DUMP_PATH") if k in entry}
+        print(f"  {entry['MESSAGE']}\n      {fields}")
+    if not shown:
+        print("  (no journald here: the alerts are in the log above, as alert.undeliverable)")
+    print("\nExplained: journalctl -x SYSLOG_IDENTIFIER=panicd (after installing "
+          "systemd/panicd.catalog and journalctl --update-catalog)")
+
+
+def main(work_dir: Path | None = None, *, use_qemu: bool = True) -> int:
+    logs.configure("info", "console")
+    journald = ensure_journald()
+    try:
+        if work_dir is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            return asyncio.run(_demo(work_dir.resolve(), use_qemu))
+        # Short path: unix socket paths are limited to 108 bytes.
+        with tempfile.TemporaryDirectory(prefix="panicd-demo-") as tmp:
+            code = asyncio.run(_demo(Path(tmp), use_qemu))
+            print(f"\n(The work directory {tmp} is removed; keep it with --dir DIR.)")
+            return code
+    finally:
+        if journald is not None:
+            journald.terminate()
