@@ -75,7 +75,7 @@ class JournalAlerter:
             journal.send(alert.message, **fields)
         except OSError as exc:
             # No journald (a container, a test box): the alert still reaches the log.
-            log.error("alert.undeliverable", error=str(exc), **_lower(fields))
+            log.error("alert.undeliverable", error=str(exc), **_lower(fields))  # noqa: TRY400
             return
         log.info("alert.sent", kind=alert.kind.name, message=alert.message)
 

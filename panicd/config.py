@@ -80,7 +80,7 @@ class Policy(_Strict):
     """What to do when a guest whose name matches `match` panics."""
 
     match: str = "*"
-    on_panic: list[StepName] = Field(default_factory=lambda: ["dump", "pause"])
+    on_panic: list[StepName] = Field(default_factory=lambda: list[StepName](["dump", "pause"]))
     on_crash_loaded: list[StepName] = Field(default_factory=list)
     dump: DumpSettings = DumpSettings()
     exec: ExecSettings | None = None

@@ -2,7 +2,7 @@
 
     Daemon.run()
       ├── PanicLedger.run          writes the handled-panics ledger off the event path
-      └── GuestMonitor.run × N     one per [[guest]], each with its own incident worker
+      └── GuestMonitor.run (x N)     one per [[guest]], each with its own incident worker
 
 Every task lives in one TaskGroup and has a name. A guest's failure stays inside its monitor
 (it reconnects); only SIGTERM/SIGINT (or `stop()`) end the daemon, by cancelling the group.
@@ -47,7 +47,8 @@ class Daemon:
         self.ledger = PanicLedger(config.daemon.state_dir)
         self.dump_slots = asyncio.Semaphore(config.daemon.max_concurrent_dumps)
         self.responder = PanicResponder(
-            policy_for=lambda name: self.config.policy_for(name),
+            # Looked up through self.config at each panic, so a reloaded config applies.
+            policy_for=lambda name: self.config.policy_for(name),  # noqa: PLW0108
             dumps=self.dumps,
             dump_slots=self.dump_slots,
             alerter=self.alerter,

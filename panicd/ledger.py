@@ -78,7 +78,7 @@ class PanicLedger:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(snapshot, out, sort_keys=True)
-            os.replace(tmp, self._path)
+            tmp.replace(self._path)
         except OSError as exc:
             log.warning("ledger.unwritable", path=str(self._path), error=str(exc))
 

@@ -133,7 +133,7 @@ class QmpSession:
         if greeting is None:
             return None
         try:
-            qemu = greeting.QMP.version["qemu"]
+            qemu: Any = greeting.QMP.version["qemu"]
             return f"{int(qemu['major'])}.{int(qemu['minor'])}.{int(qemu['micro'])}"
         except (KeyError, TypeError, ValueError):
             return None

@@ -1,1 +1,44 @@
-"""Shared fixtures: a real journald, panicd daemons, guests under test."""
+"""Shared fixtures: a real journald, real `panicd run` processes, guests under test."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_process import PanicdProcess
+from tests.journal import Journald
+
+
+@pytest.fixture(scope="session")
+def journal() -> Iterator[Journald]:
+    """The machine's journald, started for the session when there is none."""
+    j = Journald()
+    j.ensure()
+    yield j
+    j.stop()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory: unix socket paths must fit in 108 bytes."""
+    with tempfile.TemporaryDirectory(prefix="pd-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture
+async def panicd(short_tmp: Path) -> AsyncIterator[Callable[[str], PanicdProcess]]:
+    """Start `panicd run` on a config text; every one started is stopped at the end."""
+    started: list[PanicdProcess] = []
+
+    def start(config: str) -> PanicdProcess:
+        proc = PanicdProcess(short_tmp, config)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

@@ -27,7 +27,7 @@ class Journald:
             return
         if not JOURNALD.exists():
             raise RuntimeError(f"{JOURNALD} is missing: install systemd (./run test does)")
-        self._proc = subprocess.Popen(  # noqa: S603
+        self._proc = subprocess.Popen(
             [str(JOURNALD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
@@ -45,7 +45,7 @@ class Journald:
     def entries(self, **match: str) -> list[dict[str, Any]]:
         args = ["journalctl", "--no-pager", "-o", "json", "--all"]
         args += [f"{k}={v}" for k, v in match.items()]
-        out = subprocess.run(args, capture_output=True, check=False, timeout=30)  # noqa: S603
+        out = subprocess.run(args, capture_output=True, check=False, timeout=30)
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
     def wait_for(self, timeout: float = 10.0, count: int = 1, **match: str) -> list[dict[str, Any]]:

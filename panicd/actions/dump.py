@@ -67,7 +67,9 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
             # Re-read the session: the guest may have reconnected while this task waited.
             session = _session(ctx)
             started = _started_hook(ctx, path, metadata)
-            result = await _run_dump(ctx, session, dump_file.fd, args, settings.timeout, started)
+            result = await _run_dump(
+                ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, started=started
+            )
         except asyncio.CancelledError:
             # panicd is stopping. Once QEMU has started, it goes on writing without us: the
             # metadata says "running" until a later panicd completes it. Before that, the
@@ -161,6 +163,7 @@ async def _usable_format(ctx: StepContext, session: QmpSession, wanted: str) -> 
 async def _run_dump(
     ctx: StepContext,
     session: QmpSession,
+    *,
     fd: int,
     args: dict[str, Any],
     timeout: float,

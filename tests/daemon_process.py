@@ -1,0 +1,94 @@
+"""A real `panicd run` in a child process, as systemd would start it, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class PanicdProcess:
+    def __init__(self, workdir: Path, config: str) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "panicd.toml"
+        self.config_path.write_text(config)
+        self.log_path = workdir / "panicd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "panicd", "run", "-c", str(self.config_path),
+             "--log-format", "json", "--log-level", "debug"],
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    def log(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "(not json)", "line": line})
+        return out
+
+    def events(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in self.log() if e.get("event") == name
+                and all(e.get(k) == v for k, v in fields.items())]
+
+    async def wait_event(self, name: str, timeout: float = 15.0, count: int = 1,
+                         **fields: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name, **fields)
+            if len(found) >= count:
+                return found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"panicd exited ({self.proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {name} {fields} within {timeout} s:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, as systemd does; return the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"panicd ignored SIGTERM for {timeout} s:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)

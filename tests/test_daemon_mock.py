@@ -1,0 +1,282 @@
+"""`panicd run` end to end against built-in mock guests: fast, and for what QEMU cannot be
+made to do (a failing or slow dump, a duplicate event, garbage on the wire).
+
+Each test gives its guests unique names, so the journal entries it reads are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from panicd.alerts import AlertKind
+from panicd.dumps import safe_name
+from panicd.mock import MockGuest
+from tests.daemon_process import PanicdProcess, wait_for
+from tests.journal import Journald
+
+Start = Callable[[str], PanicdProcess]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def mocks(short_tmp: Path) -> AsyncIterator[Callable[..., Any]]:
+    guests: list[MockGuest] = []
+
+    async def make(name: str, **kwargs: Any) -> MockGuest:
+        guest = MockGuest(name=name, memory_bytes=kwargs.pop("memory_bytes", 8 * 2**20), **kwargs)
+        await guest.start(short_tmp / f"{len(guests)}.qmp")
+        guests.append(guest)
+        return guest
+
+    yield make
+    for guest in guests:
+        await guest.stop()
+
+
+def config(tmp: Path, sockets: int, policy: str = 'on_panic = ["dump", "restart"]', daemon: str = "") -> str:
+    guests = "".join(f'[[guest]]\nsocket = "{tmp}/{i}.qmp"\n' for i in range(sockets))
+    return (
+        f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
+        f"reconnect_max_seconds = 0.5\n{daemon}\n{guests}[[policy]]\n{policy}\n"
+    )
+
+
+def dumps_of(tmp: Path, name: str) -> list[Path]:
+    return sorted(p for p in (tmp / "dumps" / safe_name(name)).glob("*") if p.suffix != ".json")
+
+
+def metadata(dump: Path) -> dict[str, Any]:
+    return json.loads(dump.with_name(dump.name + ".json").read_text())
+
+
+async def completed_dumps(tmp: Path, name: str, count: int = 1) -> list[Path]:
+    def done() -> list[Path]:
+        found = [d for d in dumps_of(tmp, name)
+                 if d.with_name(d.name + ".json").exists()
+                 and metadata(d)["dump"]["result"] == "completed"]
+        return found if len(found) >= count else []
+
+    return await wait_for(done, what=f"{count} completed dump(s) of {name}")
+
+
+async def test_panic_is_dumped_restarted_and_alerted(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("web")
+    guest = await mocks(name, uuid=str(uuid.uuid4()))
+    daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump", "restart"]\n'
+                                         'dump = { format = "kdump-zlib" }'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    assert guest.machine.panic_action == "pause"  # taken over on connect
+
+    guest.port.write(1)
+    (dump,) = await completed_dumps(short_tmp, name)
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert dump.read_bytes()[:12] == b"makedumpfile"
+    meta = metadata(dump)
+    assert meta["guest"]["name"] == name
+    assert meta["guest"]["uuid"] == guest.uuid
+    assert meta["event"]["event"] == "GUEST_PANICKED"
+    assert meta["dump"]["format"] == "kdump-zlib"
+    assert meta["dump"]["size_bytes"] == dump.stat().st_size
+
+    await wait_for(lambda: guest.machine.runstate == "running", what="restart")
+    commands = [c[1] for c in guest.received_commands]
+    assert commands.index("system_reset") > commands.index("dump-guest-memory")
+
+    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    assert panic["PRIORITY"] == "2"
+    assert panic["SYSLOG_IDENTIFIER"] == "panicd"
+    assert panic["PANIC_ACTION"] == "pause"
+    assert panic["GUEST_UUID"] == guest.uuid
+    assert panic["QMP_SOCKET"] == str(short_tmp / "0.qmp")
+    (done,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+    assert done["DUMP_PATH"] == str(dump)
+    assert await daemon.stop() == 0
+
+
+async def test_failed_dump_is_removed_alerted_and_next_steps_run(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("full")
+    guest = await mocks(name)
+    guest.fail_next_dump = "No space left on device"
+    daemon = panicd(config(short_tmp, 1))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (failed,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
+    assert "No space left on device" in failed["MESSAGE"]
+    assert failed["PRIORITY"] == "3"
+    await wait_for(lambda: guest.machine.runstate == "running", what="restart after failed dump")
+    assert list((short_tmp / "dumps" / name).iterdir()) == []
+
+
+async def test_dump_timeout_removes_the_partial_file(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("slow")
+    guest = await mocks(name, dump_bytes_per_second=1024 * 1024)  # 8 MiB: 8 s
+    daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]\ndump = { timeout = 0.5 }'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (failed,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
+    assert "timed out after 0.5 s" in failed["MESSAGE"]
+    assert dumps_of(short_tmp, name) == []
+    assert guest.machine.runstate == "guest-panicked"
+
+
+async def test_a_duplicate_panic_event_is_handled_once(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    name = unique("dup")
+    guest = await mocks(name)
+    daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    # QEMU < 6.0 follows GUEST_PANICKED {pause} with a second one, {poweroff}.
+    await guest.emit_event("GUEST_PANICKED", {"action": "poweroff"})
+    await daemon.wait_event("panic.duplicate", action="poweroff")
+    await completed_dumps(short_tmp, name)
+    await daemon.wait_event("incident.handled")
+    assert len(dumps_of(short_tmp, name)) == 1
+    assert len(daemon.events("panic.detected")) == 1
+
+
+async def test_garbage_from_one_guest_never_disturbs_another(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    noisy_name, calm_name = unique("noisy"), unique("calm")
+    noisy = await mocks(noisy_name)
+    calm = await mocks(calm_name)
+    daemon = panicd(config(short_tmp, 2))
+    await daemon.wait_event("qmp.connected", guest=noisy_name)
+    await daemon.wait_event("qmp.connected", guest=calm_name)
+
+    await noisy.emit_event("GUEST_PANICKED", {"action": 42, "info": "not an object"})
+    await noisy.send_raw(b'{"event": "STOP", "timestamp": "yesterday"}\n')
+    await noisy.send_raw(b"\xff\xfe this is not JSON }}}\n")
+    calm.port.write(1)
+    await completed_dumps(short_tmp, calm_name)
+    # The noisy guest's connection was dropped and made again; panicd is still up.
+    await daemon.wait_event("qmp.connected", guest=noisy_name, count=2)
+    noisy.port.write(1)
+    await completed_dumps(short_tmp, noisy_name)
+    assert await daemon.stop() == 0
+
+
+async def test_dumps_queue_behind_the_host_wide_limit(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    names = [unique(f"storm{i}") for i in range(3)]
+    guests = [await mocks(n, dump_bytes_per_second=16 * 1024 * 1024) for n in names]  # 0.5 s each
+    daemon = panicd(config(short_tmp, 3, 'on_panic = ["dump", "pause"]',
+                           daemon="max_concurrent_dumps = 1"))
+    for n in names:
+        await daemon.wait_event("qmp.connected", guest=n)
+    for g in guests:
+        g.port.write(1)
+    dumps = [(await completed_dumps(short_tmp, n))[0] for n in names]
+    spans = sorted(
+        (m["dump"]["started_at"], m["dump"]["duration_seconds"], m["dump"]["waited_for_slot_seconds"])
+        for m in map(metadata, dumps)
+    )
+    waits = [w for _, _, w in spans]
+    assert sum(1 for w in waits if w > 0.3) == 2, spans  # two of three waited their turn
+    assert all(g.machine.runstate == "guest-panicked" for g in guests)
+
+
+async def test_unavailable_format_falls_back_to_elf(short_tmp: Path, mocks: Any, panicd: Start) -> None:
+    name = unique("lzo")
+    guest = await mocks(name)
+    daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump"]\ndump = { format = "kdump-lzo" }'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (dump,) = await completed_dumps(short_tmp, name)
+    assert dump.read_bytes()[:4] == b"\x7fELF"
+    assert metadata(dump)["dump"]["requested_format"] == "kdump-lzo"
+    assert metadata(dump)["dump"]["format"] == "elf"
+    assert daemon.events("dump.format_unavailable")
+
+
+async def test_without_take_over_a_poweroff_panic_is_alerted_with_the_fix(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("off")
+    guest = await mocks(name)  # QEMU's default panic action: shutdown
+    daemon = panicd(config(short_tmp, 1, daemon="take_over_panic_action = false"))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    assert panic["PANIC_ACTION"] == "poweroff"
+    assert "-action panic=pause" in panic["MESSAGE"]
+    await daemon.wait_event("step.skipped", step="dump")
+    assert dumps_of(short_tmp, name) == []
+
+
+async def test_crash_loaded_alerts_and_leaves_the_guest_running(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("kdump")
+    guest = await mocks(name)
+    daemon = panicd(config(short_tmp, 1))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(2)
+    (entry,) = journal.wait_for(MESSAGE_ID=AlertKind.CRASH_LOADED.message_id, GUEST_NAME=name)
+    assert entry["PRIORITY"] == "4"
+    await daemon.wait_event("incident.handled", kind="crash-loaded")
+    assert guest.machine.runstate == "running"
+    assert dumps_of(short_tmp, name) == []
+
+
+async def test_panic_while_panicd_was_down_is_handled_once(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("missed")
+    guest = await mocks(name, panic_action="pause")
+    guest.port.write(1)
+    assert guest.machine.runstate == "guest-panicked"
+
+    first = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]'))
+    await completed_dumps(short_tmp, name)
+    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    assert panic["PANIC_DETECTION"] == "on-connect"
+    await first.wait_event("incident.handled")
+    assert await first.stop() == 0
+
+    # panicd comes back: the guest is still paused in guest-panicked, but it is the same panic.
+    second = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]'))
+    await second.wait_event("panic.already_handled")
+    assert len(dumps_of(short_tmp, name)) == 1
+    assert await second.stop() == 0
+
+
+async def test_a_hostile_guest_name_stays_inside_the_dump_dir(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    name = "../../etc/x" + uuid.uuid4().hex[:6]
+    guest = await mocks(name)
+    daemon = panicd(config(short_tmp, 1))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (dump,) = await completed_dumps(short_tmp, name)
+    assert dump.parent.parent == short_tmp / "dumps"
+    assert dump.parent.name.startswith("_._.._etc_x")
+    assert metadata(dump)["guest"]["name"] == name
+    assert not (short_tmp.parent / "etc").exists()
+
+
+async def test_invalid_config_is_refused_with_the_reason(short_tmp: Path, panicd: Start) -> None:
+    daemon = panicd('[[guest]]\nsocket = "/run/x.qmp"\n[[policy]]\non_panic = ["reboot"]\n')
+    assert daemon.proc is not None
+    assert daemon.proc.wait(30) == 1
+    assert "policy[0].on_panic[0]" in daemon.log_path.read_text()
