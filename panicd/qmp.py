@@ -24,10 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError, Runstate
 from qemu.qmp.message import Message
 
 from panicd.errors import GuestUnreachable, PanicdError
+
+_log = structlog.get_logger("panicd.qmp")
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -70,7 +73,11 @@ class _EventTapClient(QMPClient):
 
     async def _event_dispatch(self, msg: Message) -> None:
         # Replaces qemu.qmp's listener fan-out, whose queues and histories grow without bound.
-        self._on_event(dict(msg))
+        try:
+            self._on_event(dict(msg))
+        except Exception:
+            # A bug in handling one event must not end the connection (and so miss the next).
+            _log.exception("qmp.event_handler_failed", qmp_event=str(msg.get("event"))[:128])
 
 
 def _peer_pid(client: QMPClient) -> int | None:

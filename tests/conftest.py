@@ -10,6 +10,7 @@ import pytest
 
 from tests.daemon_process import PanicdProcess
 from tests.journal import Journald
+from tests.qemu_harness import guest_factory  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ When the machine has no journal socket (a container, a CI box without systemd as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -56,6 +57,11 @@ class Journald:
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
+
+
+    async def find(self, timeout: float = 10.0, count: int = 1, **match: str) -> list[dict[str, Any]]:
+        """`wait_for` for async tests: the event loop (and any mock guest on it) keeps running."""
+        return await asyncio.to_thread(self.wait_for, timeout, count, **match)
 
 
 def _answers() -> bool:

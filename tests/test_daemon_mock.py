@@ -94,13 +94,13 @@ async def test_panic_is_dumped_restarted_and_alerted(
     commands = [c[1] for c in guest.received_commands]
     assert commands.index("system_reset") > commands.index("dump-guest-memory")
 
-    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
     assert panic["PRIORITY"] == "2"
     assert panic["SYSLOG_IDENTIFIER"] == "panicd"
     assert panic["PANIC_ACTION"] == "pause"
     assert panic["GUEST_UUID"] == guest.uuid
     assert panic["QMP_SOCKET"] == str(short_tmp / "0.qmp")
-    (done,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+    (done,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
     assert done["DUMP_PATH"] == str(dump)
     assert await daemon.stop() == 0
 
@@ -114,7 +114,7 @@ async def test_failed_dump_is_removed_alerted_and_next_steps_run(
     daemon = panicd(config(short_tmp, 1))
     await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(1)
-    (failed,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
+    (failed,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
     assert "No space left on device" in failed["MESSAGE"]
     assert failed["PRIORITY"] == "3"
     await wait_for(lambda: guest.machine.runstate == "running", what="restart after failed dump")
@@ -129,7 +129,7 @@ async def test_dump_timeout_removes_the_partial_file(
     daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]\ndump = { timeout = 0.5 }'))
     await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(1)
-    (failed,) = journal.wait_for(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
+    (failed,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
     assert "timed out after 0.5 s" in failed["MESSAGE"]
     assert dumps_of(short_tmp, name) == []
     assert guest.machine.runstate == "guest-panicked"
@@ -216,7 +216,7 @@ async def test_without_take_over_a_poweroff_panic_is_alerted_with_the_fix(
     daemon = panicd(config(short_tmp, 1, daemon="take_over_panic_action = false"))
     await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(1)
-    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
     assert panic["PANIC_ACTION"] == "poweroff"
     assert "-action panic=pause" in panic["MESSAGE"]
     await daemon.wait_event("step.skipped", step="dump")
@@ -231,7 +231,7 @@ async def test_crash_loaded_alerts_and_leaves_the_guest_running(
     daemon = panicd(config(short_tmp, 1))
     await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(2)
-    (entry,) = journal.wait_for(MESSAGE_ID=AlertKind.CRASH_LOADED.message_id, GUEST_NAME=name)
+    (entry,) = await journal.find(MESSAGE_ID=AlertKind.CRASH_LOADED.message_id, GUEST_NAME=name)
     assert entry["PRIORITY"] == "4"
     await daemon.wait_event("incident.handled", kind="crash-loaded")
     assert guest.machine.runstate == "running"
@@ -248,7 +248,7 @@ async def test_panic_while_panicd_was_down_is_handled_once(
 
     first = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]'))
     await completed_dumps(short_tmp, name)
-    (panic,) = journal.wait_for(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
     assert panic["PANIC_DETECTION"] == "on-connect"
     await first.wait_event("incident.handled")
     assert await first.stop() == 0
