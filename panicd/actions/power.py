@@ -5,6 +5,9 @@ The QEMU behaviour they rely on (QEMU 7.2, seen):
 - `system_reset` of a guest that needs a reset (guest-panicked, shutdown) leaves it in
   `prelaunch`; only `cont` makes it run again. A guest that was running keeps running.
 - `quit` makes QEMU exit; the reply may or may not arrive before the connection closes.
+- `system_reset` while a dump is still being written (after a dump timeout: QEMU cannot
+  cancel one) makes QEMU 7.2 abort ("invalid runstate transition save-vm -> prelaunch"),
+  so restart checks query-dump first and refuses rather than crash the guest's QEMU.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ async def resume(ctx: StepContext) -> dict[str, Any]:
 
 
 async def restart(ctx: StepContext) -> dict[str, Any]:
+    dump = await _run(ctx, "restart", "query-dump")
+    if isinstance(dump, dict) and dump.get("status") == "active":
+        raise StepFailed(
+            ctx.guest.identity.name, "restart",
+            "a dump is still being written; resetting now would abort QEMU. Restart the guest "
+            "once query-dump says it is finished",
+            command={"execute": "query-dump"}, reply=dump,
+        )
     await _run(ctx, "restart", "system_reset")
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
