@@ -143,7 +143,7 @@ async def _demo(work: Path, use_qemu: bool) -> int:
         expected = 2 if qemu else 1
         dumps = await _wait_for_dumps(config.daemon.dump_dir, expected, timeout=60)
         await asyncio.sleep(0.5)  # let the restart step finish
-        _show(config.daemon.dump_dir, dumps, daemon)
+        _show(work, config.daemon.dump_dir, dumps, daemon)
         return 0 if len(dumps) == expected else 1
     finally:
         daemon.stop()
@@ -154,7 +154,7 @@ async def _demo(work: Path, use_qemu: bool) -> int:
             qemu.stop()
 
 
-def _show(dump_dir: Path, metadata_files: list[Path], daemon: Daemon) -> None:
+def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon) -> None:
     _banner(f"Dumps under {dump_dir}")
     for meta in metadata_files:
         info: dict[str, Any] = json.loads(meta.read_text())
@@ -178,10 +178,10 @@ def _show(dump_dir: Path, metadata_files: list[Path], daemon: Daemon) -> None:
         capture_output=True, text=True, check=False,
     )
     shown = 0
-    for line in out.stdout.splitlines()[-12:]:
+    for line in out.stdout.splitlines():
         entry = json.loads(line)
-        if not entry.get("GUEST_NAME", "").startswith("demo-"):
-            continue
+        if not entry.get("QMP_SOCKET", "").startswith(f"{work}/"):
+            continue  # an earlier run's
         shown += 1
         fields = {k: entry[k] for k in ("PRIORITY", "MESSAGE_ID", "GUEST_NAME", "PANIC_ACTION",
                                         "DUMP_PATH") if k in entry}
@@ -199,11 +199,11 @@ def main(work_dir: Path | None = None, *, use_qemu: bool = True) -> int:
         if work_dir is not None:
             work_dir.mkdir(parents=True, exist_ok=True)
             return asyncio.run(_demo(work_dir.resolve(), use_qemu))
-        # Short path: unix socket paths are limited to 108 bytes.
-        with tempfile.TemporaryDirectory(prefix="panicd-demo-") as tmp:
-            code = asyncio.run(_demo(Path(tmp), use_qemu))
-            print(f"\n(The work directory {tmp} is removed; keep it with --dir DIR.)")
-            return code
+        # A short path (unix socket paths are limited to 108 bytes), kept for a look afterwards.
+        work = Path(tempfile.mkdtemp(prefix="panicd-demo-"))
+        code = asyncio.run(_demo(work, use_qemu))
+        print(f"\nEverything is left in {work} (config, dumps, metadata).")
+        return code
     finally:
         if journald is not None:
             journald.terminate()

@@ -1,0 +1,23 @@
+"""The quick start's demo runs through: a mock and a real QEMU guest panic, both are dumped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from panicd import demo
+from tests.journal import Journald
+
+
+def test_demo_dumps_every_panicked_guest(
+    short_tmp: Path, journal: Journald, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert demo.main(work_dir=short_tmp, use_qemu=True) == 0
+    metas = sorted((short_tmp / "dumps").glob("*/*.json"))
+    assert [m.parent.name for m in metas] == ["demo-qemu-01", "demo-web-01"]
+    assert all(json.loads(m.read_text())["dump"]["result"] == "completed" for m in metas)
+    shown = capsys.readouterr().out
+    assert "Guest demo-qemu-01 panicked" in shown  # read back from the journal
+    assert "demo-db-01     connected  runstate=running    panicked=no" in shown
