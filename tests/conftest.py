@@ -7,10 +7,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.daemon_process import PanicdProcess
 from tests.journal import Journald
 from tests.qemu_harness import guest_factory  # noqa: F401 - a fixture
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Code under test may configure structlog (the demo does); no test sees another's set-up."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture(scope="session")
