@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
 
-    from panicd.mock import cli as mock_cli  # noqa: PLC0415 - keeps start-up light
+    import panicd.mock.cli as mock_cli  # noqa: PLC0415 - keeps start-up light
 
     mock = sub.add_parser(
         "mock-guest",
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "mock-guest":
-        from panicd.mock import cli as mock_cli  # noqa: PLC0415
+        import panicd.mock.cli as mock_cli  # noqa: PLC0415
 
         return mock_cli.run(args)
     if args.command == "demo":
