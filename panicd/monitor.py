@@ -225,6 +225,9 @@ class GuestMonitor:
     # -- the event path: classify, alert, queue; nothing slow ---------------------------------
 
     def _on_event(self, raw: dict[str, Any]) -> None:
+        # This runs in qemu.qmp's reader task, whose context was copied before the guest's
+        # name was known: bind it here, so every event line names the guest.
+        structlog.contextvars.bind_contextvars(guest=self._identity.name)
         if not self._identified:
             if len(self._early_events) < EARLY_EVENT_LIMIT:
                 self._early_events.append(raw)
