@@ -28,6 +28,7 @@ class AlertKind(Enum):
     DUMP_COMPLETED = ("6cd00ab14a7041128cbae65a9b0fb139", 5)  # notice
     DUMP_FAILED = ("46e9d6ac440246b1a32dffc7fe49e096", 3)  # err
     STEP_FAILED = ("f693c22abd834ff3bb00443b5707bcb5", 3)  # err
+    CONFIG_REJECTED = ("02cdfd2d24e449eda40bfd9e0bca15b9", 3)  # err: a reload kept the old config
 
     @property
     def message_id(self) -> str:
@@ -42,7 +43,8 @@ class AlertKind(Enum):
 class Alert:
     kind: AlertKind
     message: str
-    guest: GuestIdentity
+    #: The guest it is about; None for an alert about panicd itself (a rejected config).
+    guest: GuestIdentity | None
     fields: dict[str, str] = field(default_factory=dict)
 
     def journal_fields(self) -> dict[str, str]:
@@ -50,12 +52,13 @@ class Alert:
             "MESSAGE_ID": self.kind.message_id,
             "PRIORITY": str(self.kind.priority),
             "SYSLOG_IDENTIFIER": "panicd",
-            "GUEST_NAME": self.guest.name,
-            "GUEST_UUID": self.guest.uuid or "",
-            "QMP_SOCKET": self.guest.socket,
         }
-        if self.guest.qemu_pid is not None:
-            out["QEMU_PID"] = str(self.guest.qemu_pid)
+        if self.guest is not None:
+            out["GUEST_NAME"] = self.guest.name
+            out["GUEST_UUID"] = self.guest.uuid or ""
+            out["QMP_SOCKET"] = self.guest.socket
+            if self.guest.qemu_pid is not None:
+                out["QEMU_PID"] = str(self.guest.qemu_pid)
         out.update(self.fields)
         return out
 

@@ -1,6 +1,7 @@
 """The `panicd` command: a thin shell over the library.
 
     panicd run -c FILE             watch the configured guests (the daemon)
+    panicd status [--json]         every guest of the running daemon, over its control socket
     panicd check-config -c FILE    validate a config; exit 0, or 1 naming each bad key
     panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
     panicd demo                    a guided run on a built-in default (mock + real QEMU)
@@ -30,8 +31,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    run.add_argument("--log-format", choices=["auto", "console", "json"])
+    run.add_argument("--log-format", choices=["auto", "console", "json", "journal"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    status = sub.add_parser("status", help="show every guest of the running daemon")
+    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
+                        help="read control_socket from this config (when --socket is not given)")
+    status.add_argument("--socket", type=Path, help="the daemon's control socket")
+    status.add_argument("--json", action="store_true", help="print JSON")
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
@@ -57,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "mock-guest":
         import panicd.mock.cli as mock_cli  # noqa: PLC0415
 
@@ -93,7 +102,32 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     async def serve() -> None:
-        await Daemon(config).run()
+        await Daemon(config, config_path=args.config).run()
 
     asyncio.run(serve())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from panicd import control  # noqa: PLC0415
+    from panicd.config import DaemonConfig  # noqa: PLC0415
+
+    path = args.socket
+    if path is None:
+        try:
+            path = load(args.config).daemon.control_socket
+        except ConfigError:
+            path = DaemonConfig().control_socket
+    try:
+        reply = control.request(path)
+    except (OSError, ValueError) as exc:
+        print(f"panicd status: cannot ask the daemon at {path}: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"panicd status: {reply.get('error')}", file=sys.stderr)
+        return 1
+    reply.pop("ok")
+    print(json.dumps(reply, indent=2, default=str) if args.json else control.format_table(reply))
     return 0

@@ -123,8 +123,12 @@ class DaemonConfig(_Strict):
     connect_timeout: Seconds = 5.0
     command_timeout: Seconds = 30.0
     reconnect_max_seconds: Seconds = 30.0
+    #: Where `panicd status` reaches the daemon; mode 0600, 0660 with control_group.
+    control_socket: Path = Path("/run/panicd/control.sock")
+    control_group: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "console", "json"] = "auto"
+    #: auto: the journal under systemd (JOURNAL_STREAM), console on a terminal, else JSON.
+    log_format: Literal["auto", "console", "json", "journal"] = "auto"
 
 
 class Config(_Strict):
@@ -179,7 +183,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative paths relative to the config file, before validation sees them."""
     daemon = raw.get("daemon")
     if isinstance(daemon, dict):
-        for key in ("dump_dir", "state_dir"):
+        for key in ("dump_dir", "state_dir", "control_socket"):
             if isinstance(daemon.get(key), str) and daemon[key]:
                 daemon[key] = str(base / daemon[key])
     guests = raw.get("guest")

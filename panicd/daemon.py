@@ -2,10 +2,17 @@
 
     Daemon.run()
       ├── PanicLedger.run          writes the handled-panics ledger off the event path
-      └── GuestMonitor.run (x N)     one per [[guest]], each with its own incident worker
+      ├── ControlServer.serve      answers `panicd status` on the control socket
+      ├── _report_status           STATUS= to systemd whenever a guest's state changes
+      ├── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
+      └── GuestMonitor.run (x N)   one per [[guest]], each with its own incident worker
 
 Every task lives in one TaskGroup and has a name. A guest's failure stays inside its monitor
-(it reconnects); only SIGTERM/SIGINT (or `stop()`) end the daemon, by cancelling the group.
+(it reconnects). SIGHUP reloads the config: guests are matched by socket path; new ones are
+connected, removed ones dropped, unchanged ones keep their QMP connection, and policies are
+looked up at each panic, so a changed policy applies to the next one. An invalid new config
+is refused (logged and alerted) and the old one stays in force. SIGTERM/SIGINT end the daemon;
+dumps in progress go on inside QEMU (see orphans.py).
 """
 
 from __future__ import annotations
@@ -13,39 +20,45 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from panicd.alerts import Alerter, JournalAlerter
-from panicd.config import Config
-from panicd.dumps import DumpStore
+from panicd import __version__
+from panicd.alerts import Alert, Alerter, AlertKind, JournalAlerter
+from panicd.config import Config, GuestConfig, load
+from panicd.control import ControlServer
+from panicd.dumps import DumpSlots, DumpStore
+from panicd.errors import ConfigError
 from panicd.ledger import PanicLedger
-from panicd.monitor import GuestMonitor
+from panicd.monitor import ConnectionState, GuestMonitor
+from panicd.notify import Notifier
 from panicd.respond import PanicResponder
 
 log = structlog.get_logger("panicd.daemon")
 
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) how panicd is; a no-op outside systemd."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return
-    from systemd import daemon  # noqa: PLC0415 - systemd-python only when it is needed
-
-    try:
-        daemon.notify(message)
-    except OSError as exc:
-        log.warning("sd_notify.failed", error=str(exc))
+#: STATUS= is sent at most this often while guests keep changing.
+STATUS_DEBOUNCE_SECONDS = 0.2
 
 
 class Daemon:
-    def __init__(self, config: Config, *, alerter: Alerter | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        alerter: Alerter | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.alerter = alerter or JournalAlerter()
+        self.notifier = notifier or Notifier()
         self.dumps = DumpStore(config.daemon.dump_dir)
         self.ledger = PanicLedger(config.daemon.state_dir)
-        self.dump_slots = asyncio.Semaphore(config.daemon.max_concurrent_dumps)
+        self.dump_slots = DumpSlots(config.daemon.max_concurrent_dumps)
         self.responder = PanicResponder(
             # Looked up through self.config at each panic, so a reloaded config applies.
             policy_for=lambda name: self.config.policy_for(name),  # noqa: PLW0108
@@ -54,54 +67,206 @@ class Daemon:
             alerter=self.alerter,
         )
         self.monitors: dict[Path, GuestMonitor] = {}
+        self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
+        self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self.started_at = time.time()
+        self.reloads = 0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    # -- status ---------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        monitors = list(self.monitors.values())
+        connected = sum(m.state is ConnectionState.CONNECTED for m in monitors)
+        panicked = sum(m.runstate == "guest-panicked" for m in monitors)
+        running = self.dump_slots.running
+        return (f"{len(monitors)} guests, {connected} connected, {panicked} panicked, "
+                f"{running} dumps running")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "daemon": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "config": str(self.config_path) if self.config_path else None,
+                "reloads": self.reloads,
+                "summary": self.summary(),
+            },
+            "guests": [m.snapshot() for m in self.monitors.values()],
+        }
+
+    def _guest_changed(self) -> None:
+        self._changed.set()
+
+    # -- lifetime ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_signal, signal.SIGHUP)
         try:
             await self._run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("daemon.signal", signal=sig.name)
-        self.stop()
+        if sig == signal.SIGHUP:
+            self.request_reload()
+        else:
+            self.stop()
 
     async def _run(self) -> None:
         log.info(
             "daemon.starting",
+            version=__version__,
             guests=len(self.config.guest),
             policies=len(self.config.policy),
             dump_dir=str(self.config.daemon.dump_dir),
         )
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 tasks.create_task(self.ledger.run(), name="ledger")
+                control = ControlServer(self.config.daemon.control_socket, self.status,
+                                        self.config.daemon.control_group)
+                tasks.create_task(control.serve(), name="control")
                 for spec in self.config.guest:
-                    monitor = GuestMonitor(
-                        spec,
-                        settings=self.config.daemon,
-                        responder=self.responder,
-                        alerter=self.alerter,
-                        ledger=self.ledger,
-                    )
-                    self.monitors[spec.socket] = monitor
-                    tasks.create_task(_supervise(monitor), name=f"guest:{spec.socket}")
-                sd_notify("READY=1")
-                log.info("daemon.ready")
-                await self._stop.wait()
-                sd_notify("STOPPING=1")
+                    self._start_monitor(spec)
+                await self._first_attempts()
+                self.notifier.ready()
+                self.notifier.status(self.summary())
+                log.info("daemon.ready", summary=self.summary())
+                tasks.create_task(self._report_status(), name="status")
+                if self.notifier.watchdog_seconds:
+                    tasks.create_task(self._watchdog(self.notifier.watchdog_seconds), name="watchdog")
+                await self._serve_reloads()
+                self.notifier.stopping()
                 log.info("daemon.stopping")
                 raise _Stopping
         except* _Stopping:
             pass
         log.info("daemon.stopped")
+
+    async def _first_attempts(self) -> None:
+        """READY=1 waits until every guest's first connection has been tried (bounded)."""
+        waits = [m.first_attempt.wait() for m in self.monitors.values()]
+        if waits:
+            limit = self.config.daemon.connect_timeout + 5
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.gather(*waits)
+            except TimeoutError:
+                log.warning("daemon.ready_before_all_tried", waited=limit)
+
+    async def _serve_reloads(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                reload = asyncio.ensure_future(self._reload_requested.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    await self.reload()
+                reload.cancel()
+        finally:
+            stop.cancel()
+
+    async def _report_status(self) -> None:
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(STATUS_DEBOUNCE_SECONDS)
+            self._changed.clear()
+            self.notifier.status(self.summary())
+
+    async def _watchdog(self, interval: float) -> None:
+        # Sent from the loop itself: if the loop is stuck, systemd stops hearing it and restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    # -- guests ---------------------------------------------------------------------------
+
+    def _start_monitor(self, spec: GuestConfig) -> None:
+        assert self._tasks is not None
+        monitor = GuestMonitor(
+            spec,
+            settings=self.config.daemon,
+            responder=self.responder,
+            alerter=self.alerter,
+            ledger=self.ledger,
+            on_change=self._guest_changed,
+        )
+        self.monitors[spec.socket] = monitor
+        self._monitor_tasks[spec.socket] = self._tasks.create_task(
+            _supervise(monitor), name=f"guest:{spec.socket}"
+        )
+        self._changed.set()
+
+    async def _stop_monitor(self, socket: Path) -> None:
+        task = self._monitor_tasks.pop(socket)
+        self.monitors.pop(socket)
+        task.cancel()
+        await asyncio.wait({task})  # its connection and worker are closed when this returns
+        log.info("guest.dropped", socket=str(socket))
+        self._changed.set()
+
+    async def reload(self) -> bool:
+        """Load the config file again; apply it, or keep the old one. True when applied."""
+        if self.config_path is None:
+            log.warning("reload.no_config_file")
+            return False
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load, self.config_path)
+        except ConfigError as exc:
+            log.error("reload.rejected", error=str(exc))  # noqa: TRY400 - a user error, no traceback
+            self.alerter.send(Alert(
+                AlertKind.CONFIG_REJECTED,
+                f"panicd kept its configuration: {self.config_path} is invalid: {exc}",
+                None,
+                {"CONFIG_FILE": str(self.config_path), "ERROR": str(exc)},
+            ))
+            self.notifier.ready()
+            return False
+        old = {g.socket: g for g in self.config.guest}
+        wanted = {g.socket: g for g in new.guest}
+        daemon_changed = new.daemon != self.config.daemon
+        self.config = new
+        for socket, spec in old.items():
+            if socket not in wanted or wanted[socket] != spec or daemon_changed:
+                await self._stop_monitor(socket)
+        if daemon_changed:
+            self._apply_daemon_settings(new)
+        for socket, spec in wanted.items():
+            if socket not in self.monitors:
+                self._start_monitor(spec)
+        self.reloads += 1
+        kept = [str(s) for s in wanted if s in old and old[s] == wanted[s] and not daemon_changed]
+        log.info("reload.applied", guests=len(wanted), kept=len(kept),
+                 added=len(set(wanted) - set(old)), removed=len(set(old) - set(wanted)))
+        self.notifier.ready()
+        self.notifier.status(self.summary())
+        return True
+
+    def _apply_daemon_settings(self, new: Config) -> None:
+        # Rare ([daemon] edited): every guest reconnects with the new settings. Dumps already
+        # running keep the slot they hold; the new limit governs the next ones.
+        self.dumps.root = new.daemon.dump_dir
+        self.dump_slots = DumpSlots(new.daemon.max_concurrent_dumps)
+        self.responder.dump_slots = self.dump_slots
+        log.info("reload.daemon_settings_changed")
 
 
 async def _supervise(monitor: GuestMonitor) -> None:

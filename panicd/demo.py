@@ -36,6 +36,7 @@ CONFIG = """\
 [daemon]
 dump_dir = "dumps"
 state_dir = "state"
+control_socket = "control.sock"
 max_concurrent_dumps = 2
 take_over_panic_action = true
 reconnect_max_seconds = 2

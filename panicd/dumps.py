@@ -12,6 +12,7 @@ and appends a short hash whenever it had to change the name, so two names never 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -109,3 +110,20 @@ class DumpStore:
         for path in (dump, self.metadata_path(dump)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+class DumpSlots:
+    """The host-wide limit on dumps running at once (`max_concurrent_dumps`), and a count."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._semaphore = asyncio.Semaphore(limit)
+
+    async def __aenter__(self) -> None:
+        await self._semaphore.acquire()
+        self.running += 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.running -= 1
+        self._semaphore.release()

@@ -23,9 +23,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
+from collections.abc import Callable
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -44,8 +45,9 @@ from panicd.events import (
     QmpEvent,
 )
 from panicd.ledger import PanicLedger, qemu_instance
+from panicd.orphans import finish_orphaned_dumps
 from panicd.qmp import QmpCommandError, QmpSession
-from panicd.respond import PanicResponder, panic_alert
+from panicd.respond import PanicResponder, StepOutcome, panic_alert
 
 log = structlog.get_logger("panicd.monitor")
 
@@ -75,8 +77,10 @@ class GuestMonitor:
         responder: PanicResponder,
         alerter: Alerter,
         ledger: PanicLedger,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = spec
+        self._on_change = on_change
         self.settings = settings
         self.responder = responder
         self.alerter = alerter
@@ -89,11 +93,59 @@ class GuestMonitor:
         self._latched: set[IncidentKind] = set()
         self._incidents: asyncio.Queue[Incident] = asyncio.Queue()
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
-        # What `panicd status` shows (issue: service).
-        self.state = ConnectionState.DISCONNECTED
-        self.runstate: str | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        # What `panicd status` and STATUS= show.
+        self._state = ConnectionState.DISCONNECTED
+        self._runstate: str | None = None
         self.last_incident: Incident | None = None
+        self.last_dump: dict[str, Any] | None = None
+        self.restarts = 0
         self.connections = 0
+        self.handling = False
+        #: Set once the first connection attempt has ended, whichever way (READY=1 waits for it).
+        self.first_attempt = asyncio.Event()
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @state.setter
+    def state(self, value: ConnectionState) -> None:
+        if value != self._state:
+            self._state = value
+            self._on_change()
+
+    @property
+    def runstate(self) -> str | None:
+        return self._runstate
+
+    @runstate.setter
+    def runstate(self, value: str | None) -> None:
+        if value != self._runstate:
+            self._runstate = value
+            self._on_change()
+
+    def snapshot(self) -> dict[str, Any]:
+        """This guest as `panicd status` shows it."""
+        incident = self.last_incident
+        return {
+            "name": self._identity.name,
+            "socket": str(self.spec.socket),
+            "uuid": self._identity.uuid,
+            "qemu_version": self._identity.qemu_version,
+            "qemu_pid": self._identity.qemu_pid,
+            "connection": self._state.value,
+            "runstate": self._runstate,
+            "connections": self.connections,
+            "last_panic": (
+                dt.datetime.fromtimestamp(incident.received_at, dt.UTC).isoformat()
+                if incident else None
+            ),
+            "last_panic_kind": incident.kind.value if incident else None,
+            "handling": self.handling,
+            "last_dump": self.last_dump,
+            "restarts": self.restarts,
+        }
 
     # -- GuestHandle, for the steps -------------------------------------------------------
 
@@ -119,6 +171,7 @@ class GuestMonitor:
         """Keep the guest watched until cancelled."""
         structlog.contextvars.bind_contextvars(guest=self._identity.name, socket=str(self.spec.socket))
         async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
             tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
             await self._keep_connected()
 
@@ -137,6 +190,7 @@ class GuestMonitor:
                 )
             except GuestUnreachable as exc:
                 self.state = ConnectionState.DISCONNECTED
+                self.first_attempt.set()
                 # Said once per outage, then quietly: a stopped guest must not flood the log.
                 (log.warning if failures == 0 else log.debug)(
                     "qmp.unreachable", error=str(exc), retry_in=round(delay, 2)
@@ -152,6 +206,7 @@ class GuestMonitor:
             except QmpCommandError as exc:
                 log.warning("qmp.setup_failed", error=str(exc), reply=exc.reply)
             finally:
+                self.first_attempt.set()
                 self._session = None
                 self._identified = False
                 self._early_events.clear()
@@ -180,6 +235,7 @@ class GuestMonitor:
             status=self.runstate,
         )
         self._identified = True
+        self.first_attempt.set()
         early, self._early_events = self._early_events, []
         for event in early:
             self._on_event(event)
@@ -187,6 +243,11 @@ class GuestMonitor:
             self._found_panicked()
         elif self.runstate == "running":
             self.ledger.forget(self._instance)
+        assert self._tasks is not None  # set by run(), which is the only caller
+        self._tasks.create_task(
+            finish_orphaned_dumps(self, self.responder.dumps, self.alerter),
+            name=f"orphaned-dumps:{self._identity.name}",
+        )
         await session.closed()
 
     async def _identify(self, session: QmpSession) -> None:
@@ -303,6 +364,7 @@ class GuestMonitor:
     def _raise_incident(self, incident: Incident) -> None:
         self._latched.add(incident.kind)
         self.last_incident = incident
+        self._on_change()
         if incident.kind is IncidentKind.PANIC:
             self.ledger.record(self._instance, incident.received_at)
         log.critical(
@@ -330,15 +392,28 @@ class GuestMonitor:
         while True:
             incident = await self._incidents.get()
             begun = time.monotonic()
+            self.handling = True
+            self._on_change()
             try:
                 with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
-                    await self.responder.handle(incident, self)
+                    outcomes = await self.responder.handle(incident, self)
+                self._record(outcomes)
             except Exception:
                 # A bug must cost this incident's remaining steps, not the guest's connection.
                 log.exception("incident.crashed", kind=incident.kind.value)
+            finally:
+                self.handling = False
+                self._on_change()
             log.debug("incident.finished", seconds=round(time.monotonic() - begun, 3))
 
-
-def guest_key(spec: GuestConfig) -> Path:
-    """Monitors are keyed by socket path: one monitor per QMP socket."""
-    return spec.socket
+    def _record(self, outcomes: list[StepOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.step == "dump" and not outcome.detail.get("skipped"):
+                self.last_dump = {
+                    "path": outcome.detail.get("path"),
+                    "bytes": outcome.detail.get("bytes"),
+                    "result": "completed" if outcome.ok else "failed",
+                    "error": outcome.detail.get("error"),
+                }
+            elif outcome.step == "restart" and outcome.ok:
+                self.restarts += 1

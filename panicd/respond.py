@@ -9,7 +9,6 @@ restarted sitting paused.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import structlog
 from panicd.actions import GuestHandle, Step, StepContext, registry
 from panicd.alerts import Alert, Alerter, AlertKind
 from panicd.config import Policy
-from panicd.dumps import DumpStore
+from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, Incident, IncidentKind
 
@@ -79,7 +78,7 @@ class PanicResponder:
         *,
         policy_for: Callable[[str], Policy],
         dumps: DumpStore,
-        dump_slots: asyncio.Semaphore,
+        dump_slots: DumpSlots,
         alerter: Alerter,
         steps: Mapping[str, Step] | None = None,
     ) -> None:

@@ -33,6 +33,7 @@ def config(tmp: Path, guests: list[GuestUnderTest], policy: str) -> str:
     listed = "".join(f'[[guest]]\nsocket = "{g.qmp_path}"\n' for g in guests)
     return (
         f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
+        f'control_socket = "{tmp}/control.sock"\n'
         f"reconnect_max_seconds = 0.5\n\n{listed}\n[[policy]]\n{policy}\n"
     )
 

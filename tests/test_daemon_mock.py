@@ -47,6 +47,7 @@ def config(tmp: Path, sockets: int, policy: str = 'on_panic = ["dump", "restart"
     guests = "".join(f'[[guest]]\nsocket = "{tmp}/{i}.qmp"\n' for i in range(sockets))
     return (
         f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
+        f'control_socket = "{tmp}/control.sock"\n'
         f"reconnect_max_seconds = 0.5\n{daemon}\n{guests}[[policy]]\n{policy}\n"
     )
 

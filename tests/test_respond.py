@@ -11,7 +11,7 @@ from typing import Any
 from panicd.actions import StepContext
 from panicd.alerts import Alert, AlertKind
 from panicd.config import parse
-from panicd.dumps import DumpStore
+from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData, GuestIdentity, Incident, IncidentKind
 from panicd.qmp import QmpSession
@@ -55,7 +55,7 @@ def responder(tmp_path: Path, config: str, steps: dict[str, Any]) -> tuple[Panic
         PanicResponder(
             policy_for=cfg.policy_for,
             dumps=DumpStore(tmp_path),
-            dump_slots=asyncio.Semaphore(1),
+            dump_slots=DumpSlots(1),
             alerter=alerts,
             steps=steps,
         ),

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from panicd.alerts import Alerter
 from panicd.config import Policy
-from panicd.dumps import DumpStore
+from panicd.dumps import DumpSlots, DumpStore
 from panicd.events import DumpCompletedData, GuestIdentity, Incident
 from panicd.qmp import QmpSession
 
@@ -46,7 +46,7 @@ class StepContext:
     guest: GuestHandle
     dumps: DumpStore
     #: Host-wide limit on dumps running at once (max_concurrent_dumps).
-    dump_slots: asyncio.Semaphore
+    dump_slots: DumpSlots
     alerter: Alerter
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None

@@ -1,0 +1,169 @@
+"""The control socket: `panicd status` asks the running daemon how its guests are.
+
+Protocol: a client connects to the unix socket, sends one JSON object on one line, and gets
+one JSON object back on one line, then the connection closes.
+
+    -> {"command": "status"}
+    <- {"ok": true, "daemon": {...}, "guests": [{...}, ...]}
+    -> anything else
+    <- {"ok": false, "error": "why"}
+
+The socket is mode 0600 (0660 with `control_group`), so only root (and that group) may ask.
+A request is capped in size and time: a client that sends garbage, nothing, or a gigabyte
+gets an error reply or is dropped, and the daemon carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("panicd.control")
+
+MAX_REQUEST_BYTES = 4096
+REQUEST_TIMEOUT = 5.0
+MAX_CLIENTS = 16
+
+
+class ControlServer:
+    def __init__(self, path: Path, status: Callable[[], dict[str, Any]], group: str | None = None) -> None:
+        self.path = path
+        self._status = status
+        self._group = group
+        self._slots = asyncio.Semaphore(MAX_CLIENTS)
+
+    async def serve(self) -> None:
+        """Serve until cancelled; the socket file is removed on the way out.
+
+        A control socket that cannot be made costs `panicd status`, never the guests: it is
+        logged and panicd goes on watching them.
+        """
+        try:
+            server = await self._listen()
+        except (OSError, KeyError) as exc:
+            log.error("control.unavailable", path=str(self.path), error=str(exc))
+            return
+        log.info("control.listening", path=str(self.path))
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _listen(self) -> asyncio.Server:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        server = await asyncio.start_unix_server(self._client, path=str(self.path),
+                                                 limit=MAX_REQUEST_BYTES)
+        mode = 0o600
+        if self._group is not None:
+            os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
+            mode = 0o660
+        self.path.chmod(mode)
+        return server
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._slots.locked():
+                await self._reply(writer, {"ok": False, "error": "busy: too many clients"})
+                return
+            async with self._slots:
+                reply = await self._answer(reader)
+                await self._reply(writer, reply)
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("control.client_gone", error=str(exc))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+        except TimeoutError:
+            return {"ok": False, "error": f"no request within {REQUEST_TIMEOUT:g} s"}
+        except (asyncio.LimitOverrunError, ValueError):
+            return {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return {"ok": False, "error": "not a JSON object on one line"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "not a JSON object on one line"}
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, **self._status()}
+        log.info("control.bad_request", command=str(command)[:64])
+        return {"ok": False, "error": f"unknown command {str(command)[:64]!r}; known: status"}
+
+    @staticmethod
+    async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+        writer.write(json.dumps(reply, default=str).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+
+
+def request(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str, Any]:
+    """Ask the daemon (blocking; for the CLI)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not isinstance(reply, dict):
+        raise ValueError("the daemon's reply is not a JSON object")  # noqa: TRY004 - bad data, not a bad call
+    return reply
+
+
+COLUMNS = ("NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST PANIC", "LAST DUMP", "RESTARTS")
+
+
+def _dump_cell(dump: dict[str, Any] | None) -> str:
+    if not dump:
+        return "-"
+    if dump.get("result") != "completed":
+        return f"{dump.get('result')}: {dump.get('error') or ''}".strip()
+    size = dump.get("bytes") or 0
+    return f"{dump.get('path')} ({_human(int(size))}, completed)"
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def format_table(status: dict[str, Any]) -> str:
+    rows = [
+        (
+            g["name"], g["socket"], g["connection"], g.get("runstate") or "-",
+            g.get("last_panic") or "-", _dump_cell(g.get("last_dump")), str(g.get("restarts", 0)),
+        )
+        for g in status.get("guests", [])
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    summary = status.get("daemon", {}).get("summary")
+    if summary:
+        lines.append(f"\n{summary}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Dumps panicd left running when it stopped, completed when it sees their guest again.
+
+A dump runs inside QEMU: panicd stopping (SIGTERM, an upgrade) does not cut it short, and its
+metadata is left saying `"result": "running"`. When panicd connects to that guest again it
+asks query-dump (which reports QEMU's latest dump) and completes the record:
+
+- same QEMU process, status completed: metadata finished, DUMP_COMPLETED alert;
+- same QEMU, status active: followed until it ends;
+- failed, or a different QEMU process (the one that was writing is gone): the partial file
+  and its metadata are removed, with a DUMP_FAILED alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from panicd.alerts import Alert, Alerter, AlertKind
+from panicd.dumps import DumpStore
+from panicd.qmp import QmpCommandError
+
+if TYPE_CHECKING:
+    from panicd.monitor import GuestMonitor
+
+log = structlog.get_logger("panicd.orphans")
+
+POLL_SECONDS = 1.0
+#: An orphan still "active" after this long is left alone (and said so).
+FOLLOW_LIMIT_SECONDS = 24 * 3600
+
+
+def _running_records(directory: Path, socket: str) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for meta_path in directory.glob("*.json"):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(meta, dict) and meta.get("dump", {}).get("result") == "running"
+                and meta.get("guest", {}).get("socket") == socket):
+            found.append((meta_path, meta))
+    return sorted(found, key=lambda item: str(item[1]["dump"].get("started_at", "")))
+
+
+async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
+    guest = monitor.identity
+    directory = dumps.guest_dir(guest.name)
+    records = await asyncio.to_thread(_running_records, directory, guest.socket)
+    for index, (_meta_path, meta) in enumerate(records):
+        dump_path = Path(meta["dump"]["path"])
+        newest = index == len(records) - 1
+        same_qemu = newest and meta.get("guest", {}).get("qemu_pid") == guest.qemu_pid
+        status: dict[str, Any] = {"status": "lost"}
+        try:
+            if same_qemu:
+                status = await _follow(monitor)
+        except QmpCommandError as exc:
+            log.warning("dump.orphan_unknown", path=str(dump_path), error=exc.reason)
+            continue  # asked again at the next connection
+        if status.get("status") == "completed":
+            size = await asyncio.to_thread(_size, dump_path)
+            meta["dump"].update(
+                result="completed",
+                size_bytes=size,
+                guest_bytes=status.get("total"),
+                completed_while_panicd_was_away=True,
+            )
+            await asyncio.to_thread(dumps.write_metadata, dump_path, meta)
+            log.info("dump.orphan_completed", path=str(dump_path))
+            alerter.send(Alert(
+                AlertKind.DUMP_COMPLETED,
+                f"Guest {guest.name}: memory dump written to {dump_path} "
+                "(finished while panicd was away)",
+                guest,
+                {"DUMP_PATH": str(dump_path), "DUMP_FORMAT": str(meta["dump"].get("format")),
+                 "DUMP_BYTES": str(meta["dump"]["size_bytes"])},
+            ))
+        elif status.get("status") == "active":
+            log.warning("dump.orphan_still_running", path=str(dump_path))
+        else:
+            why = ("the QEMU that was writing it is gone" if not same_qemu
+                   else f"QEMU reports it {status.get('status')}")
+            await asyncio.to_thread(dumps.discard, dump_path)
+            log.warning("dump.orphan_failed", path=str(dump_path), reason=why)
+            alerter.send(Alert(
+                AlertKind.DUMP_FAILED,
+                f"Guest {guest.name}: memory dump failed: interrupted while panicd was away; {why}",
+                guest,
+                {"STEP": "dump", "ERROR": why, "DUMP_PATH": str(dump_path)},
+            ))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def _follow(monitor: GuestMonitor) -> dict[str, Any]:
+    waited = 0.0
+    while True:
+        reply = await monitor.session().execute("query-dump")
+        status = reply if isinstance(reply, dict) else {}
+        if status.get("status") != "active" or waited >= FOLLOW_LIMIT_SECONDS:
+            return status
+        await asyncio.sleep(POLL_SECONDS)
+        waited += POLL_SECONDS
