@@ -50,7 +50,7 @@ class ControlServer:
         try:
             server = await self._listen()
         except (OSError, KeyError) as exc:
-            log.error("control.unavailable", path=str(self.path), error=str(exc))
+            log.error("control.unavailable", path=str(self.path), error=str(exc))  # noqa: TRY400
             return
         log.info("control.listening", path=str(self.path))
         try:

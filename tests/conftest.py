@@ -39,12 +39,13 @@ def short_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def panicd(short_tmp: Path) -> AsyncIterator[Callable[[str], PanicdProcess]]:
+async def panicd(short_tmp: Path) -> AsyncIterator[Callable[..., PanicdProcess]]:
     """Start `panicd run` on a config text; every one started is stopped at the end."""
     started: list[PanicdProcess] = []
 
-    def start(config: str) -> PanicdProcess:
-        proc = PanicdProcess(short_tmp, config)
+    def start(config: str, env: dict[str, str] | None = None,
+              log_format: str | None = "json") -> PanicdProcess:
+        proc = PanicdProcess(short_tmp, config, env, log_format)
         proc.start()
         started.append(proc)
         return proc

@@ -14,7 +14,10 @@ from typing import Any
 
 
 class PanicdProcess:
-    def __init__(self, workdir: Path, config: str) -> None:
+    def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None,
+                 log_format: str | None = "json") -> None:
+        self.env = env or {}
+        self.log_format = log_format
         self.workdir = workdir
         self.config_path = workdir / "panicd.toml"
         self.config_path.write_text(config)
@@ -25,8 +28,9 @@ class PanicdProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panicd", "run", "-c", str(self.config_path),
-             "--log-format", "json", "--log-level", "debug"],
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+             "--log-level", "debug",
+             *(["--log-format", self.log_format] if self.log_format else [])],
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
 
@@ -76,6 +80,10 @@ class PanicdProcess:
                 raise AssertionError(f"panicd ignored SIGTERM for {timeout} s:\n{self.tail()}")
             await asyncio.sleep(0.05)
         return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from panicd.actions import StepContext
 from panicd.alerts import Alert, AlertKind
 from panicd.config import parse
@@ -132,11 +134,14 @@ def test_poweroff_panic_alert_says_how_to_make_it_dumpable() -> None:
     assert alert.journal_fields()["PANIC_ACTION"] == "poweroff"
 
 
-async def test_exec_gets_the_incident_in_its_environment_and_times_out(tmp_path: Path) -> None:
+async def test_exec_gets_the_incident_in_its_environment_and_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     out = tmp_path / "env.json"
     script = (
         "import json, os; json.dump({k: v for k, v in os.environ.items() "
-        f"if k.startswith('PANICD_')}}, open('{out}', 'w'))"
+        f"if k.startswith('PANICD_') or k == 'NOTIFY_SOCKET'}}, open('{out}', 'w'))"
     )
     config = (
         '[[policy]]\non_panic = ["exec"]\n'
@@ -152,6 +157,7 @@ async def test_exec_gets_the_incident_in_its_environment_and_times_out(tmp_path:
     assert env["PANICD_UUID"] == "u-1"
     assert env["PANICD_KIND"] == "panic"
     assert env["PANICD_DUMP"] == ""
+    assert "NOTIFY_SOCKET" not in env  # a hook cannot speak for panicd to systemd
     assert json.loads(env["PANICD_EVENT"])["event"] == "GUEST_PANICKED"
 
     slow = '[[policy]]\non_panic = ["exec"]\nexec = { command = ["sleep", "30"], timeout = 0.3 }\n'

@@ -22,6 +22,9 @@ from panicd.errors import StepFailed
 
 log = structlog.get_logger("panicd.hook")
 
+_PANICD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                          "LISTEN_PID", "LISTEN_FDNAMES"})
+
 #: Captured output kept for the log, per stream.
 OUTPUT_LIMIT = 4096
 
@@ -48,7 +51,9 @@ async def run_hook(ctx: StepContext) -> dict[str, Any]:
     name = ctx.guest.identity.name
     if settings is None:  # config validation forbids this; kept for direct callers
         raise StepFailed(name, "exec", "no exec command configured")
-    env = {**os.environ, **hook_environment(ctx)}
+    # A hook must not be able to speak for panicd to systemd (sd_notify, watchdog).
+    inherited = {k: v for k, v in os.environ.items() if k not in _PANICD_ONLY}
+    env = {**inherited, **hook_environment(ctx)}
     try:
         proc = await asyncio.create_subprocess_exec(
             *settings.command,
