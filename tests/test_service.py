@@ -265,3 +265,38 @@ def test_unit_security_exposure_is_at_most_2_5() -> None:
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.5, result.stdout
 
+
+
+async def test_a_dump_running_at_shutdown_is_completed_when_panicd_returns(
+    short_tmp: Path, panicd: Start, journal: Journald
+) -> None:
+    name = unique("long")
+    guest = MockGuest(name=name, memory_bytes=8 * 2**20, dump_bytes_per_second=4 * 2**20)  # 2 s
+    await guest.start(short_tmp / "m0.qmp")
+    try:
+        config = (daemon_section(short_tmp) + guests(short_tmp / "m0.qmp")
+                  + '[[policy]]\non_panic = ["dump", "pause"]\n')
+        first = panicd(config)
+        await first.wait_event("qmp.connected", guest=name)
+        guest.port.write(1)
+        await first.wait_event("dump.started")
+        assert await first.stop() == 0  # SIGTERM in the middle of the dump
+        (meta_path,) = (short_tmp / "dumps" / name).glob("*.json")
+        assert json.loads(meta_path.read_text())["dump"]["result"] == "running"
+
+        second = panicd(config)
+        await second.wait_event("dump.orphan_completed", timeout=20)
+        meta = json.loads(meta_path.read_text())
+        dump = Path(meta["dump"]["path"])
+        assert meta["dump"]["result"] == "completed"
+        assert meta["dump"]["completed_while_panicd_was_away"] is True
+        assert meta["dump"]["size_bytes"] == dump.stat().st_size > 8 * 2**20
+        assert dump.read_bytes()[:4] == b"\x7fELF"
+        (alert,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                      GUEST_NAME=name)
+        assert alert["DUMP_PATH"] == str(dump)
+        assert second.events("panic.already_handled")  # and not dumped a second time
+        assert len(list((short_tmp / "dumps" / name).glob("*.elf"))) == 1
+        assert await second.stop() == 0
+    finally:
+        await guest.stop()
