@@ -107,7 +107,9 @@ class DumpStore:
 
     def discard(self, dump: Path) -> None:
         """Remove a failed dump and any metadata it has."""
-        for path in (dump, self.metadata_path(dump)):
+        # Metadata first: interrupted half way, a dump without metadata is only clutter, while
+        # metadata without its dump would be a record of something that is not there.
+        for path in (self.metadata_path(dump), dump):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -412,7 +412,7 @@ class GuestMonitor:
                 self.last_dump = {
                     "path": outcome.detail.get("path"),
                     "bytes": outcome.detail.get("bytes"),
-                    "result": "completed" if outcome.ok else "failed",
+                    "result": outcome.detail.get("result", "completed" if outcome.ok else "failed"),
                     "error": outcome.detail.get("error"),
                 }
             elif outcome.step == "restart" and outcome.ok:

@@ -61,6 +61,8 @@ async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter
         except QmpCommandError as exc:
             log.warning("dump.orphan_unknown", path=str(dump_path), error=exc.reason)
             continue  # asked again at the next connection
+        if status.get("status") == "completed" and not await asyncio.to_thread(dump_path.exists):
+            status = {"status": "missing"}
         if status.get("status") == "completed":
             size = await asyncio.to_thread(_size, dump_path)
             meta["dump"].update(
@@ -83,6 +85,7 @@ async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter
             log.warning("dump.orphan_still_running", path=str(dump_path))
         else:
             why = ("the QEMU that was writing it is gone" if not same_qemu
+                   else "the dump file is gone" if status.get("status") == "missing"
                    else f"QEMU reports it {status.get('status')}")
             await asyncio.to_thread(dumps.discard, dump_path)
             log.warning("dump.orphan_failed", path=str(dump_path), reason=why)

@@ -297,3 +297,23 @@ async def test_invalid_config_is_refused_with_the_reason(short_tmp: Path, panicd
     assert daemon.proc is not None
     assert daemon.proc.wait(30) == 1
     assert "policy[0].on_panic[0]" in daemon.log_path.read_text()
+
+
+async def test_a_dump_survives_a_dropped_qmp_connection(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("drop")
+    guest = await mocks(name, dump_bytes_per_second=4 * 2**20)  # 8 MiB: 2 s
+    daemon = panicd(config(short_tmp, 1, 'on_panic = ["dump", "pause"]'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    await daemon.wait_event("dump.started")
+    await guest.send_raw(b"\xff not JSON at all }}}\n")  # panicd drops this connection
+    await daemon.wait_event("dump.detached")
+    await daemon.wait_event("dump.orphan_completed", timeout=20)
+    (dump,) = await completed_dumps(short_tmp, name)
+    assert dump.stat().st_size > 8 * 2**20
+    (alert,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+    assert alert["DUMP_PATH"] == str(dump)
+    assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                  GUEST_NAME=name)

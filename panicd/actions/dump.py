@@ -70,6 +70,12 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
             result = await _run_dump(
                 ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, started=started
             )
+        except _Detached as exc:
+            # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
+            # is still there): the metadata stays "running" and orphans.py settles it, with its
+            # alert, when the guest is connected again.
+            log.warning("dump.detached", path=str(path), error=str(exc))
+            return {"path": str(path), "format": fmt, "result": "running"}
         except asyncio.CancelledError:
             # panicd is stopping. Once QEMU has started, it goes on writing without us: the
             # metadata says "running" until a later panicd completes it. Before that, the
@@ -103,6 +109,10 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
         )
     )
     return {"path": str(path), "format": fmt, "bytes": size, "seconds": round(seconds, 3)}
+
+
+class _Detached(Exception):
+    """The connection was lost while QEMU was writing the dump."""
 
 
 def _metadata(
@@ -170,6 +180,7 @@ async def _run_dump(
     started: Callable[[], Awaitable[None]],
 ) -> DumpCompletedData:
     name = ctx.guest.identity.name
+    writing = False
     fdname = f"panicd-dump-{next(_fd_names)}"
     args["protocol"] = f"fd:{fdname}"
     completed = ctx.guest.expect_dump_completed()
@@ -185,6 +196,7 @@ async def _run_dump(
             raise
         log.info("dump.started", format=args.get("format", "elf"), protocol=args["protocol"])
         await started()
+        writing = True
         try:
             async with asyncio.timeout(timeout):
                 result = await _follow(session, completed)
@@ -194,6 +206,8 @@ async def _run_dump(
                 f"timed out after {timeout:g} s; QEMU may still be writing (it cannot cancel a dump)",
             ) from exc
     except QmpCommandError as exc:
+        if writing and exc.kind == QmpCommandError.DISCONNECTED:
+            raise _Detached(exc.reason) from exc
         raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
     finally:
         completed.cancel()
