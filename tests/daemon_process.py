@@ -9,8 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+from panicd.dumps import safe_name
 
 
 class PanicdProcess:
@@ -100,3 +103,33 @@ async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def unique(prefix: str) -> str:
+    """A guest name no other test (or earlier run, in the journal) has used."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def daemon_section(tmp: Path, extra: str = "") -> str:
+    """A [daemon] section keeping everything of this test's panicd under `tmp`."""
+    return (f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
+            f'control_socket = "{tmp}/control.sock"\nreconnect_max_seconds = 0.5\n{extra}\n')
+
+
+def dumps_of(tmp: Path, name: str) -> list[Path]:
+    """The dump files (not metadata) panicd wrote for guest `name`."""
+    return sorted(p for p in (tmp / "dumps" / safe_name(name)).glob("*") if p.suffix != ".json")
+
+
+def metadata(dump: Path) -> dict[str, Any]:
+    return json.loads(dump.with_name(dump.name + ".json").read_text())
+
+
+async def completed_dumps(tmp: Path, name: str, count: int = 1) -> list[Path]:
+    def done() -> list[Path]:
+        found = [d for d in dumps_of(tmp, name)
+                 if d.with_name(d.name + ".json").exists()
+                 and metadata(d)["dump"]["result"] == "completed"]
+        return found if len(found) >= count else []
+
+    return await wait_for(done, timeout=30, what=f"{count} completed dump(s) of {name}")

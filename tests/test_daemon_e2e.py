@@ -9,52 +9,29 @@ runstate (read on a second QMP monitor) and the journal.
 from __future__ import annotations
 
 import asyncio
-import json
 import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from panicd.alerts import AlertKind
-from panicd.dumps import safe_name
-from tests.daemon_process import PanicdProcess, wait_for
+from tests.daemon_process import (
+    PanicdProcess,
+    completed_dumps,
+    daemon_section,
+    dumps_of,
+    metadata,
+    unique,
+)
 from tests.journal import Journald
 from tests.qemu_harness import GuestFactory, GuestUnderTest, MockGuestUnderTest, QemuGuest
 
 Start = Callable[[str], PanicdProcess]
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def config(tmp: Path, guests: list[GuestUnderTest], policy: str) -> str:
     listed = "".join(f'[[guest]]\nsocket = "{g.qmp_path}"\n' for g in guests)
-    return (
-        f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
-        f'control_socket = "{tmp}/control.sock"\n'
-        f"reconnect_max_seconds = 0.5\n\n{listed}\n[[policy]]\n{policy}\n"
-    )
-
-
-def dumps_of(tmp: Path, name: str) -> list[Path]:
-    directory = tmp / "dumps" / safe_name(name)
-    return sorted(p for p in directory.glob("*") if p.suffix != ".json")
-
-
-def metadata(dump: Path) -> dict[str, Any]:
-    return json.loads(dump.with_name(dump.name + ".json").read_text())
-
-
-async def completed_dumps(tmp: Path, name: str, count: int = 1) -> list[Path]:
-    def done() -> list[Path]:
-        found = [d for d in dumps_of(tmp, name)
-                 if d.with_name(d.name + ".json").exists()
-                 and metadata(d)["dump"]["result"] == "completed"]
-        return found if len(found) >= count else []
-
-    return await wait_for(done, timeout=30, what=f"{count} completed dump(s) of {name}")
+    return f"{daemon_section(tmp)}{listed}\n[[policy]]\n{policy}\n"
 
 
 async def wait_for_status(guest: GuestUnderTest, status: str, timeout: float = 15.0) -> None:

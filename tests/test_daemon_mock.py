@@ -6,7 +6,6 @@ Each test gives its guests unique names, so the journal entries it reads are its
 
 from __future__ import annotations
 
-import json
 import stat
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,16 +15,19 @@ from typing import Any
 import pytest
 
 from panicd.alerts import AlertKind
-from panicd.dumps import safe_name
 from panicd.mock import MockGuest
-from tests.daemon_process import PanicdProcess, wait_for
+from tests.daemon_process import (
+    PanicdProcess,
+    completed_dumps,
+    daemon_section,
+    dumps_of,
+    metadata,
+    unique,
+    wait_for,
+)
 from tests.journal import Journald
 
 Start = Callable[[str], PanicdProcess]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -45,29 +47,7 @@ async def mocks(short_tmp: Path) -> AsyncIterator[Callable[..., Any]]:
 
 def config(tmp: Path, sockets: int, policy: str = 'on_panic = ["dump", "restart"]', daemon: str = "") -> str:
     guests = "".join(f'[[guest]]\nsocket = "{tmp}/{i}.qmp"\n' for i in range(sockets))
-    return (
-        f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
-        f'control_socket = "{tmp}/control.sock"\n'
-        f"reconnect_max_seconds = 0.5\n{daemon}\n{guests}[[policy]]\n{policy}\n"
-    )
-
-
-def dumps_of(tmp: Path, name: str) -> list[Path]:
-    return sorted(p for p in (tmp / "dumps" / safe_name(name)).glob("*") if p.suffix != ".json")
-
-
-def metadata(dump: Path) -> dict[str, Any]:
-    return json.loads(dump.with_name(dump.name + ".json").read_text())
-
-
-async def completed_dumps(tmp: Path, name: str, count: int = 1) -> list[Path]:
-    def done() -> list[Path]:
-        found = [d for d in dumps_of(tmp, name)
-                 if d.with_name(d.name + ".json").exists()
-                 and metadata(d)["dump"]["result"] == "completed"]
-        return found if len(found) >= count else []
-
-    return await wait_for(done, what=f"{count} completed dump(s) of {name}")
+    return f"{daemon_section(tmp, daemon)}{guests}[[policy]]\n{policy}\n"
 
 
 async def test_panic_is_dumped_restarted_and_alerted(

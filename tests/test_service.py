@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,13 @@ import pytest
 
 from panicd.alerts import AlertKind
 from panicd.mock import MockGuest
-from tests.daemon_process import PanicdProcess, wait_for
+from tests.daemon_process import PanicdProcess, daemon_section, unique, wait_for
 from tests.journal import Journald
 from tests.qemu_harness import QemuGuest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "panicd.service"
 Start = Callable[..., PanicdProcess]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def daemon_section(tmp: Path) -> str:
-    return (f'[daemon]\ndump_dir = "{tmp}/dumps"\nstate_dir = "{tmp}/state"\n'
-            f'control_socket = "{tmp}/control.sock"\nreconnect_max_seconds = 0.5\n')
 
 
 def guests(*sockets: Path) -> str:
