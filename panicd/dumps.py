@@ -105,6 +105,18 @@ class DumpStore:
         tmp.replace(target)
         return target
 
+    def records(self, guest_name: str, qemu_pid: int | None) -> list[dict[str, Any]]:
+        """Metadata of this guest's dumps made by the QEMU process `qemu_pid`, oldest first."""
+        found = []
+        for meta_path in self.guest_dir(guest_name).glob("*.json"):
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict) and meta.get("guest", {}).get("qemu_pid") == qemu_pid:
+                found.append(meta)
+        return sorted(found, key=lambda m: str(m.get("dump", {}).get("started_at", "")))
+
     def discard(self, dump: Path) -> None:
         """Remove a failed dump and any metadata it has."""
         # Metadata first: interrupted half way, a dump without metadata is only clutter, while

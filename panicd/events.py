@@ -77,6 +77,8 @@ class Detection(StrEnum):
     EVENT = "event"
     #: panicd (re)connected and found the guest already in `guest-panicked`.
     ON_CONNECT = "on-connect"
+    #: Found on connect, and panicd had seen it before but its steps never all ran.
+    RESUMED = "resumed"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ is that a panic missed while away, or the one already dumped? The ledger answers
 is recorded against the QEMU *process* that reported it (pid and its start time from /proc, so
 a recycled pid does not match), and forgotten once that guest runs again.
 
+Each entry is `pending` from the moment the panic is seen until its policy's steps have all
+run, then `done`. A panic found `pending` on connect was interrupted (panicd stopped, a reload,
+a crash) and is handled again; only `done` means "leave it alone". Without QEMU's pid (no
+SO_PEERCRED, another pid namespace) there is no trustworthy key: the ledger is not used, and a
+still-paused guest may be handled twice rather than a panic missed.
+
 State lives in `<state_dir>/handled-panics.json`, written atomically by the ledger's own task
 (`run`), never on the event path; a lost or corrupt file costs at most a second dump of a
 paused guest, never a missed panic.
@@ -14,34 +20,40 @@ paused guest, never a missed panic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("panicd.ledger")
 
 
-def qemu_instance(socket: str, pid: int | None) -> str:
-    """A key for one run of one QEMU: its socket, pid and the pid's start time."""
-    start = "?"
-    if pid is not None:
-        with contextlib.suppress(OSError, IndexError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            # Field 22 (starttime) counts from after the parenthesised command name.
-            start = stat.rsplit(")", 1)[1].split()[19]
+PENDING = "pending"
+DONE = "done"
+
+
+def qemu_instance(socket: str, pid: int | None) -> str | None:
+    """A key for one run of one QEMU: its socket, pid and the pid's start time; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22 (starttime) counts from after the parenthesised command name.
+        start = stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
     return f"{socket}|{pid}|{start}"
 
 
 class PanicLedger:
     def __init__(self, state_dir: Path | None) -> None:
         self._path = state_dir / "handled-panics.json" if state_dir else None
-        self._handled: dict[str, float] = self._load()
+        self._handled: dict[str, dict[str, Any]] = self._load()
         self._dirty = asyncio.Event()
 
-    def _load(self) -> dict[str, float]:
+    def _load(self) -> dict[str, dict[str, Any]]:
         if self._path is None:
             return {}
         try:
@@ -53,7 +65,8 @@ class PanicLedger:
             return {}
         if not isinstance(data, dict):
             return {}
-        return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+        return {str(k): v for k, v in data.items()
+                if isinstance(v, dict) and v.get("state") in (PENDING, DONE)}
 
     async def run(self) -> None:
         """Write the ledger whenever it changed; runs until cancelled."""
@@ -69,7 +82,7 @@ class PanicLedger:
         self._dirty.clear()
         await asyncio.to_thread(self._write, dict(self._handled))
 
-    def _write(self, snapshot: dict[str, float]) -> None:
+    def _write(self, snapshot: dict[str, dict[str, Any]]) -> None:
         if self._path is None:
             return
         try:
@@ -82,13 +95,23 @@ class PanicLedger:
         except OSError as exc:
             log.warning("ledger.unwritable", path=str(self._path), error=str(exc))
 
-    def handled(self, instance: str) -> bool:
-        return instance in self._handled
+    def state(self, instance: str | None) -> str | None:
+        """PENDING, DONE, or None (no panic of this QEMU on record)."""
+        if instance is None:
+            return None
+        entry = self._handled.get(instance)
+        return str(entry["state"]) if entry else None
 
-    def record(self, instance: str, when: float) -> None:
-        self._handled[instance] = when
-        self._dirty.set()
+    def record(self, instance: str | None, when: float) -> None:
+        if instance is not None:
+            self._handled[instance] = {"state": PENDING, "at": when}
+            self._dirty.set()
 
-    def forget(self, instance: str) -> None:
-        if self._handled.pop(instance, None) is not None:
+    def done(self, instance: str | None) -> None:
+        if instance is not None and instance in self._handled:
+            self._handled[instance]["state"] = DONE
+            self._dirty.set()
+
+    def forget(self, instance: str | None) -> None:
+        if instance is not None and self._handled.pop(instance, None) is not None:
             self._dirty.set()

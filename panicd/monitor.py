@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from panicd import ledger
 from panicd.alerts import Alerter
 from panicd.config import DaemonConfig, GuestConfig
 from panicd.errors import GuestUnreachable
@@ -87,11 +88,12 @@ class GuestMonitor:
         self.ledger = ledger
         self._identity = GuestIdentity(name=spec.name or spec.socket.stem, socket=str(spec.socket))
         self._session: QmpSession | None = None
-        self._instance = ""
+        self._instance: str | None = None
         self._identified = False
         self._early_events: list[dict[str, Any]] = []
         self._latched: set[IncidentKind] = set()
-        self._incidents: asyncio.Queue[Incident] = asyncio.Queue()
+        #: Incidents waiting for the worker, each with the QEMU instance that reported it.
+        self._incidents: asyncio.Queue[tuple[Incident, str | None]] = asyncio.Queue()
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
         self._tasks: asyncio.TaskGroup | None = None
         # What `panicd status` and STATUS= show.
@@ -220,9 +222,10 @@ class GuestMonitor:
         # A new connection may be a new QEMU: what was latched is re-learned from query-status
         # and the ledger below.
         self._latched.clear()
-        await self._identify(session)
+        # First of all: under QEMU's default (shutdown) a panic during identification is lost.
         if self.settings.take_over_panic_action:
             await self._take_over_panic_action(session)
+        await self._identify(session)
         status = await session.execute("query-status")
         self.runstate = str(status.get("status")) if isinstance(status, dict) else None
         self.state = ConnectionState.CONNECTED
@@ -347,16 +350,21 @@ class GuestMonitor:
     def _found_panicked(self) -> None:
         if IncidentKind.PANIC in self._latched:
             return  # the GUEST_PANICKED event itself arrived while connecting
-        if self.ledger.handled(self._instance):
+        state = self.ledger.state(self._instance)
+        if state == ledger.DONE:
             log.info("panic.already_handled", status=self.runstate)
             self._latched.add(IncidentKind.PANIC)
             return
-        log.warning("panic.found_on_connect", status=self.runstate)
+        if state == ledger.PENDING:
+            # Seen before, but its steps never all ran (panicd stopped, a reload, a crash).
+            log.warning("panic.resumed", status=self.runstate)
+        else:
+            log.warning("panic.found_on_connect", status=self.runstate)
         self._raise_incident(
             Incident(
                 kind=IncidentKind.PANIC,
                 guest=self._identity,
-                detection=Detection.ON_CONNECT,
+                detection=Detection.RESUMED if state == ledger.PENDING else Detection.ON_CONNECT,
                 action="pause",
             )
         )
@@ -372,8 +380,8 @@ class GuestMonitor:
             action=incident.action,
             detection=incident.detection.value,
         )
+        self._incidents.put_nowait((incident, self._instance))  # first: whatever the alert does
         self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
-        self._incidents.put_nowait(incident)
 
     def _on_dump_completed(self, event: QmpEvent) -> None:
         try:
@@ -390,7 +398,7 @@ class GuestMonitor:
 
     async def _work_incidents(self) -> None:
         while True:
-            incident = await self._incidents.get()
+            incident, instance = await self._incidents.get()
             begun = time.monotonic()
             self.handling = True
             self._on_change()
@@ -398,6 +406,8 @@ class GuestMonitor:
                 with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
                     outcomes = await self.responder.handle(incident, self)
                 self._record(outcomes)
+                if incident.kind is IncidentKind.PANIC:
+                    self.ledger.done(instance)
             except Exception:
                 # A bug must cost this incident's remaining steps, not the guest's connection.
                 log.exception("incident.crashed", kind=incident.kind.value)
@@ -408,7 +418,7 @@ class GuestMonitor:
 
     def _record(self, outcomes: list[StepOutcome]) -> None:
         for outcome in outcomes:
-            if outcome.step == "dump" and not outcome.detail.get("skipped"):
+            if outcome.step == "dump" and outcome.detail.get("skipped") is not True:
                 self.last_dump = {
                     "path": outcome.detail.get("path"),
                     "bytes": outcome.detail.get("bytes"),

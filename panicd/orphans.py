@@ -47,6 +47,15 @@ def _running_records(directory: Path, socket: str) -> list[tuple[Path, dict[str,
 
 
 async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
+    """Settle this guest's dumps left "running"; a failure here is logged, never raised."""
+    try:
+        await _finish(monitor, dumps, alerter)
+    except Exception:
+        # A full or read-only disk must cost this bookkeeping only, not the guest's monitor.
+        log.exception("dump.orphans_failed")
+
+
+async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
     guest = monitor.identity
     directory = dumps.guest_dir(guest.name)
     records = await asyncio.to_thread(_running_records, directory, guest.socket)

@@ -192,6 +192,8 @@ class QmpSession:
 
 async def _quietly_disconnect(client: QMPClient) -> None:
     # disconnect() re-raises whatever ended the reader (EOF, a protocol error): the caller has
-    # already learned that through closed(), so it is only logged by qemu.qmp here.
+    # already learned that through closed(), so it is only logged by qemu.qmp here. A wedged
+    # peer must not hold up panicd's shutdown: 5 s, then the client is abandoned.
     with contextlib.suppress(Exception):
-        await client.disconnect()
+        async with asyncio.timeout(5):
+            await client.disconnect()

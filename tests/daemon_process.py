@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from typing import Any
 
 from panicd.dumps import safe_name
 
+_numbers = itertools.count(1)
+
 
 class PanicdProcess:
     def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None,
@@ -24,7 +27,8 @@ class PanicdProcess:
         self.workdir = workdir
         self.config_path = workdir / "panicd.toml"
         self.config_path.write_text(config)
-        self.log_path = workdir / "panicd.log"
+        # One log per process: a test may start panicd several times in one directory.
+        self.log_path = workdir / f"panicd-{next(_numbers)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -297,3 +297,29 @@ async def test_a_dump_survives_a_dropped_qmp_connection(
     assert alert["DUMP_PATH"] == str(dump)
     assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
                                   GUEST_NAME=name)
+
+
+async def test_a_panic_whose_steps_were_interrupted_is_handled_again(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    name = unique("cut")
+    guest = await mocks(name)
+    policy = 'on_panic = ["exec", "restart"]\nexec = { command = ["sleep", "60"], timeout = 120 }'
+    first = panicd(config(short_tmp, 1, policy))
+    await first.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    await first.wait_event("step.started", step="exec")
+    assert await first.stop() == 0  # before the restart step ran
+    assert guest.machine.runstate == "guest-panicked"
+
+    quick = 'on_panic = ["exec", "restart"]\nexec = { command = ["true"] }'
+    second = panicd(config(short_tmp, 1, quick))
+    await second.wait_event("panic.resumed", guest=name)
+    await second.wait_event("incident.handled", guest=name)
+    await wait_for(lambda: guest.machine.runstate == "running", what="the restart, at last")
+    assert await second.stop() == 0
+
+    third = panicd(config(short_tmp, 1, quick))  # now it is done: left alone (and running)
+    await third.wait_event("qmp.connected", guest=name)
+    assert not third.events("panic.resumed")
+    assert not third.events("panic.found_on_connect")

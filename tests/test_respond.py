@@ -165,3 +165,15 @@ async def test_exec_gets_the_incident_in_its_environment_and_times_out(
     outcomes = await asyncio.wait_for(r.handle(incident(), NoGuest()), 5)
     assert not outcomes[0].ok
     assert "timed out" in alerts.alerts[0].message
+
+
+async def test_a_hook_that_leaves_a_child_behind_is_done_when_it_exits(tmp_path: Path) -> None:
+    from panicd.actions import registry
+
+    config = ('[[policy]]\non_panic = ["exec"]\n'
+              'exec = { command = ["sh", "-c", "sleep 30 & echo started"], timeout = 10 }\n')
+    r, alerts = responder(tmp_path, config, registry())
+    outcomes = await asyncio.wait_for(r.handle(incident(), NoGuest()), 5)
+    assert outcomes[0].ok, outcomes[0].detail
+    assert outcomes[0].detail["stdout"] == "started\n"
+    assert alerts.alerts == []

@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,7 +30,7 @@ from panicd import __version__
 from panicd.actions import StepContext
 from panicd.alerts import Alert, AlertKind
 from panicd.errors import DumpFailed
-from panicd.events import DumpCompletedData
+from panicd.events import Detection, DumpCompletedData
 from panicd.qmp import QmpCommandError, QmpSession
 
 log = structlog.get_logger("panicd.dump")
@@ -47,6 +47,13 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
     guest = ctx.guest.identity
     settings = ctx.policy.dump
     session = _session(ctx)
+    if ctx.incident.detection is Detection.RESUMED:
+        earlier = await asyncio.to_thread(ctx.dumps.records, guest.name, guest.qemu_pid)
+        if earlier:
+            # panicd stopped after this dump was started: orphans.py settles that one.
+            log.info("dump.already_made", path=earlier[-1]["dump"]["path"])
+            return {"skipped": "dump already made for this panic", "path": earlier[-1]["dump"]["path"],
+                    "result": earlier[-1]["dump"]["result"]}
     fmt = await _usable_format(ctx, session, settings.format)
 
     waited = time.monotonic()
@@ -62,13 +69,16 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
         if fmt != "elf":
             args["format"] = fmt
         begun = time.monotonic()
-        metadata = _metadata(ctx, path, fmt, started_at, waited)
+        progress = _Progress()
         try:
+            # Written before QEMU is asked: a dump QEMU may be writing always has its record.
+            await asyncio.to_thread(
+                ctx.dumps.write_metadata, path, _metadata(ctx, path, fmt, started_at, waited)
+            )
             # Re-read the session: the guest may have reconnected while this task waited.
             session = _session(ctx)
-            started = _started_hook(ctx, path, metadata)
             result = await _run_dump(
-                ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, started=started
+                ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, progress=progress
             )
         except _Detached as exc:
             # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
@@ -77,10 +87,10 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
             log.warning("dump.detached", path=str(path), error=str(exc))
             return {"path": str(path), "format": fmt, "result": "running"}
         except asyncio.CancelledError:
-            # panicd is stopping. Once QEMU has started, it goes on writing without us: the
-            # metadata says "running" until a later panicd completes it. Before that, the
+            # panicd is stopping. Once QEMU may be writing, it goes on without us: the metadata
+            # says "running" until a later panicd settles it (orphans.py). Before that, the
             # empty file is of no use.
-            if not ctx.dumps.metadata_path(path).exists():
+            if not progress.qemu_may_write:
                 await asyncio.to_thread(ctx.dumps.discard, path)
             raise
         except BaseException:
@@ -91,6 +101,7 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
         seconds = time.monotonic() - begun
 
     size = path.stat().st_size
+    metadata = _metadata(ctx, path, fmt, started_at, waited)
     metadata["dump"].update(
         size_bytes=size,
         guest_bytes=result.result.total,
@@ -141,11 +152,10 @@ def _metadata(
     }
 
 
-def _started_hook(ctx: StepContext, path: Any, metadata: dict[str, Any]) -> Callable[[], Awaitable[None]]:
-    async def started() -> None:
-        await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
-
-    return started
+@dataclass
+class _Progress:
+    #: True from the moment dump-guest-memory is sent: QEMU may own the fd from then on.
+    qemu_may_write: bool = False
 
 
 def _session(ctx: StepContext) -> QmpSession:
@@ -177,26 +187,25 @@ async def _run_dump(
     fd: int,
     args: dict[str, Any],
     timeout: float,
-    started: Callable[[], Awaitable[None]],
+    progress: _Progress,
 ) -> DumpCompletedData:
     name = ctx.guest.identity.name
-    writing = False
     fdname = f"panicd-dump-{next(_fd_names)}"
     args["protocol"] = f"fd:{fdname}"
     completed = ctx.guest.expect_dump_completed()
     try:
         session.send_fd(fd)
         await session.execute("getfd", {"fdname": fdname})
+        progress.qemu_may_write = True
         try:
             await session.execute("dump-guest-memory", args)
         except QmpCommandError:
+            progress.qemu_may_write = False
             # QEMU only takes the fd over once the dump starts; give it back.
             with contextlib.suppress(QmpCommandError):
                 await session.execute("closefd", {"fdname": fdname})
             raise
         log.info("dump.started", format=args.get("format", "elf"), protocol=args["protocol"])
-        await started()
-        writing = True
         try:
             async with asyncio.timeout(timeout):
                 result = await _follow(session, completed)
@@ -206,7 +215,7 @@ async def _run_dump(
                 f"timed out after {timeout:g} s; QEMU may still be writing (it cannot cancel a dump)",
             ) from exc
     except QmpCommandError as exc:
-        if writing and exc.kind == QmpCommandError.DISCONNECTED:
+        if progress.qemu_may_write and exc.kind == QmpCommandError.DISCONNECTED:
             raise _Detached(exc.reason) from exc
         raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
     finally:

@@ -13,7 +13,8 @@ import contextlib
 import json
 import os
 import signal
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 import structlog
 
@@ -54,32 +55,40 @@ async def run_hook(ctx: StepContext) -> dict[str, Any]:
     # A hook must not be able to speak for panicd to systemd (sd_notify, watchdog).
     inherited = {k: v for k, v in os.environ.items() if k not in _PANICD_ONLY}
     env = {**inherited, **hook_environment(ctx)}
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *settings.command,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise StepFailed(name, "exec", f"cannot start {settings.command[0]}: {exc}") from exc
-    try:
-        async with asyncio.timeout(settings.timeout):
-            out, err = await proc.communicate()
-    except TimeoutError as exc:
-        _kill_group(proc.pid)
-        await proc.wait()
-        raise StepFailed(name, "exec", f"timed out after {settings.timeout:g} s; killed") from exc
-    except asyncio.CancelledError:
-        _kill_group(proc.pid)
-        raise
-    stdout = out[:OUTPUT_LIMIT].decode("utf-8", "replace")
-    stderr = err[:OUTPUT_LIMIT].decode("utf-8", "replace")
+    # Output goes to unlinked temporary files, not pipes: a child the hook leaves in the
+    # background may keep a pipe open forever, but the hook is done when its process exits.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *settings.command,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StepFailed(name, "exec", f"cannot start {settings.command[0]}: {exc}") from exc
+        try:
+            async with asyncio.timeout(settings.timeout):
+                await proc.wait()
+        except TimeoutError as exc:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise StepFailed(name, "exec", f"timed out after {settings.timeout:g} s; killed") from exc
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            await asyncio.shield(proc.wait())
+            raise
+        stdout, stderr = (_head(f) for f in (out, err))
     if proc.returncode != 0:
         raise StepFailed(name, "exec", f"exited with status {proc.returncode}: {stderr.strip()}")
     return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+
+
+def _head(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read(OUTPUT_LIMIT).decode("utf-8", "replace")
 
 
 def _kill_group(pid: int) -> None:
