@@ -113,12 +113,23 @@ class GuestConfig(_Strict):
         return socket
 
 
+class Retention(_Strict):
+    """Which completed dumps to keep; after each new dump the oldest beyond a limit go."""
+
+    max_per_guest: int | None = Field(default=None, ge=1)
+    max_total_bytes: int | None = Field(default=None, ge=0)
+    max_age_days: float | None = Field(default=None, gt=0)
+
+
 class DaemonConfig(_Strict):
     """Host-wide settings."""
 
     dump_dir: Path = Path("/var/lib/panicd/dumps")
     state_dir: Path = Path("/var/lib/panicd/state")
     max_concurrent_dumps: int = Field(default=2, ge=1, le=64)
+    #: A dump is skipped (and alerted) unless the dump directory keeps this much free after it.
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
+    retention: Retention = Retention()
     take_over_panic_action: bool = True
     connect_timeout: Seconds = 5.0
     command_timeout: Seconds = 30.0

@@ -56,7 +56,8 @@ class Daemon:
         self.config_path = config_path
         self.alerter = alerter or JournalAlerter()
         self.notifier = notifier or Notifier()
-        self.dumps = DumpStore(config.daemon.dump_dir)
+        self.dumps = DumpStore(config.daemon.dump_dir, min_free_bytes=config.daemon.min_free_bytes,
+                               retention=config.daemon.retention)
         self.ledger = PanicLedger(config.daemon.state_dir)
         self.dump_slots = DumpSlots(config.daemon.max_concurrent_dumps)
         self.responder = PanicResponder(
@@ -264,6 +265,8 @@ class Daemon:
         # Rare ([daemon] edited): every guest reconnects with the new settings. Dumps already
         # running keep the slot they hold; the new limit governs the next ones.
         self.dumps.root = new.daemon.dump_dir
+        self.dumps.min_free_bytes = new.daemon.min_free_bytes
+        self.dumps.retention = new.daemon.retention
         self.dump_slots = DumpSlots(new.daemon.max_concurrent_dumps)
         self.responder.dump_slots = self.dump_slots
         log.info("reload.daemon_settings_changed")

@@ -19,9 +19,12 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from panicd.config import Retention
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 64
@@ -57,10 +60,54 @@ class DumpFile:
 
 
 class DumpStore:
-    """Creates dump files and their metadata under one directory."""
+    """Creates dump files and their metadata under one directory, within its disk limits."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0,
+                 retention: Retention | None = None) -> None:
         self.root = root
+        self.min_free_bytes = min_free_bytes
+        self.retention = retention or Retention()
+
+    def free_bytes(self) -> int:
+        """Free space (for an unprivileged writer) on the dump directory's filesystem."""
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    def apply_retention(self, now: float | None = None) -> list[Path]:
+        """Remove the oldest completed dumps beyond the retention limits; return them.
+
+        Only dumps whose metadata says "completed" are candidates: one still being written
+        (or settled later by orphans.py) is never removed.
+        """
+        limits = self.retention
+        if limits == Retention():
+            return []
+        now = time.time() if now is None else now
+        dumps = self._completed()
+        doomed: dict[Path, None] = {}
+        if limits.max_age_days is not None:
+            cutoff = dt.datetime.fromtimestamp(now - limits.max_age_days * 86400, dt.UTC).isoformat()
+            doomed.update((d, None) for started, d, _, _ in dumps if started < cutoff)
+        if limits.max_per_guest is not None:
+            by_guest: dict[str, list[Path]] = {}
+            for _, d, _, guest in dumps:
+                by_guest.setdefault(guest, []).append(d)
+            for kept in by_guest.values():
+                doomed.update((d, None) for d in kept[: -limits.max_per_guest])
+        if limits.max_total_bytes is not None:
+            total = sum(size for _, d, size, _ in dumps if d not in doomed)
+            for _, d, size, _ in dumps:
+                if total <= limits.max_total_bytes:
+                    break
+                if d not in doomed:
+                    doomed[d] = None
+                    total -= size
+        for d in doomed:
+            self.discard(d)
+        return list(doomed)
 
     def guest_dir(self, guest_name: str) -> Path:
         return self.root / safe_name(guest_name)
@@ -87,6 +134,21 @@ class DumpStore:
             os.fchmod(fd, 0o600)
             return DumpFile(path=path, fd=fd)
         raise FileExistsError(f"no free dump file name in {directory} for {stamp}")
+
+    def _completed(self) -> list[tuple[str, Path, int, str]]:
+        """Completed dumps, oldest first, as (started_at, dump, size, guest dir)."""
+        dumps = []
+        for meta_path in self.root.glob("*/*.json"):
+            try:
+                info = json.loads(meta_path.read_text(encoding="utf-8"))["dump"]
+                if info.get("result") != "completed":
+                    continue
+                dump = meta_path.with_name(meta_path.name.removesuffix(".json"))
+                dumps.append((str(info["started_at"]), dump, int(info.get("size_bytes") or 0),
+                              meta_path.parent.name))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return sorted(dumps)
 
     @staticmethod
     def metadata_path(dump: Path) -> Path:
@@ -132,6 +194,8 @@ class DumpSlots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.running = 0
+        #: Disk space the running dumps are expected to take still (for the disk guard).
+        self.reserved_bytes = 0
         self._semaphore = asyncio.Semaphore(limit)
 
     async def __aenter__(self) -> None:

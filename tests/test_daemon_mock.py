@@ -6,6 +6,7 @@ Each test gives its guests unique names, so the journal entries it reads are its
 
 from __future__ import annotations
 
+import shutil
 import stat
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -323,3 +324,37 @@ async def test_a_panic_whose_steps_were_interrupted_is_handled_again(
     await third.wait_event("qmp.connected", guest=name)
     assert not third.events("panic.resumed")
     assert not third.events("panic.found_on_connect")
+
+
+async def test_a_dump_that_would_not_fit_is_skipped_and_alerted(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("nospace")
+    guest = await mocks(name)
+    free = shutil.disk_usage(short_tmp).free
+    daemon = panicd(config(short_tmp, 1, daemon=f"min_free_bytes = {free}"))  # 8 MiB won't fit
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    (failed,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
+    assert "not enough space" in failed["MESSAGE"]
+    assert "8388608 bytes" in failed["MESSAGE"]  # the guest's RAM, from query-memory-size-summary
+    await wait_for(lambda: guest.machine.runstate == "running", what="restart after the skip")
+    assert dumps_of(short_tmp, name) == []
+    assert "dump-guest-memory" not in [c[1] for c in guest.received_commands]
+
+
+async def test_retention_keeps_the_newest_dumps_of_a_guest(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    name = unique("kept")
+    guest = await mocks(name)
+    daemon = panicd(config(short_tmp, 1, daemon="retention = { max_per_guest = 2 }"))
+    await daemon.wait_event("qmp.connected", guest=name)
+    for n in range(1, 4):
+        guest.port.write(1)
+        await daemon.wait_event("incident.handled", guest=name, count=n)
+        await wait_for(lambda: guest.machine.runstate == "running", what="restart")
+    await daemon.wait_event("retention.removed")
+    kept = dumps_of(short_tmp, name)
+    assert len(kept) == 2
+    assert all(metadata(d)["dump"]["result"] == "completed" for d in kept)

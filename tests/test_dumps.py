@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from panicd.config import Retention
 from panicd.dumps import DumpStore, safe_name
 
 HOSTILE = ["../../etc/x", "..", ".", "", "/", "a/../../b", "x" * 5000, "\x00\n\t", "ü🙂", "-rf"]
@@ -73,3 +74,44 @@ def test_metadata_sits_beside_the_dump_and_discard_removes_both(tmp_path: Path) 
     store.discard(dump.path)
     assert not dump.path.exists()
     assert not meta.exists()
+
+
+def _fake_dump(store: DumpStore, guest: str, day: int, size: int, result: str = "completed") -> Path:
+    when = dt.datetime(2026, 1, day, tzinfo=dt.UTC)
+    dump = store.create(guest, "elf", when)
+    os.write(dump.fd, b"\0" * size)
+    os.close(dump.fd)
+    store.write_metadata(dump.path, {"dump": {"started_at": when, "size_bytes": size,
+                                              "result": result}})
+    return dump.path
+
+
+def test_retention_keeps_the_newest_per_guest_and_never_a_running_dump(tmp_path: Path) -> None:
+    store = DumpStore(tmp_path, retention=Retention(max_per_guest=2))
+    running = _fake_dump(store, "a", 1, 10, result="running")
+    a = [_fake_dump(store, "a", day, 10) for day in (2, 3, 4)]
+    b = [_fake_dump(store, "b", day, 10) for day in (1, 2)]
+    removed = store.apply_retention()
+    assert removed == [a[0]]
+    assert not a[0].exists()
+    assert not store.metadata_path(a[0]).exists()
+    assert running.exists()
+    assert all(p.exists() for p in (*a[1:], *b))
+
+
+def test_retention_by_total_size_and_age(tmp_path: Path) -> None:
+    store = DumpStore(tmp_path, retention=Retention(max_total_bytes=250))
+    dumps = [_fake_dump(store, g, day, 100) for g, day in (("a", 1), ("b", 2), ("a", 3))]
+    assert store.apply_retention() == [dumps[0]]  # 300 > 250: the oldest goes
+
+    store.retention = Retention(max_age_days=30)
+    now = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC).timestamp()  # day 2: 30.5 days; day 3: 29.5
+    assert store.apply_retention(now=now) == [dumps[1]]
+    assert dumps[2].exists()
+
+
+def test_no_retention_configured_keeps_everything(tmp_path: Path) -> None:
+    store = DumpStore(tmp_path)
+    dumps = [_fake_dump(store, "a", day, 10) for day in (1, 2, 3)]
+    assert store.apply_retention() == []
+    assert all(p.exists() for p in dumps)

@@ -59,46 +59,86 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
     waited = time.monotonic()
     async with ctx.dump_slots:
         waited = time.monotonic() - waited
-        started_at = dt.datetime.now(dt.UTC)
+        need = await _check_space(ctx, _session(ctx))
+        ctx.dump_slots.reserved_bytes += need
         try:
-            dump_file = await asyncio.to_thread(ctx.dumps.create, guest.name, fmt, started_at)
-        except OSError as exc:
-            raise DumpFailed(guest.name, f"cannot create the dump file: {exc}") from exc
-        path = dump_file.path
-        args: dict[str, Any] = {"paging": settings.paging, "protocol": "", "detach": True}
-        if fmt != "elf":
-            args["format"] = fmt
-        begun = time.monotonic()
-        progress = _Progress()
-        try:
-            # Written before QEMU is asked: a dump QEMU may be writing always has its record.
-            await asyncio.to_thread(
-                ctx.dumps.write_metadata, path, _metadata(ctx, path, fmt, started_at, waited)
-            )
-            # Re-read the session: the guest may have reconnected while this task waited.
-            session = _session(ctx)
-            result = await _run_dump(
-                ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, progress=progress
-            )
-        except _Detached as exc:
-            # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
-            # is still there): the metadata stays "running" and orphans.py settles it, with its
-            # alert, when the guest is connected again.
-            log.warning("dump.detached", path=str(path), error=str(exc))
-            return {"path": str(path), "format": fmt, "result": "running"}
-        except asyncio.CancelledError:
-            # panicd is stopping. Once QEMU may be writing, it goes on without us: the metadata
-            # says "running" until a later panicd settles it (orphans.py). Before that, the
-            # empty file is of no use.
-            if not progress.qemu_may_write:
-                await asyncio.to_thread(ctx.dumps.discard, path)
-            raise
-        except BaseException:
-            await asyncio.to_thread(ctx.dumps.discard, path)
-            raise
+            return await _dump_in_slot(ctx, fmt, waited)
         finally:
-            os.close(dump_file.fd)
-        seconds = time.monotonic() - begun
+            ctx.dump_slots.reserved_bytes -= need
+
+
+async def _check_space(ctx: StepContext, session: QmpSession) -> int:
+    """The disk guard: the dump's expected size, or DumpFailed when it would not fit.
+
+    The estimate is the guest's RAM (query-memory-size-summary): an elf dump is about that
+    size, and a compressed one can be, for a guest whose memory does not compress.
+    """
+    name = ctx.guest.identity.name
+    try:
+        summary = await session.execute("query-memory-size-summary")
+    except QmpCommandError as exc:
+        raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
+    need = 0
+    if isinstance(summary, dict):
+        need = int(summary.get("base-memory") or 0) + int(summary.get("plugged-memory") or 0)
+    try:
+        free = await asyncio.to_thread(ctx.dumps.free_bytes)
+    except OSError as exc:
+        raise DumpFailed(name, f"cannot check free space under {ctx.dumps.root}: {exc}") from exc
+    spare = free - ctx.dump_slots.reserved_bytes - ctx.dumps.min_free_bytes
+    if need > spare:
+        raise DumpFailed(
+            name,
+            f"skipped: not enough space under {ctx.dumps.root}: the dump needs about {need} bytes "
+            f"(guest RAM); {free} bytes free, {ctx.dump_slots.reserved_bytes} reserved by running "
+            f"dumps, min_free_bytes {ctx.dumps.min_free_bytes}",
+        )
+    return need
+
+
+async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, Any]:
+    guest = ctx.guest.identity
+    settings = ctx.policy.dump
+    started_at = dt.datetime.now(dt.UTC)
+    try:
+        dump_file = await asyncio.to_thread(ctx.dumps.create, guest.name, fmt, started_at)
+    except OSError as exc:
+        raise DumpFailed(guest.name, f"cannot create the dump file: {exc}") from exc
+    path = dump_file.path
+    args: dict[str, Any] = {"paging": settings.paging, "protocol": "", "detach": True}
+    if fmt != "elf":
+        args["format"] = fmt
+    begun = time.monotonic()
+    progress = _Progress()
+    try:
+        # Written before QEMU is asked: a dump QEMU may be writing always has its record.
+        await asyncio.to_thread(
+            ctx.dumps.write_metadata, path, _metadata(ctx, path, fmt, started_at, waited)
+        )
+        # Re-read the session: the guest may have reconnected while this task waited.
+        session = _session(ctx)
+        result = await _run_dump(
+            ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, progress=progress
+        )
+    except _Detached as exc:
+        # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
+        # is still there): the metadata stays "running" and orphans.py settles it, with its
+        # alert, when the guest is connected again.
+        log.warning("dump.detached", path=str(path), error=str(exc))
+        return {"path": str(path), "format": fmt, "result": "running"}
+    except asyncio.CancelledError:
+        # panicd is stopping. Once QEMU may be writing, it goes on without us: the metadata
+        # says "running" until a later panicd settles it (orphans.py). Before that, the
+        # empty file is of no use.
+        if not progress.qemu_may_write:
+            await asyncio.to_thread(ctx.dumps.discard, path)
+        raise
+    except BaseException:
+        await asyncio.to_thread(ctx.dumps.discard, path)
+        raise
+    finally:
+        os.close(dump_file.fd)
+    seconds = time.monotonic() - begun
 
     size = path.stat().st_size
     metadata = _metadata(ctx, path, fmt, started_at, waited)
@@ -110,6 +150,13 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
     )
     await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
     ctx.dump_path = path
+    try:
+        removed = await asyncio.to_thread(ctx.dumps.apply_retention)
+    except OSError as exc:
+        log.warning("retention.failed", error=str(exc))
+    else:
+        if removed:
+            log.info("retention.removed", dumps=[str(p) for p in removed])
     ctx.alerter.send(
         Alert(
             AlertKind.DUMP_COMPLETED,
