@@ -28,6 +28,7 @@ class AlertKind(Enum):
     DUMP_COMPLETED = ("6cd00ab14a7041128cbae65a9b0fb139", 5)  # notice
     DUMP_FAILED = ("46e9d6ac440246b1a32dffc7fe49e096", 3)  # err
     STEP_FAILED = ("f693c22abd834ff3bb00443b5707bcb5", 3)  # err
+    CRASH_LOOP = ("6a93dc80b886487ab0b28bad7da4eb11", 2)  # crit: restarts stopped, guest paused
     CONFIG_REJECTED = ("02cdfd2d24e449eda40bfd9e0bca15b9", 3)  # err: a reload kept the old config
 
     @property

@@ -76,6 +76,13 @@ class ExecSettings(_Strict):
         return command
 
 
+class RestartLimit(_Strict):
+    """Crash-loop guard: at most `max` restarts by panicd within `within` seconds."""
+
+    max: int = Field(ge=1, le=1000)
+    within: Seconds
+
+
 class Policy(_Strict):
     """What to do when a guest whose name matches `match` panics."""
 
@@ -84,6 +91,8 @@ class Policy(_Strict):
     on_crash_loaded: list[StepName] = Field(default_factory=list)
     dump: DumpSettings = DumpSettings()
     exec: ExecSettings | None = None
+    #: Past the budget the guest is left paused instead of restarted, with a crash-loop alert.
+    restart: RestartLimit | None = None
 
     @model_validator(mode="after")
     def _exec_needs_command(self) -> Policy:

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from panicd.actions import GuestHandle, Step, StepContext, registry
+from panicd.actions import GuestHandle, RestartBudget, Step, StepContext, registry
 from panicd.alerts import Alert, Alerter, AlertKind
 from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
@@ -87,6 +87,8 @@ class PanicResponder:
         self.dump_slots = dump_slots
         self.alerter = alerter
         self.steps = dict(steps) if steps is not None else registry()
+        #: Per guest name, so that a reconnect or a reload does not reset the crash-loop guard.
+        self.restart_budgets: dict[str, RestartBudget] = {}
 
     async def handle(self, incident: Incident, guest: GuestHandle) -> list[StepOutcome]:
         # The policy is looked up now, not at event time: a reload applies to the next panic.
@@ -99,6 +101,7 @@ class PanicResponder:
             dumps=self.dumps,
             dump_slots=self.dump_slots,
             alerter=self.alerter,
+            restarts=self.restart_budgets.setdefault(incident.guest.name, RestartBudget()),
         )
         outcomes = []
         for name in names:

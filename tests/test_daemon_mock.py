@@ -358,3 +358,25 @@ async def test_retention_keeps_the_newest_dumps_of_a_guest(
     kept = dumps_of(short_tmp, name)
     assert len(kept) == 2
     assert all(metadata(d)["dump"]["result"] == "completed" for d in kept)
+
+
+async def test_a_crash_loop_is_left_paused_and_alerted(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    name = unique("loop")
+    guest = await mocks(name)
+    policy = 'on_panic = ["restart"]\nrestart = { max = 2, within = 3600 }'
+    daemon = panicd(config(short_tmp, 1, policy))
+    await daemon.wait_event("qmp.connected", guest=name)
+    for n in (1, 2):
+        guest.port.write(1)
+        await daemon.wait_event("incident.handled", guest=name, count=n)
+        await wait_for(lambda: guest.machine.runstate == "running", what=f"restart {n}")
+    guest.port.write(1)  # the third panic within the hour
+    (loop,) = await journal.find(MESSAGE_ID=AlertKind.CRASH_LOOP.message_id, GUEST_NAME=name)
+    assert loop["PRIORITY"] == "2"
+    assert loop["RESTARTS"] == "2"
+    assert "crash loop" in loop["MESSAGE"]
+    await daemon.wait_event("incident.handled", guest=name, count=3)
+    assert guest.machine.runstate == "guest-panicked"
+    assert [c[1] for c in guest.received_commands].count("system_reset") == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from panicd.alerts import Alerter
-from panicd.config import Policy
+from panicd.config import Policy, RestartLimit
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.events import DumpCompletedData, GuestIdentity, Incident
 from panicd.qmp import QmpSession
@@ -39,6 +39,26 @@ class GuestHandle(Protocol):
         ...
 
 
+class RestartBudget:
+    """When one guest was restarted by panicd lately: the crash-loop guard's memory."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+
+    def allow(self, limit: RestartLimit | None, now: float) -> bool:
+        """Whether one more restart fits `limit`; recent ones are counted, old ones forgotten."""
+        if limit is None:
+            return True
+        self._times = [t for t in self._times if now - t < limit.within]
+        return len(self._times) < limit.max
+
+    def count(self, within: float, now: float) -> int:
+        return sum(1 for t in self._times if now - t < within)
+
+    def spent(self, now: float) -> None:
+        self._times.append(now)
+
+
 @dataclass
 class StepContext:
     incident: Incident
@@ -48,6 +68,8 @@ class StepContext:
     #: Host-wide limit on dumps running at once (max_concurrent_dumps).
     dump_slots: DumpSlots
     alerter: Alerter
+    #: This guest's restarts, for the crash-loop guard (policy `restart`).
+    restarts: RestartBudget = field(default_factory=RestartBudget)
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
     notes: dict[str, Any] = field(default_factory=dict)

@@ -12,9 +12,11 @@ The QEMU behaviour they rely on (QEMU 7.2, seen):
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from panicd.actions import StepContext
+from panicd.alerts import Alert, AlertKind
 from panicd.errors import StepFailed
 from panicd.qmp import QmpCommandError, QmpSession
 
@@ -57,6 +59,11 @@ async def resume(ctx: StepContext) -> dict[str, Any]:
 
 
 async def restart(ctx: StepContext) -> dict[str, Any]:
+    limit = ctx.policy.restart
+    now = time.monotonic()
+    if not ctx.restarts.allow(limit, now):
+        assert limit is not None
+        return await _crash_loop(ctx, limit.max, limit.within)
     dump = await _run(ctx, "restart", "query-dump")
     if isinstance(dump, dict) and dump.get("status") == "active":
         raise StepFailed(
@@ -65,11 +72,26 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
             "once query-dump says it is finished",
             command={"execute": "query-dump"}, reply=dump,
         )
+    ctx.restarts.spent(now)
     await _run(ctx, "restart", "system_reset")
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
         await _run(ctx, "restart", "cont")
     return {"status": await _status(ctx, "restart")}
+
+
+async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[str, Any]:
+    """Too many restarts: leave the guest paused for a person, and say so loudly."""
+    guest = ctx.guest.identity
+    state = await pause(ctx)
+    ctx.alerter.send(Alert(
+        AlertKind.CRASH_LOOP,
+        f"Guest {guest.name} is in a crash loop: it panicked again after {restarts} restarts "
+        f"within {within:g} s; left paused instead of restarted",
+        guest,
+        {"RESTARTS": str(restarts), "WITHIN_SECONDS": f"{within:g}"},
+    ))
+    return {"skipped": "crash loop: left paused", **state}
 
 
 async def poweroff(ctx: StepContext) -> dict[str, Any]:
