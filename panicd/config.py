@@ -139,6 +139,8 @@ class DaemonConfig(_Strict):
     #: A dump is skipped (and alerted) unless the dump directory keeps this much free after it.
     min_free_bytes: int = Field(default=1 << 30, ge=0)
     retention: Retention = Retention()
+    #: "host:port" for Prometheus metrics (GET /metrics); None: not served.
+    metrics_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
     take_over_panic_action: bool = True
     connect_timeout: Seconds = 5.0
     command_timeout: Seconds = 30.0

@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from panicd import __version__
+from panicd import __version__, metrics
 from panicd.alerts import Alert, Alerter, AlertKind, JournalAlerter
 from panicd.config import Config, GuestConfig, load
 from panicd.control import ControlServer
@@ -68,6 +68,7 @@ class Daemon:
             alerter=self.alerter,
         )
         self.monitors: dict[Path, GuestMonitor] = {}
+        self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
         self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -143,6 +144,9 @@ class Daemon:
                 control = ControlServer(self.config.daemon.control_socket, self.status,
                                         self.config.daemon.control_group)
                 tasks.create_task(control.serve(), name="control")
+                if self.config.daemon.metrics_listen:
+                    tasks.create_task(metrics.serve(self.responder.metrics,
+                                                    self.config.daemon.metrics_listen), name="metrics")
                 for spec in self.config.guest:
                     self._start_monitor(spec)
                 await self._first_attempts()

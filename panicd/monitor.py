@@ -381,6 +381,10 @@ class GuestMonitor:
             detection=incident.detection.value,
         )
         self._incidents.put_nowait((incident, self._instance))  # first: whatever the alert does
+        if incident.kind is IncidentKind.PANIC:
+            self.responder.metrics.panics.inc()
+        else:
+            self.responder.metrics.crash_loaded.inc()
         self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
 
     def _on_dump_completed(self, event: QmpEvent) -> None:

@@ -22,6 +22,7 @@ from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, Incident, IncidentKind
+from panicd.metrics import Metrics
 
 log = structlog.get_logger("panicd.respond")
 
@@ -81,7 +82,9 @@ class PanicResponder:
         dump_slots: DumpSlots,
         alerter: Alerter,
         steps: Mapping[str, Step] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.policy_for = policy_for
         self.dumps = dumps
         self.dump_slots = dump_slots
@@ -102,6 +105,7 @@ class PanicResponder:
             dump_slots=self.dump_slots,
             alerter=self.alerter,
             restarts=self.restart_budgets.setdefault(incident.guest.name, RestartBudget()),
+            metrics=self.metrics,
         )
         outcomes = []
         for name in names:
@@ -123,6 +127,8 @@ class PanicResponder:
         try:
             detail = await self.steps[name](ctx)
         except StepFailed as exc:
+            if isinstance(exc, DumpFailed):
+                self.metrics.dumps.labels(result="failed").inc()
             self._alert_failure(ctx, exc)
             return StepOutcome(name, ok=False, detail={"error": exc.reason})
         except Exception as exc:

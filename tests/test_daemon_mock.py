@@ -6,7 +6,9 @@ Each test gives its guests unique names, so the journal entries it reads are its
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import socket
 import stat
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -380,3 +382,41 @@ async def test_a_crash_loop_is_left_paused_and_alerted(
     await daemon.wait_event("incident.handled", guest=name, count=3)
     assert guest.machine.runstate == "guest-panicked"
     assert [c[1] for c in guest.received_commands].count("system_reset") == 2
+
+
+async def test_metrics_count_panics_dumps_restarts_and_guests(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    name = unique("metric")
+    guest = await mocks(name)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = panicd(config(short_tmp, 2, daemon=f'metrics_listen = "127.0.0.1:{port}"'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    await daemon.wait_event("metrics.listening")
+    guest.port.write(1)
+    await daemon.wait_event("incident.handled", guest=name)
+
+    def scrape(path: str = "/metrics") -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    status, text = await asyncio.to_thread(scrape)
+    assert status == 200
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["panicd_panics_total"] == 1
+    assert values['panicd_dumps_total{result="completed"}'] == 1
+    assert values["panicd_restarts_total"] == 1
+    assert values["panicd_dump_bytes_total"] > 8 * 2**20
+    assert values["panicd_dump_duration_seconds_count"] == 1
+    assert values['panicd_guests{state="connected"}'] == 1
+    assert values['panicd_guests{state="connecting"}'] + values['panicd_guests{state="disconnected"}'] == 1
+    assert (await asyncio.to_thread(scrape, "/other"))[0] == 404

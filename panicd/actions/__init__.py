@@ -21,6 +21,7 @@ from panicd.alerts import Alerter
 from panicd.config import Policy, RestartLimit
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.events import DumpCompletedData, GuestIdentity, Incident
+from panicd.metrics import Metrics
 from panicd.qmp import QmpSession
 
 
@@ -70,6 +71,7 @@ class StepContext:
     alerter: Alerter
     #: This guest's restarts, for the crash-loop guard (policy `restart`).
     restarts: RestartBudget = field(default_factory=RestartBudget)
+    metrics: Metrics = field(default_factory=Metrics)
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
     notes: dict[str, Any] = field(default_factory=dict)

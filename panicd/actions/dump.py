@@ -150,6 +150,9 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
     )
     await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
     ctx.dump_path = path
+    ctx.metrics.dumps.labels(result="completed").inc()
+    ctx.metrics.dump_seconds.observe(seconds)
+    ctx.metrics.dump_bytes.inc(size)
     try:
         removed = await asyncio.to_thread(ctx.dumps.apply_retention)
     except OSError as exc:

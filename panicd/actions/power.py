@@ -74,6 +74,7 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
         )
     ctx.restarts.spent(now)
     await _run(ctx, "restart", "system_reset")
+    ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
         await _run(ctx, "restart", "cont")
@@ -83,6 +84,7 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
 async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[str, Any]:
     """Too many restarts: leave the guest paused for a person, and say so loudly."""
     guest = ctx.guest.identity
+    ctx.metrics.crash_loops.inc()
     state = await pause(ctx)
     ctx.alerter.send(Alert(
         AlertKind.CRASH_LOOP,
