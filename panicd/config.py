@@ -153,10 +153,28 @@ class DaemonConfig(_Strict):
     log_format: Literal["auto", "console", "json", "journal"] = "auto"
 
 
+class Discovery(_Strict):
+    """Guests found without listing them."""
+
+    #: Socket path patterns ("/run/qemu/*.qmp"): the directory literal, the name a pattern.
+    watch: list[str] = Field(default_factory=list)
+
+    @field_validator("watch")
+    @classmethod
+    def _absolute(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not pattern.startswith("/"):
+                raise ValueError(f"{pattern!r}: patterns must be absolute paths")
+            if any(c in Path(pattern).parent.as_posix() for c in "*?["):
+                raise ValueError(f"{pattern!r}: only the file name may hold wildcards")
+        return patterns
+
+
 class Config(_Strict):
     """The whole file."""
 
     daemon: DaemonConfig = DaemonConfig()
+    discovery: Discovery = Discovery()
     guest: list[GuestConfig] = Field(default_factory=list)
     policy: list[Policy] = Field(default_factory=list)
 

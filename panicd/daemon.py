@@ -30,6 +30,7 @@ from panicd import __version__, metrics
 from panicd.alerts import Alert, Alerter, AlertKind, JournalAlerter
 from panicd.config import Config, GuestConfig, load
 from panicd.control import ControlServer
+from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
 from panicd.ledger import PanicLedger
@@ -70,6 +71,9 @@ class Daemon:
         self.monitors: dict[Path, GuestMonitor] = {}
         self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
         self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
+        #: Sockets found by [discovery] rather than listed as [[guest]].
+        self._discovered: set[Path] = set()
+        self._watcher_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -149,6 +153,8 @@ class Daemon:
                                                     self.config.daemon.metrics_listen), name="metrics")
                 for spec in self.config.guest:
                     self._start_monitor(spec)
+                self._start_discovery()
+                await asyncio.sleep(0)  # let the watcher's first scan add what is there
                 await self._first_attempts()
                 self.notifier.ready()
                 self.notifier.status(self.summary())
@@ -219,13 +225,37 @@ class Daemon:
         )
         self._changed.set()
 
-    async def _stop_monitor(self, socket: Path) -> None:
+    def _detach_monitor(self, socket: Path) -> asyncio.Task[None]:
+        """Forget a guest at once (so the same socket can come back) and cancel its task."""
         task = self._monitor_tasks.pop(socket)
         self.monitors.pop(socket)
+        self._discovered.discard(socket)
         task.cancel()
-        await asyncio.wait({task})  # its connection and worker are closed when this returns
         log.info("guest.dropped", socket=str(socket))
         self._changed.set()
+        return task
+
+    async def _stop_monitor(self, socket: Path) -> None:
+        await asyncio.wait({self._detach_monitor(socket)})  # connection and worker closed
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _socket_appeared(self, path: Path) -> None:
+        if path not in self.monitors:
+            log.info("discovery.found", socket=str(path))
+            self._discovered.add(path)
+            self._start_monitor(GuestConfig(socket=path))
+
+    def _socket_vanished(self, path: Path) -> None:
+        if path in self._discovered:
+            self._detach_monitor(path)
+
+    def _start_discovery(self) -> None:
+        assert self._tasks is not None
+        if self.config.discovery.watch:
+            watcher = SocketWatcher(self.config.discovery.watch, self._socket_appeared,
+                                    self._socket_vanished)
+            self._watcher_task = self._tasks.create_task(watcher.run(), name="discovery")
 
     async def reload(self) -> bool:
         """Load the config file again; apply it, or keep the old one. True when applied."""
@@ -248,15 +278,25 @@ class Daemon:
         old = {g.socket: g for g in self.config.guest}
         wanted = {g.socket: g for g in new.guest}
         daemon_changed = new.daemon != self.config.daemon
+        discovery_changed = new.discovery != self.config.discovery or daemon_changed
         self.config = new
         for socket, spec in old.items():
             if socket not in wanted or wanted[socket] != spec or daemon_changed:
+                await self._stop_monitor(socket)
+        if discovery_changed:
+            # Found again by the new watcher's first scan, with the new settings.
+            if self._watcher_task is not None:
+                self._watcher_task.cancel()
+                await asyncio.wait({self._watcher_task})
+            for socket in list(self._discovered):
                 await self._stop_monitor(socket)
         if daemon_changed:
             self._apply_daemon_settings(new)
         for socket, spec in wanted.items():
             if socket not in self.monitors:
                 self._start_monitor(spec)
+        if discovery_changed:
+            self._start_discovery()
         self.reloads += 1
         kept = [str(s) for s in wanted if s in old and old[s] == wanted[s] and not daemon_changed]
         log.info("reload.applied", guests=len(wanted), kept=len(kept),
