@@ -159,6 +159,11 @@ class Discovery(_Strict):
     #: Socket path patterns ("/run/qemu/*.qmp"): the directory literal, the name a pattern.
     watch: list[str] = Field(default_factory=list)
 
+    #: A unix socket QEMUs connect to (-chardev socket,path=...,reconnect=5 -mon ...).
+    listen: Path | None = None
+    #: Peers (by SO_PEERCRED uid) allowed on `listen`; others are refused and logged.
+    allowed_uids: list[int] = Field(default_factory=lambda: [0])
+
     @field_validator("watch")
     @classmethod
     def _absolute(cls, patterns: list[str]) -> list[str]:

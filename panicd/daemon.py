@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
 from panicd.ledger import PanicLedger
+from panicd.listen import QemuListener
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.notify import Notifier
 from panicd.respond import PanicResponder
@@ -74,6 +76,7 @@ class Daemon:
         #: Sockets found by [discovery] rather than listed as [[guest]].
         self._discovered: set[Path] = set()
         self._watcher_task: asyncio.Task[None] | None = None
+        self._listener_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -209,7 +212,7 @@ class Daemon:
 
     # -- guests ---------------------------------------------------------------------------
 
-    def _start_monitor(self, spec: GuestConfig) -> None:
+    def _start_monitor(self, spec: GuestConfig, accepted: socket.socket | None = None) -> None:
         assert self._tasks is not None
         monitor = GuestMonitor(
             spec,
@@ -218,12 +221,34 @@ class Daemon:
             alerter=self.alerter,
             ledger=self.ledger,
             on_change=self._guest_changed,
+            accepted=accepted,
         )
         self.monitors[spec.socket] = monitor
-        self._monitor_tasks[spec.socket] = self._tasks.create_task(
-            _supervise(monitor), name=f"guest:{spec.socket}"
-        )
+        task = self._tasks.create_task(_supervise(monitor), name=f"guest:{spec.socket}")
+        self._monitor_tasks[spec.socket] = task
+        if accepted is not None:
+            # Its connection ends its life: forget it then (unless already replaced).
+            def ended(_: asyncio.Task[None], key: Path = spec.socket) -> None:
+                if self._monitor_tasks.get(key) is task:
+                    self._monitor_tasks.pop(key)
+                    self.monitors.pop(key)
+                    self._discovered.discard(key)
+                    self._changed.set()
+
+            task.add_done_callback(ended)
         self._changed.set()
+
+    def _qemu_connected(self, sock: socket.socket, pid: int) -> None:
+        assert self.config.discovery.listen is not None
+        # Keyed by the listen socket and the peer's pid: shown as the guest's "socket".
+        key = Path(f"{self.config.discovery.listen}@{pid}")
+        if key in self.monitors:
+            self._detach_monitor(key)  # QEMU dialled again before panicd saw the old one end
+        self._discovered.add(key)
+        self._start_monitor(GuestConfig(socket=key), accepted=sock)
+
+    def _peer_refused(self, pid: int, uid: int) -> None:
+        self.responder.metrics.refused_peers.inc()
 
     def _detach_monitor(self, socket: Path) -> asyncio.Task[None]:
         """Forget a guest at once (so the same socket can come back) and cancel its task."""
@@ -250,8 +275,23 @@ class Daemon:
         if path in self._discovered:
             self._detach_monitor(path)
 
+    async def _stop_discovery(self) -> None:
+        """Stop the watcher and the listener, and drop every guest they brought; a new
+        watcher's first scan (and the QEMUs re-dialling) bring them back with new settings."""
+        for source in (self._watcher_task, self._listener_task):
+            if source is not None:
+                source.cancel()
+                await asyncio.wait({source})
+        for key in list(self._discovered):
+            if key in self.monitors:
+                await self._stop_monitor(key)
+
     def _start_discovery(self) -> None:
         assert self._tasks is not None
+        if self.config.discovery.listen is not None:
+            listener = QemuListener(self.config.discovery.listen, self.config.discovery.allowed_uids,
+                                    self._qemu_connected, self._peer_refused)
+            self._listener_task = self._tasks.create_task(listener.run(), name="listen")
         if self.config.discovery.watch:
             watcher = SocketWatcher(self.config.discovery.watch, self._socket_appeared,
                                     self._socket_vanished)
@@ -280,20 +320,15 @@ class Daemon:
         daemon_changed = new.daemon != self.config.daemon
         discovery_changed = new.discovery != self.config.discovery or daemon_changed
         self.config = new
-        for socket, spec in old.items():
-            if socket not in wanted or wanted[socket] != spec or daemon_changed:
-                await self._stop_monitor(socket)
+        for path, spec in old.items():
+            if path not in wanted or wanted[path] != spec or daemon_changed:
+                await self._stop_monitor(path)
         if discovery_changed:
-            # Found again by the new watcher's first scan, with the new settings.
-            if self._watcher_task is not None:
-                self._watcher_task.cancel()
-                await asyncio.wait({self._watcher_task})
-            for socket in list(self._discovered):
-                await self._stop_monitor(socket)
+            await self._stop_discovery()
         if daemon_changed:
             self._apply_daemon_settings(new)
-        for socket, spec in wanted.items():
-            if socket not in self.monitors:
+        for path, spec in wanted.items():
+            if path not in self.monitors:
                 self._start_monitor(spec)
         if discovery_changed:
             self._start_discovery()
@@ -324,6 +359,8 @@ async def _supervise(monitor: GuestMonitor) -> None:
         except Exception:
             log.exception("guest.monitor_crashed", guest=monitor.identity.name)
             await asyncio.sleep(1.0)
+        else:
+            return  # only a monitor of an accepted connection ends by itself
 
 
 class _Stopping(Exception):

@@ -35,6 +35,8 @@ class Metrics:
         self.dump_bytes = Counter("panicd_dump_bytes", "Bytes of dumps written", registry=r)
         self.restarts = Counter("panicd_restarts", "Guests restarted by panicd", registry=r)
         self.crash_loops = Counter("panicd_crash_loops", "Restarts refused (crash loop)", registry=r)
+        self.refused_peers = Counter("panicd_refused_peers", "Peers refused on the listen socket",
+                                     registry=r)
         self.guests = Gauge("panicd_guests", "Guests by connection state", ["state"], registry=r)
         self._states: Callable[[], Iterable[str]] = list
 

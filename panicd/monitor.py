@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -79,8 +81,12 @@ class GuestMonitor:
         alerter: Alerter,
         ledger: PanicLedger,
         on_change: Callable[[], None] = lambda: None,
+        accepted: socket.socket | None = None,
     ) -> None:
         self.spec = spec
+        #: A connection QEMU made to panicd's listen socket: served once, never re-dialled
+        #: (QEMU reconnects by itself, and a new monitor takes that connection).
+        self._accepted = accepted
         self._on_change = on_change
         self.settings = settings
         self.responder = responder
@@ -96,6 +102,7 @@ class GuestMonitor:
         self._incidents: asyncio.Queue[tuple[Incident, str | None]] = asyncio.Queue()
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
         self._tasks: asyncio.TaskGroup | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
         # What `panicd status` and STATUS= show.
         self._state = ConnectionState.DISCONNECTED
         self._runstate: str | None = None
@@ -174,22 +181,30 @@ class GuestMonitor:
         structlog.contextvars.bind_contextvars(guest=self._identity.name, socket=str(self.spec.socket))
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
+            worker = tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
             await self._keep_connected()
+            # Only an accepted connection ends: its QEMU dials again, and the new connection's
+            # monitor takes over (what was left undone is resumed through the ledger).
+            for task in (worker, *self._side_tasks):
+                task.cancel()
 
     async def _keep_connected(self) -> None:
+        if self._accepted is not None:
+            sock, self._accepted = self._accepted, None
+            try:
+                session = await self._open(sock)
+            except GuestUnreachable as exc:
+                log.warning("qmp.unreachable", error=str(exc))
+                return
+            finally:
+                self.first_attempt.set()
+            await self._run_session(session)
+            return
         delay = FIRST_RETRY_SECONDS
         failures = 0
         while True:
-            self.state = ConnectionState.CONNECTING
             try:
-                session = await QmpSession.open(
-                    self.spec.socket,
-                    name=self._identity.name,
-                    on_event=self._on_event,
-                    connect_timeout=self.settings.connect_timeout,
-                    command_timeout=self.settings.command_timeout,
-                )
+                session = await self._open(self.spec.socket)
             except GuestUnreachable as exc:
                 self.state = ConnectionState.DISCONNECTED
                 self.first_attempt.set()
@@ -203,19 +218,32 @@ class GuestMonitor:
                 continue
             failures = 0
             delay = FIRST_RETRY_SECONDS
-            try:
-                await self._serve(session)
-            except QmpCommandError as exc:
-                log.warning("qmp.setup_failed", error=str(exc), reply=exc.reply)
-            finally:
-                self.first_attempt.set()
-                self._session = None
-                self._identified = False
-                self._early_events.clear()
-                self.state = ConnectionState.DISCONNECTED
-                await session.close()
-            log.warning("qmp.disconnected")
+            await self._run_session(session)
             await asyncio.sleep(delay)
+
+    async def _open(self, address: Path | socket.socket) -> QmpSession:
+        self.state = ConnectionState.CONNECTING
+        return await QmpSession.open(
+            address,
+            name=self._identity.name,
+            on_event=self._on_event,
+            connect_timeout=self.settings.connect_timeout,
+            command_timeout=self.settings.command_timeout,
+        )
+
+    async def _run_session(self, session: QmpSession) -> None:
+        try:
+            await self._serve(session)
+        except QmpCommandError as exc:
+            log.warning("qmp.setup_failed", error=str(exc), reply=exc.reply)
+        finally:
+            self.first_attempt.set()
+            self._session = None
+            self._identified = False
+            self._early_events.clear()
+            self.state = ConnectionState.DISCONNECTED
+            await session.close()
+        log.warning("qmp.disconnected")
 
     async def _serve(self, session: QmpSession) -> None:
         self._session = session
@@ -247,10 +275,12 @@ class GuestMonitor:
         elif self.runstate == "running":
             self.ledger.forget(self._instance)
         assert self._tasks is not None  # set by run(), which is the only caller
-        self._tasks.create_task(
+        orphans = self._tasks.create_task(
             finish_orphaned_dumps(self, self.responder.dumps, self.alerter),
             name=f"orphaned-dumps:{self._identity.name}",
         )
+        self._side_tasks.add(orphans)
+        orphans.add_done_callback(self._side_tasks.discard)
         await session.closed()
 
     async def _identify(self, session: QmpSession) -> None:
