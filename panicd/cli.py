@@ -100,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(
         args.log_level or config.daemon.log_level, args.log_format or config.daemon.log_format
     )
+    _raise_fd_limit()
 
     async def serve() -> None:
         await Daemon(config, config_path=args.config).run()
@@ -131,3 +132,12 @@ def _status(args: argparse.Namespace) -> int:
     reply.pop("ok")
     print(json.dumps(reply, indent=2, default=str) if args.json else control.format_table(reply))
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """One fd per guest connection: lift the soft limit (1024 under systemd) to the hard one."""
+    import resource  # noqa: PLC0415
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -415,7 +415,15 @@ class GuestMonitor:
             self.responder.metrics.panics.inc()
         else:
             self.responder.metrics.crash_loaded.inc()
-        self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
+        # Right after the worker has had its turn: its first QMP command (the guest's first
+        # step) goes out before the journal is written to, and both within this loop iteration.
+        asyncio.get_running_loop().call_soon(self._alert, incident)
+
+    def _alert(self, incident: Incident) -> None:
+        try:
+            self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
+        except Exception:
+            log.exception("alert.failed", kind=incident.kind.value)
 
     def _on_dump_completed(self, event: QmpEvent) -> None:
         try:
