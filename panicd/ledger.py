@@ -30,6 +30,8 @@ import structlog
 log = structlog.get_logger("panicd.ledger")
 
 
+FLUSH_DELAY_SECONDS = 0.25
+
 PENDING = "pending"
 DONE = "done"
 
@@ -73,6 +75,10 @@ class PanicLedger:
         try:
             while True:
                 await self._dirty.wait()
+                # A moment's delay batches a storm's entries into one write, and keeps the
+                # write (a thread holding the GIL while it serialises) out of the way of the
+                # guest's first steps. A panic lost from the ledger is found on connect anyway.
+                await asyncio.sleep(FLUSH_DELAY_SECONDS)
                 await self.flush()
         finally:
             if self._dirty.is_set():
