@@ -420,3 +420,24 @@ async def test_metrics_count_panics_dumps_restarts_and_guests(
     assert values['panicd_guests{state="connected"}'] == 1
     assert values['panicd_guests{state="connecting"}'] + values['panicd_guests{state="disconnected"}'] == 1
     assert (await asyncio.to_thread(scrape, "/other"))[0] == 404
+
+
+async def test_a_panic_storm_loses_nothing(
+    short_tmp: Path, mocks: Any, panicd: Start, journal: Journald
+) -> None:
+    names = [unique(f"storm{i:02d}") for i in range(30)]
+    guests = [await mocks(n) for n in names]
+    daemon = panicd(config(short_tmp, len(guests), 'on_panic = ["dump", "pause"]',
+                           daemon="max_concurrent_dumps = 2"))
+    await daemon.wait_event("qmp.connected", count=len(guests))
+    for guest in guests:
+        guest.port.write(1)
+    # Every guest is alerted at once (before any dump could have finished)...
+    for name in names:
+        await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    # ...and every one is dumped, two at a time.
+    dumps = [(await completed_dumps(short_tmp, n))[0] for n in names]
+    assert len({d.parent for d in dumps}) == len(names)
+    assert all(g.machine.runstate == "guest-panicked" for g in guests)
+    waited = sorted(metadata(d)["dump"]["waited_for_slot_seconds"] for d in dumps)
+    assert waited[-1] > 0  # the limit made some wait
