@@ -1,0 +1,90 @@
+"""Triage: the kernel log read back out of a real Linux guest's dump."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qemu.qmp import QMPClient
+
+from panicd.triage import NoVmcoreinfo, TriageError
+from panicd.triage.report import triage
+from tests.linux_guest import MARKER, kernel, qemu_args
+
+
+async def _crash_and_dump(directory: Path, vmcoreinfo: bool) -> Path:
+    qmp = directory / "g.qmp"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below, never waited on long
+        ["qemu-system-x86_64", *qemu_args(directory, vmcoreinfo=vmcoreinfo),
+         "-action", "panic=pause", "-qmp", f"unix:{qmp},server=on,wait=off"])
+    try:
+        async with asyncio.timeout(10):
+            while not qmp.exists():
+                await asyncio.sleep(0.05)
+        client = QMPClient("triage-test")
+        await client.connect(str(qmp))
+        with client.listener("GUEST_PANICKED") as listener:
+            status = await client.execute("query-status")
+            if status["status"] != "guest-panicked":  # type: ignore[index]
+                await asyncio.wait_for(listener.get(), 60)
+        dump = directory / "guest.elf"
+        fd = os.open(dump, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        client.send_fd_scm(fd)
+        os.close(fd)
+        await client.execute("getfd", {"fdname": "dump"})
+        await client.execute("dump-guest-memory", {"paging": False, "protocol": "fd:dump"})
+        await client.disconnect()
+        return dump
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def linux_dumps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Elf dumps of a real Debian kernel that panicked, with and without -device vmcoreinfo."""
+    kernel()  # fails loudly, never skips, when the kernel package is missing
+    dumps = {}
+    for name, vmcoreinfo in (("with", True), ("without", False)):
+        directory = tmp_path_factory.mktemp(f"linux-{name}")
+        dumps[name] = asyncio.run(_crash_and_dump(directory, vmcoreinfo))
+    yield dumps
+    for dump in dumps.values():
+        shutil.rmtree(dump.parent, ignore_errors=True)
+
+
+def test_the_panic_and_the_log_are_read_from_an_elf_dump(linux_dumps: dict[str, Path]) -> None:
+    report = triage(linux_dumps["with"], lines=50)
+    _, release = kernel()
+    assert report.kernel_release == release
+    assert report.panic_reason == "sysrq triggered crash"
+    assert report.panic_line == "Kernel panic - not syncing: sysrq triggered crash"
+    assert any("sysrq_handle_crash" in line for line in report.call_trace)
+    assert len(report.last_lines) == 50
+    assert report.records > 100
+    texts = "\n".join(report.last_lines)
+    assert "sysrq: Trigger a crash" in texts
+    assert any(MARKER in line for line in report.last_lines)  # what /init wrote to /dev/kmsg
+
+
+def test_a_dump_without_vmcoreinfo_says_how_to_get_it(linux_dumps: dict[str, Path]) -> None:
+    with pytest.raises(NoVmcoreinfo, match="start the guest with -device vmcoreinfo"):
+        triage(linux_dumps["without"])
+
+
+def test_truncated_and_foreign_files_are_triage_errors(linux_dumps: dict[str, Path], tmp_path: Path) -> None:
+    source = linux_dumps["with"].read_bytes()
+    for size in (0, 10, 64, 4096, len(source) // 3):
+        cut = tmp_path / f"cut-{size}.elf"
+        cut.write_bytes(source[:size])
+        with pytest.raises(TriageError):
+            triage(cut)
+    other = tmp_path / "other"
+    other.write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(TriageError, match="neither an ELF core nor"):
+        triage(other)
