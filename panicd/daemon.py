@@ -18,6 +18,7 @@ dumps in progress go on inside QEMU (see orphans.py).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import signal
 import socket
@@ -253,7 +254,7 @@ class Daemon:
     def _detach_monitor(self, socket: Path) -> asyncio.Task[None]:
         """Forget a guest at once (so the same socket can come back) and cancel its task."""
         task = self._monitor_tasks.pop(socket)
-        self.monitors.pop(socket)
+        self.monitors.pop(socket, None)
         self._discovered.discard(socket)
         task.cancel()
         log.info("guest.dropped", socket=str(socket))
@@ -261,7 +262,8 @@ class Daemon:
         return task
 
     async def _stop_monitor(self, socket: Path) -> None:
-        await asyncio.wait({self._detach_monitor(socket)})  # connection and worker closed
+        if socket in self._monitor_tasks:  # it may have ended by itself (a dial-in guest)
+            await asyncio.wait({self._detach_monitor(socket)})  # connection and worker closed
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -270,6 +272,11 @@ class Daemon:
             log.info("discovery.found", socket=str(path))
             self._discovered.add(path)
             self._start_monitor(GuestConfig(socket=path))
+
+    def _watched_again(self, path: Path) -> None:
+        patterns = [Path(p) for p in self.config.discovery.watch]
+        if any(p.parent == path.parent and fnmatch.fnmatchcase(path.name, p.name) for p in patterns):
+            self._socket_appeared(path)
 
     def _socket_vanished(self, path: Path) -> None:
         if path in self._discovered:
@@ -299,6 +306,15 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Load the config file again; apply it, or keep the old one. True when applied."""
+        try:
+            return await self._reload()
+        except Exception:
+            # A bug here must not take every guest's monitor down with the daemon.
+            log.exception("reload.failed")
+            self.notifier.ready()
+            return False
+
+    async def _reload(self) -> bool:
         if self.config_path is None:
             log.warning("reload.no_config_file")
             return False
@@ -320,18 +336,8 @@ class Daemon:
         daemon_changed = new.daemon != self.config.daemon
         discovery_changed = new.discovery != self.config.discovery or daemon_changed
         self.config = new
-        for path, spec in old.items():
-            if path not in wanted or wanted[path] != spec or daemon_changed:
-                await self._stop_monitor(path)
-        if discovery_changed:
-            await self._stop_discovery()
-        if daemon_changed:
-            self._apply_daemon_settings(new)
-        for path, spec in wanted.items():
-            if path not in self.monitors:
-                self._start_monitor(spec)
-        if discovery_changed:
-            self._start_discovery()
+        await self._apply_guests(old, wanted, daemon_changed=daemon_changed,
+                                 discovery_changed=discovery_changed)
         self.reloads += 1
         kept = [str(s) for s in wanted if s in old and old[s] == wanted[s] and not daemon_changed]
         log.info("reload.applied", guests=len(wanted), kept=len(kept),
@@ -339,6 +345,29 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self.summary())
         return True
+
+    async def _apply_guests(self, old: dict[Path, GuestConfig], wanted: dict[Path, GuestConfig], *,
+                            daemon_changed: bool, discovery_changed: bool) -> None:
+        for path, spec in old.items():
+            if path not in wanted or wanted[path] != spec or daemon_changed:
+                await self._stop_monitor(path)
+        for path in wanted:
+            if path in self._discovered:  # now listed: its [[guest]] entry (name) applies
+                await self._stop_monitor(path)
+        if discovery_changed:
+            await self._stop_discovery()
+        if daemon_changed:
+            self._apply_daemon_settings(self.config)
+        for path, spec in wanted.items():
+            if path not in self.monitors:
+                self._start_monitor(spec)
+        if discovery_changed:
+            self._start_discovery()
+        elif self._watcher_task is not None:
+            # A [[guest]] removed whose socket the watcher matches: it is discovered again.
+            for path in old:
+                if path not in wanted and path.exists():
+                    self._watched_again(path)
 
     def _apply_daemon_settings(self, new: Config) -> None:
         # Rare ([daemon] edited): every guest reconnects with the new settings. Dumps already

@@ -30,7 +30,13 @@ IN_DELETE = 0x200
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
 IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_IGNORED = 0x8000
 IN_Q_OVERFLOW = 0x4000
+IN_ONLYDIR = 0x1000000
+IN_ISDIR = 0x40000000
+_FILES = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
+_DIRS = IN_CREATE | IN_MOVED_TO | IN_ONLYDIR
 _EVENT = struct.Struct("iIII")
 
 
@@ -57,6 +63,10 @@ class SocketWatcher:
             path = Path(pattern)
             self._by_dir.setdefault(path.parent, []).append(path.name)
         self._wds: dict[int, Path] = {}
+        #: Parents watched until a pattern's directory appears (or comes back).
+        self._parents: dict[int, Path] = {}
+        self._libc: ctypes.CDLL | None = None
+        self._fd = -1
 
     def _matches(self, path: Path) -> bool:
         return any(fnmatch.fnmatchcase(path.name, p) for p in self._by_dir.get(path.parent, []))
@@ -68,19 +78,12 @@ class SocketWatcher:
         if fd < 0:
             log.error("discovery.unavailable", error=os.strerror(ctypes.get_errno()))
             return
+        self._libc, self._fd = libc, fd
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         try:
-            mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
             for directory in self._by_dir:
-                wd = libc.inotify_add_watch(fd, os.fsencode(directory), mask)
-                if wd < 0:
-                    log.error("discovery.cannot_watch", directory=str(directory),
-                              error=os.strerror(ctypes.get_errno()))
-                    continue
-                self._wds[wd] = directory
-                log.info("discovery.watching", directory=str(directory),
-                         patterns=self._by_dir[directory])
+                self._arm(directory)
             self._scan()
             loop.add_reader(fd, readable.set)
             while True:
@@ -90,6 +93,24 @@ class SocketWatcher:
         finally:
             loop.remove_reader(fd)
             os.close(fd)
+
+    def _arm(self, directory: Path) -> bool:
+        """Watch `directory`; if it does not exist (yet, or any more), watch its parent for it."""
+        assert self._libc is not None
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _FILES)
+        if wd >= 0:
+            self._wds[wd] = directory
+            log.info("discovery.watching", directory=str(directory),
+                     patterns=self._by_dir[directory])
+            return True
+        error = os.strerror(ctypes.get_errno())
+        pwd = self._libc.inotify_add_watch(self._fd, os.fsencode(directory.parent), _DIRS)
+        if pwd < 0:
+            log.error("discovery.cannot_watch", directory=str(directory), error=error)
+            return False
+        self._parents[pwd] = directory.parent
+        log.warning("discovery.waiting_for_directory", directory=str(directory), error=error)
+        return False
 
     def _scan(self) -> None:
         for directory in self._wds.values():
@@ -115,6 +136,12 @@ class SocketWatcher:
                 log.warning("discovery.overflow")  # events were lost: look again
                 self._scan()
                 continue
+            if mask & IN_IGNORED and wd in self._wds:  # the directory went: wait for it again
+                self._arm(self._wds.pop(wd))
+                continue
+            if wd in self._parents and mask & IN_ISDIR and raw:
+                self._directory_appeared(self._parents[wd] / os.fsdecode(raw.rstrip(b"\0")))
+                continue
             directory = self._wds.get(wd)
             if directory is None or not raw:
                 continue
@@ -125,3 +152,7 @@ class SocketWatcher:
                 self.appeared(path)
             elif mask & (IN_DELETE | IN_MOVED_FROM):
                 self.vanished(path)
+
+    def _directory_appeared(self, directory: Path) -> None:
+        if directory in self._by_dir and directory not in self._wds.values() and self._arm(directory):
+            self._scan()

@@ -76,7 +76,7 @@ class DumpStore:
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
 
-    def apply_retention(self, now: float | None = None) -> list[Path]:
+    def apply_retention(self, now: float | None = None, keep: Path | None = None) -> list[Path]:
         """Remove the oldest completed dumps beyond the retention limits; return them.
 
         Only dumps whose metadata says "completed" are candidates: one still being written
@@ -102,9 +102,11 @@ class DumpStore:
             for _, d, size, _ in dumps:
                 if total <= limits.max_total_bytes:
                     break
-                if d not in doomed:
+                if d not in doomed and d != keep:
                     doomed[d] = None
                     total -= size
+        if keep is not None:
+            doomed.pop(keep, None)  # the dump just made stays, even past a limit alone
         for d in doomed:
             self.discard(d)
         return list(doomed)

@@ -49,6 +49,14 @@ def qemu_instance(socket: str, pid: int | None) -> str | None:
     return f"{socket}|{pid}|{start}"
 
 
+def _alive(instance: str) -> bool:
+    """Whether the QEMU run named by a key still exists; entries of gone ones are dropped."""
+    parts = instance.rsplit("|", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    return qemu_instance(parts[0], int(parts[1])) == instance
+
+
 class PanicLedger:
     def __init__(self, state_dir: Path | None) -> None:
         self._path = state_dir / "handled-panics.json" if state_dir else None
@@ -68,7 +76,7 @@ class PanicLedger:
         if not isinstance(data, dict):
             return {}
         return {str(k): v for k, v in data.items()
-                if isinstance(v, dict) and v.get("state") in (PENDING, DONE)}
+                if isinstance(v, dict) and v.get("state") in (PENDING, DONE) and _alive(str(k))}
 
     async def run(self) -> None:
         """Write the ledger whenever it changed; runs until cancelled."""
@@ -109,9 +117,18 @@ class PanicLedger:
         return str(entry["state"]) if entry else None
 
     def record(self, instance: str | None, when: float) -> None:
-        if instance is not None:
-            self._handled[instance] = {"state": PENDING, "at": when}
-            self._dirty.set()
+        if instance is None:
+            return
+        entry = self._handled.get(instance)
+        if entry and entry["state"] == PENDING:
+            return  # the same panic seen again (resumed): it keeps the time it was first seen
+        self._handled[instance] = {"state": PENDING, "at": when}
+        self._dirty.set()
+
+    def since(self, instance: str | None) -> float | None:
+        """When the recorded panic of this QEMU was first seen."""
+        entry = self._handled.get(instance) if instance is not None else None
+        return float(entry["at"]) if entry else None
 
     def done(self, instance: str | None) -> None:
         if instance is not None and instance in self._handled:

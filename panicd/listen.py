@@ -53,7 +53,13 @@ class QemuListener:
         log.info("listen.ready", path=str(self.path), allowed_uids=sorted(self.allowed_uids))
         try:
             while True:
-                conn, _ = await loop.sock_accept(listener)
+                try:
+                    conn, _ = await loop.sock_accept(listener)
+                except OSError as exc:
+                    # Out of fds or buffers: say so, let the moment pass, keep listening.
+                    log.error("listen.accept_failed", error=str(exc))  # noqa: TRY400
+                    await asyncio.sleep(0.5)
+                    continue
                 try:
                     pid, uid = peer_credentials(conn)
                 except OSError as exc:
@@ -66,7 +72,11 @@ class QemuListener:
                     self.refused(pid, uid)
                     continue
                 log.info("listen.accepted", pid=pid, uid=uid)
-                self.accepted(conn, pid)
+                try:
+                    self.accepted(conn, pid)
+                except Exception:
+                    log.exception("listen.hand_over_failed", pid=pid)
+                    conn.close()
         finally:
             listener.close()
             with contextlib.suppress(FileNotFoundError):

@@ -87,6 +87,7 @@ class GuestMonitor:
         #: A connection QEMU made to panicd's listen socket: served once, never re-dialled
         #: (QEMU reconnects by itself, and a new monitor takes that connection).
         self._accepted = accepted
+        self._dialled_in = accepted is not None
         self._on_change = on_change
         self.settings = settings
         self.responder = responder
@@ -288,7 +289,10 @@ class GuestMonitor:
         if name is None:
             reply = await session.execute("query-name")
             reported = reply.get("name") if isinstance(reply, dict) else None
-            name = reported if isinstance(reported, str) and reported else self.spec.socket.stem
+            fallback = self.spec.socket.stem
+            if self._dialled_in and session.peer_pid is not None:
+                fallback = f"qemu-{session.peer_pid}"  # every dial-in shares one socket name
+            name = reported if isinstance(reported, str) and reported else fallback
         reply = await session.execute("query-uuid")
         uuid = reply.get("UUID") if isinstance(reply, dict) else None
         if not isinstance(uuid, str) or uuid.strip("0-") == "":
@@ -396,6 +400,8 @@ class GuestMonitor:
                 guest=self._identity,
                 detection=Detection.RESUMED if state == ledger.PENDING else Detection.ON_CONNECT,
                 action="pause",
+                # A resumed panic keeps the time it was first seen (its dump is newer than that).
+                received_at=self.ledger.since(self._instance) or time.time(),
             )
         )
 
@@ -467,5 +473,5 @@ class GuestMonitor:
                     "result": outcome.detail.get("result", "completed" if outcome.ok else "failed"),
                     "error": outcome.detail.get("error"),
                 }
-            elif outcome.step == "restart" and outcome.ok:
+            elif outcome.step == "restart" and outcome.ok and not outcome.detail.get("skipped"):
                 self.restarts += 1

@@ -56,3 +56,27 @@ async def test_sockets_appearing_and_vanishing_are_followed(short_tmp: Path, pan
         await after.stop()
         await before.stop()
         await real.stop()
+
+
+async def test_a_directory_made_late_or_made_again_is_watched(short_tmp: Path, panicd: Any) -> None:
+    run = short_tmp / "later"  # does not exist when panicd starts
+    daemon: PanicdProcess = panicd(watching(short_tmp, f"{run}/*.qmp"))
+    await daemon.wait_event("discovery.waiting_for_directory")
+    first = MockGuest(name=unique("early-bird"))
+    second = MockGuest(name=unique("second-life"))
+    try:
+        run.mkdir()
+        await first.start(run / "a.qmp")
+        await daemon.wait_event("qmp.connected", guest=first.name)
+        await first.stop()
+        run.rmdir()  # the orchestrator's runtime directory goes away...
+        await daemon.wait_event("guest.dropped", socket=str(run / "a.qmp"))
+        run.mkdir()  # ...and comes back
+        await second.start(run / "b.qmp")
+        await daemon.wait_event("qmp.connected", guest=second.name)
+        second.port.write(1)
+        await completed_dumps(short_tmp, second.name)
+        assert await daemon.stop() == 0
+    finally:
+        await first.stop()
+        await second.stop()

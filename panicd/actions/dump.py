@@ -48,11 +48,16 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
     settings = ctx.policy.dump
     session = _session(ctx)
     if ctx.incident.detection is Detection.RESUMED:
-        earlier = await asyncio.to_thread(ctx.dumps.records, guest.name, guest.qemu_pid)
+        since = dt.datetime.fromtimestamp(ctx.incident.received_at, dt.UTC).isoformat()
+        earlier = [m for m in await asyncio.to_thread(ctx.dumps.records, guest.name, guest.qemu_pid)
+                   if str(m.get("dump", {}).get("started_at", "")) >= since]
         if earlier:
-            # panicd stopped after this dump was started: orphans.py settles that one.
-            log.info("dump.already_made", path=earlier[-1]["dump"]["path"])
-            return {"skipped": "dump already made for this panic", "path": earlier[-1]["dump"]["path"],
+            # panicd stopped after this panic's dump was started: orphans.py settles the record;
+            # the next steps wait until QEMU has finished writing it (a reset now would abort QEMU).
+            path = earlier[-1]["dump"]["path"]
+            log.info("dump.already_made", path=path)
+            await _wait_until_written(session, settings.timeout)
+            return {"skipped": "dump already made for this panic", "path": path,
                     "result": earlier[-1]["dump"]["result"]}
     fmt = await _usable_format(ctx, session, settings.format)
 
@@ -65,6 +70,16 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
             return await _dump_in_slot(ctx, fmt, waited)
         finally:
             ctx.dump_slots.reserved_bytes -= need
+
+
+async def _wait_until_written(session: QmpSession, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError, QmpCommandError):
+        async with asyncio.timeout(timeout):
+            while True:
+                state = await session.execute("query-dump")
+                if not isinstance(state, dict) or state.get("status") != "active":
+                    return
+                await asyncio.sleep(POLL_SECONDS)
 
 
 async def _check_space(ctx: StepContext, session: QmpSession) -> int:
@@ -154,7 +169,7 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
     ctx.metrics.dump_seconds.observe(seconds)
     ctx.metrics.dump_bytes.inc(size)
     try:
-        removed = await asyncio.to_thread(ctx.dumps.apply_retention)
+        removed = await asyncio.to_thread(ctx.dumps.apply_retention, None, path)
     except OSError as exc:
         log.warning("retention.failed", error=str(exc))
     else:
