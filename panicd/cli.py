@@ -4,6 +4,7 @@
     panicd status [--json]         every guest of the running daemon, over its control socket
     panicd check-config -c FILE    validate a config; exit 0, or 1 naming each bad key
     panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
+    panicd triage DUMP             the panic reason and the guest's kernel log, from a dump
     panicd demo                    a guided run on a built-in default (mock + real QEMU)
 
 `main(argv)` returns the exit code, so tests call it directly.
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     mock_cli.add_arguments(mock)
 
+    tri = sub.add_parser("triage", help="the panic reason and kernel log, read from a dump")
+    tri.add_argument("dump", type=Path)
+    tri.add_argument("--json", action="store_true", help="print JSON")
+    tri.add_argument("--lines", type=int, default=50, help="how many last log lines (default 50)")
+
     demo = sub.add_parser("demo", help="watch built-in guests panic: the quick start")
     demo.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     demo.add_argument("--no-qemu", action="store_true", help="mock guests only")
@@ -66,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "triage":
+        return _triage(args)
     if args.command == "mock-guest":
         import panicd.mock.cli as mock_cli  # noqa: PLC0415
 
@@ -141,3 +149,28 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _triage(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from panicd.triage import TriageError  # noqa: PLC0415
+    from panicd.triage.report import triage  # noqa: PLC0415
+
+    try:
+        report = triage(args.dump, lines=max(0, args.lines))
+    except (TriageError, OSError) as exc:
+        print(f"panicd triage: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    print(f"kernel:  {report.kernel_release}")
+    print(f"panic:   {report.panic_line or '(no panic line in the log)'}")
+    if report.first_problem:
+        print(f"first:   {report.first_problem}")
+    if report.call_trace:
+        print("trace:\n  " + "\n  ".join(report.call_trace))
+    print(f"last {len(report.last_lines)} of {report.records} log lines:")
+    print("\n".join(report.last_lines))
+    return 0

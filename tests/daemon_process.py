@@ -129,11 +129,11 @@ def metadata(dump: Path) -> dict[str, Any]:
     return json.loads(dump.with_name(dump.name + ".json").read_text())
 
 
-async def completed_dumps(tmp: Path, name: str, count: int = 1) -> list[Path]:
+async def completed_dumps(tmp: Path, name: str, count: int = 1, timeout: float = 30) -> list[Path]:
     def done() -> list[Path]:
         found = [d for d in dumps_of(tmp, name)
                  if d.with_name(d.name + ".json").exists()
                  and metadata(d)["dump"]["result"] == "completed"]
         return found if len(found) >= count else []
 
-    return await wait_for(done, timeout=30, what=f"{count} completed dump(s) of {name}")
+    return await wait_for(done, timeout=timeout, what=f"{count} completed dump(s) of {name}")

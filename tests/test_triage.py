@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qemu.qmp import QMPClient
 
+from panicd.alerts import AlertKind
+from panicd.cli import main
 from panicd.triage import NoVmcoreinfo, TriageError
 from panicd.triage.report import triage
+from tests.daemon_process import completed_dumps, daemon_section, metadata, unique
+from tests.journal import Journald
 from tests.linux_guest import MARKER, kernel, qemu_args
 
 
@@ -88,3 +94,41 @@ def test_truncated_and_foreign_files_are_triage_errors(linux_dumps: dict[str, Pa
     other.write_bytes(b"#!/bin/sh\n")
     with pytest.raises(TriageError, match="neither an ELF core nor"):
         triage(other)
+
+
+async def test_panicd_puts_the_panic_reason_in_the_metadata_and_the_alert(
+    short_tmp: Path, panicd: Any, journal: Journald
+) -> None:
+    name = unique("linux")
+    qmp = short_tmp / "linux.qmp"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below
+        ["qemu-system-x86_64", *qemu_args(short_tmp), "-name", name,
+         "-qmp", f"unix:{qmp},server=on,wait=off"])
+    try:
+        daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{qmp}"\n'
+                        '[[policy]]\non_panic = ["dump", "poweroff"]\n')
+        (dump,) = await completed_dumps(short_tmp, name, timeout=90)
+        triage_report = metadata(dump)["triage"]
+        _, release = kernel()
+        assert triage_report["panic_reason"] == "sysrq triggered crash"
+        assert triage_report["kernel_release"] == release
+        (alert,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+        assert alert["PANIC_REASON"] == "sysrq triggered crash"
+        assert alert["KERNEL_RELEASE"] == release
+        assert "Kernel panic - not syncing: sysrq triggered crash" in alert["KERNEL_LOG"]
+        assert "sysrq triggered crash" in alert["MESSAGE"]
+        assert await daemon.stop() == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_triage_command(linux_dumps: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["triage", str(linux_dumps["with"]), "--lines", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "panic:   Kernel panic - not syncing: sysrq triggered crash" in out
+    assert "last 5 of" in out
+    assert main(["triage", "--json", str(linux_dumps["with"])]) == 0
+    assert json.loads(capsys.readouterr().out)["panic_reason"] == "sysrq triggered crash"
+    assert main(["triage", str(linux_dumps["without"])]) == 1
+    assert "start the guest with -device vmcoreinfo" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from panicd.alerts import Alert, AlertKind
 from panicd.errors import DumpFailed
 from panicd.events import Detection, DumpCompletedData
 from panicd.qmp import QmpCommandError, QmpSession
+from panicd.triage.run import triage_in_child
 
 log = structlog.get_logger("panicd.dump")
 
@@ -163,6 +164,9 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
         duration_seconds=round(seconds, 3),
         result="completed",
     )
+    # Why the kernel panicked, read out of the dump (in a child process: the dump is hostile).
+    report = await triage_in_child(path)
+    metadata["triage"] = report
     await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
     ctx.dump_path = path
     ctx.metrics.dumps.labels(result="completed").inc()
@@ -178,10 +182,12 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
     ctx.alerter.send(
         Alert(
             AlertKind.DUMP_COMPLETED,
-            f"Guest {guest.name}: memory dump written to {path} ({size} bytes, {fmt}, {seconds:.1f} s)",
+            f"Guest {guest.name}: memory dump written to {path} ({size} bytes, {fmt}, {seconds:.1f} s)"
+            + (f"; Kernel panic - not syncing: {report['panic_reason']}"
+               if report.get("panic_reason") else ""),
             guest,
             {"DUMP_PATH": str(path), "DUMP_FORMAT": fmt, "DUMP_BYTES": str(size),
-             "DUMP_SECONDS": f"{seconds:.3f}"},
+             "DUMP_SECONDS": f"{seconds:.3f}", **triage_fields(report)},
         )
     )
     return {"path": str(path), "format": fmt, "bytes": size, "seconds": round(seconds, 3)}
@@ -189,6 +195,19 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
 
 class _Detached(Exception):
     """The connection was lost while QEMU was writing the dump."""
+
+
+def triage_fields(report: dict[str, Any]) -> dict[str, str]:
+    """The journal fields for what triage found (or why it found nothing)."""
+    if "error" in report:
+        return {"TRIAGE_ERROR": str(report["error"])}
+    fields = {"KERNEL_RELEASE": str(report.get("kernel_release") or ""),
+              "KERNEL_LOG": "\n".join(report.get("last_lines") or [])}
+    if report.get("panic_reason"):
+        fields["PANIC_REASON"] = str(report["panic_reason"])
+    if report.get("first_problem"):
+        fields["FIRST_PROBLEM"] = str(report["first_problem"])
+    return fields
 
 
 def _metadata(
