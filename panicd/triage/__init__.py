@@ -1,6 +1,7 @@
 """Crash triage: the guest's kernel log, read out of a dump with no debug symbols.
 
     elf.py         the ELF core QEMU writes: PT_LOAD ranges of guest-physical memory, notes
+    kdump.py       makedumpfile's flattened format (QEMU's kdump-*): pages on demand
     vmcoreinfo.py  the VMCOREINFO note: symbols, offsets, sizes the guest kernel published
     memory.py      kernel virtual -> guest physical: the image map and a 4-level page walk
     printk.py      the lockless printk ring buffer (Linux >= 5.10) -> log records

@@ -48,8 +48,9 @@ def open_dump(path: Path) -> PhysicalMemory:
     if head.startswith(b"\x7fELF"):
         return ElfCore(path)
     if head.startswith(b"makedumpfile"):
-        raise TriageError(f"{path}: kdump (makedumpfile flattened) dumps are not read yet; "
-                          "use format = \"elf\" for triage")
+        from panicd.triage.kdump import FlattenedKdump  # noqa: PLC0415
+
+        return FlattenedKdump(path)
     raise TriageError(f"{path}: neither an ELF core nor a makedumpfile (kdump) dump")
 
 
