@@ -213,3 +213,25 @@ async def test_the_daemon_side_survives_a_hostile_dump(tmp_path: Path) -> None:
     assert "ELF" in report["error"]
     slow = await triage_in_child(bogus, timeout=0.001)  # killed, not waited for
     assert "gave up" in slow["error"]
+
+
+async def test_a_guest_without_vmcoreinfo_is_still_dumped_with_the_reason_why_not_read(
+    short_tmp: Path, panicd: Any, journal: Journald
+) -> None:
+    name = unique("novmci")
+    qmp = short_tmp / "linux.qmp"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below
+        ["qemu-system-x86_64", *qemu_args(short_tmp, vmcoreinfo=False), "-name", name,
+         "-qmp", f"unix:{qmp},server=on,wait=off"])
+    try:
+        daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{qmp}"\n'
+                        '[[policy]]\non_panic = ["dump", "poweroff"]\n')
+        (dump,) = await completed_dumps(short_tmp, name, timeout=90)
+        assert "start the guest with -device vmcoreinfo" in metadata(dump)["triage"]["error"]
+        (alert,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+        assert "start the guest with -device vmcoreinfo" in alert["TRIAGE_ERROR"]
+        assert "PANIC_REASON" not in alert
+        assert await daemon.stop() == 0
+    finally:
+        proc.kill()
+        proc.wait()
