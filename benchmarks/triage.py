@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,44 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.linux_guest import qemu_args
+from tests.linux_guest import crash_and_dump  # needs the path above
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-async def crash_and_dump(work: Path, memory_mib: int) -> dict[str, Path]:
-    qmp = work / "g.qmp"
-    proc = subprocess.Popen(["qemu-system-x86_64", *qemu_args(work, memory_mib=memory_mib),
-                             "-action", "panic=pause", "-qmp", f"unix:{qmp},server=on,wait=off"])
-    dumps = {}
-    try:
-        while not qmp.exists():
-            await asyncio.sleep(0.05)
-        client = QMPClient("bench")
-        await client.connect(str(qmp))
-        with client.listener("GUEST_PANICKED") as listener:
-            if (await client.execute("query-status"))["status"] != "guest-panicked":  # type: ignore[index]
-                await asyncio.wait_for(listener.get(), 120)
-        for fmt, name in (("elf", "guest.elf"), ("kdump-zlib", "guest.kdump")):
-            fd = os.open(work / name, os.O_WRONLY | os.O_CREAT, 0o600)
-            client.send_fd_scm(fd)
-            os.close(fd)
-            await client.execute("getfd", {"fdname": "d"})
-            args: dict[str, Any] = {"paging": False, "protocol": "fd:d"}
-            if fmt != "elf":
-                args["format"] = fmt
-            t0 = time.monotonic()
-            await client.execute("dump-guest-memory", args, )
-            print(f"{fmt}: dumped in {time.monotonic() - t0:.1f} s", flush=True)
-            dumps[fmt] = work / name
-        await client.disconnect()
-    finally:
-        proc.kill()
-        proc.wait()
-    return dumps
 
 
 # The child reports its own peak RSS (RUSAGE_CHILDREN would include the QEMU run before it)
@@ -107,7 +72,7 @@ async def main() -> None:
                                "python_and_panicd_start_seconds": round(python_start(), 3),
                                "python_baseline_rss_mib": baseline_rss()}
     with tempfile.TemporaryDirectory(prefix="pdt-", dir="/var/tmp") as tmp:
-        dumps = await crash_and_dump(Path(tmp), args.memory_mib)
+        dumps = await crash_and_dump(Path(tmp), memory_mib=args.memory_mib)
         for fmt, dump in dumps.items():
             results[fmt] = time_triage(dump)
             print(fmt, results[fmt], flush=True)

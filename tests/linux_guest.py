@@ -8,9 +8,14 @@ crashes the kernel with `echo c > /proc/sysrq-trigger`. Booted under TCG it pani
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import subprocess
 from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
 
 MODULES = Path("/usr/lib/modules")
 MARKER = "panicd-test-guest: about to crash"
@@ -87,3 +92,38 @@ def qemu_args(directory: Path, *, vmcoreinfo: bool = True, memory_mib: int = 256
         args += ["-device", "vmcoreinfo"]
     os.sync()
     return args
+
+
+async def crash_and_dump(directory: Path, *, vmcoreinfo: bool = True,
+                         memory_mib: int = 256) -> dict[str, Path]:
+    """Boot the guest, wait for its panic, dump it as elf and kdump-zlib; {format: path}."""
+    qmp = directory / "g.qmp"
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below, never waited on long
+        ["qemu-system-x86_64", *qemu_args(directory, vmcoreinfo=vmcoreinfo, memory_mib=memory_mib),
+         "-action", "panic=pause", "-qmp", f"unix:{qmp},server=on,wait=off"])
+    try:
+        async with asyncio.timeout(10):
+            while not qmp.exists():
+                await asyncio.sleep(0.05)
+        client = QMPClient("linux-guest")
+        await client.connect(str(qmp))
+        with client.listener("GUEST_PANICKED") as listener:
+            status = await client.execute("query-status")
+            if status["status"] != "guest-panicked":  # type: ignore[index]
+                await asyncio.wait_for(listener.get(), 120)
+        dumps = {}
+        for fmt, name in (("elf", "guest.elf"), ("kdump-zlib", "guest.kdump")):
+            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            client.send_fd_scm(fd)
+            os.close(fd)
+            await client.execute("getfd", {"fdname": "dump"})
+            args: dict[str, Any] = {"paging": False, "protocol": "fd:dump"}
+            if fmt != "elf":
+                args["format"] = fmt
+            await client.execute("dump-guest-memory", args)
+            dumps[fmt] = directory / name
+        await client.disconnect()
+        return dumps
+    finally:
+        proc.kill()
+        proc.wait()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu.qmp import QMPClient
 
 from panicd.alerts import AlertKind
 from panicd.cli import main
@@ -20,38 +18,7 @@ from panicd.triage import NoVmcoreinfo, TriageError
 from panicd.triage.report import triage
 from tests.daemon_process import completed_dumps, daemon_section, metadata, unique
 from tests.journal import Journald
-from tests.linux_guest import MARKER, kernel, qemu_args
-
-
-async def _crash_and_dump(directory: Path, vmcoreinfo: bool) -> Path:
-    qmp = directory / "g.qmp"
-    proc = subprocess.Popen(  # noqa: ASYNC220 - killed below, never waited on long
-        ["qemu-system-x86_64", *qemu_args(directory, vmcoreinfo=vmcoreinfo),
-         "-action", "panic=pause", "-qmp", f"unix:{qmp},server=on,wait=off"])
-    try:
-        async with asyncio.timeout(10):
-            while not qmp.exists():
-                await asyncio.sleep(0.05)
-        client = QMPClient("triage-test")
-        await client.connect(str(qmp))
-        with client.listener("GUEST_PANICKED") as listener:
-            status = await client.execute("query-status")
-            if status["status"] != "guest-panicked":  # type: ignore[index]
-                await asyncio.wait_for(listener.get(), 60)
-        for fmt, name in (("elf", "guest.elf"), ("kdump-zlib", "guest.kdump")):
-            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            client.send_fd_scm(fd)
-            os.close(fd)
-            await client.execute("getfd", {"fdname": "dump"})
-            args: dict[str, Any] = {"paging": False, "protocol": "fd:dump"}
-            if fmt != "elf":
-                args["format"] = fmt
-            await client.execute("dump-guest-memory", args)
-        await client.disconnect()
-        return directory / "guest.elf"
-    finally:
-        proc.kill()
-        proc.wait()
+from tests.linux_guest import MARKER, crash_and_dump, kernel, qemu_args
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +28,7 @@ def linux_dumps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     dumps = {}
     for name, vmcoreinfo in (("with", True), ("without", False)):
         directory = tmp_path_factory.mktemp(f"linux-{name}")
-        dumps[name] = asyncio.run(_crash_and_dump(directory, vmcoreinfo))
+        dumps[name] = asyncio.run(crash_and_dump(directory, vmcoreinfo=vmcoreinfo))["elf"]
     yield dumps
     for dump in dumps.values():
         shutil.rmtree(dump.parent, ignore_errors=True)
