@@ -53,9 +53,6 @@ class RestartBudget:
         self._times = [t for t in self._times if now - t < limit.within]
         return len(self._times) < limit.max
 
-    def count(self, within: float, now: float) -> int:
-        return sum(1 for t in self._times if now - t < within)
-
     def spent(self, now: float) -> None:
         self._times.append(now)
 
