@@ -10,7 +10,7 @@ process, and against real QEMUs, and measures:
    single panics among the N connected guests (p50, p99), and the same for a minimal
    hand-written qemu.qmp listener on one guest, measured in the same run (the baseline).
 3. storm: 200 guests panic together: per-guest first-command latency, and the time until
-   every one of them was stopped (QEMU's own pause) and alerted (panicd's alert.sent).
+   every one of them was stopped (QEMU's own pause) and alerted (panicd's alert.queued).
 4. qemu-storm: 20 real QEMUs (qtest + pvpanic) panic together with dumps behind
    max_concurrent_dumps = 2: the most dumps seen running at once, and each dump's wait.
 5. soak: `--events` QMP events from mock guests: panicd's RSS at the start and the end.
@@ -204,13 +204,13 @@ async def fleet_run(work: Path, n: int, idle: float, results: dict[str, Any]) ->
                              "p99_ms": round(percentile(singles, 99), 3), "samples_ms": singles}
 
         storm_ids = order[singles_n:singles_n + 200]
-        alerted_before = len(panicd.events("alert.sent"))
+        alerted_before = len(panicd.events("alert.queued"))
         wall0 = time.time()
         for i in storm_ids:
             fleet.panic(i)
         stopped = all(fleet.guests[i].machine.runstate == "guest-panicked" for i in storm_ids)
         storm = await wait_latencies(fleet, storm_ids)
-        alerts = await panicd.wait("alert.sent", alerted_before + len(storm_ids), timeout=30)
+        alerts = await panicd.wait("alert.queued", alerted_before + len(storm_ids), timeout=30)
         last_alert = max(dt.datetime.fromisoformat(a["timestamp"]).timestamp()
                          for a in alerts[alerted_before:])
         results["storm"] = {"guests": len(storm_ids), "all_stopped": stopped,

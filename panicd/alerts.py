@@ -15,7 +15,9 @@ from typing import Protocol
 
 import structlog
 
+from panicd import journal
 from panicd.events import GuestIdentity
+from panicd.journal import JournalWriter
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -69,20 +71,27 @@ class Alerter(Protocol):
 
 
 class JournalAlerter:
-    """Sends alerts to journald through systemd-python (a datagram per alert; never blocks)."""
+    """Sends alerts to journald through the process's JournalWriter: never blocks, never raises.
+
+    `send` only queues (see panicd/journal.py): a stalled or absent journald costs the alert
+    some delay, never the caller's next step. An alert the queue cannot hold is counted and
+    said on stderr there.
+    """
+
+    def __init__(self, writer: JournalWriter | None = None) -> None:
+        self._writer = writer
 
     def send(self, alert: Alert) -> None:
-        from systemd import journal  # noqa: PLC0415 - keeps `check-config` usable without it
-
-        fields = alert.journal_fields()
         try:
-            journal.send(alert.message, **fields)
-        except OSError as exc:
-            # No journald (a container, a test box): the alert still reaches the log.
-            log.error("alert.undeliverable", error=str(exc), **_lower(fields))  # noqa: TRY400
+            fields = alert.journal_fields()
+            writer = self._writer or journal.writer()
+            queued = writer.submit("alert", alert.message, fields)
+        except Exception:
+            # Alerting is never worth a guest's next step: whatever went wrong is logged here.
+            log.exception("alert.failed", kind=alert.kind.name, message=alert.message)
             return
-        log.info("alert.sent", kind=alert.kind.name, message=alert.message)
-
-
-def _lower(fields: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in fields.items()}
+        if queued:
+            log.info("alert.queued", kind=alert.kind.name, message=alert.message)
+        else:
+            log.error("alert.dropped", kind=alert.kind.name, message=alert.message,
+                      journal_fields=fields)

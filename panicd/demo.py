@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from panicd import logs
+from panicd import journal, logs
 from panicd.config import parse
 from panicd.daemon import Daemon
 from panicd.mock import MockGuest
@@ -173,6 +173,7 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
         print(f"  {monitor.identity.name:14} {monitor.state:10} runstate={monitor.runstate:10} "
               f"panicked={'yes' if incident else 'no'}")
     _banner("Journal alerts (journalctl SYSLOG_IDENTIFIER=panicd -o json)")
+    journal.flush(timeout=5.0)  # alerts are queued for journald off the event loop
     out = subprocess.run(
         ["journalctl", "--no-pager", "-o", "json", "SYSLOG_IDENTIFIER=panicd",
          "--since", "-5min"],

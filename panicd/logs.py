@@ -2,7 +2,8 @@
 
 Where the lines go:
 - `journal` (the default under systemd, when stderr is the $JOURNAL_STREAM journald gave us):
-  each event is a native journal entry: MESSAGE, EVENT=<event name>, PRIORITY from the level,
+  each event is a native journal entry, queued for the journal writer thread (journal.py) so
+  that a stalled journald never blocks the caller: MESSAGE, EVENT=<event name>, PRIORITY from the level,
   GUEST_NAME, QMP_SOCKET and every other key as an upper-case field, so
   `journalctl -u panicd EVENT=dump.completed` or `GUEST_NAME=web-01` just work;
 - `console` (the default on a terminal): readable columns;
@@ -23,6 +24,8 @@ from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
+
+from panicd import journal
 
 LogFormat = Literal["auto", "console", "json", "journal"]
 
@@ -48,14 +51,10 @@ def journal_fields(event_dict: MutableMapping[str, Any]) -> dict[str, str]:
 
 
 def _to_journal(_logger: object, _name: str, event_dict: MutableMapping[str, Any]) -> str:
-    from systemd import journal  # noqa: PLC0415 - only when logging to the journal
-
+    # Queued, never sent from here: a stalled journald must not stall the caller (journal.py).
     fields = journal_fields(event_dict)
     message = fields.pop("MESSAGE")
-    try:
-        journal.send(message, **fields)
-    except OSError:
-        print(message, file=sys.stderr)  # the journal is gone: keep the line somewhere
+    journal.writer().submit("log", message, fields)
     raise structlog.DropEvent
 
 

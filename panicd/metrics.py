@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from panicd import journal
 
 log = structlog.get_logger("panicd.metrics")
 
@@ -37,7 +40,12 @@ class Metrics:
         self.crash_loops = Counter("panicd_crash_loops", "Restarts refused (crash loop)", registry=r)
         self.refused_peers = Counter("panicd_refused_peers", "Peers refused on the listen socket",
                                      registry=r)
+        self.listen_saturated = Counter(
+            "panicd_listen_saturated",
+            "Times the listen socket stopped accepting: every slot for unidentified peers held",
+            registry=r)
         self.guests = Gauge("panicd_guests", "Guests by connection state", ["state"], registry=r)
+        r.register(_JournalCollector())
         self._states: Callable[[], Iterable[str]] = list
 
     def watch_states(self, states: Callable[[], Iterable[str]]) -> None:
@@ -51,6 +59,21 @@ class Metrics:
         for state, n in counts.items():
             self.guests.labels(state=state).set(n)
         return generate_latest(self.registry)
+
+
+class _JournalCollector:
+    """The journal writer's queue, read at scrape time (it is process-wide, not per daemon)."""
+
+    def collect(self) -> Iterable[Metric]:
+        writer = journal.writer()
+        dropped = CounterMetricFamily(
+            "panicd_journal_dropped", "Journal entries given up (queue full or refused by journald)",
+            labels=["kind"])
+        for kind, count in writer.dropped.items():
+            dropped.add_metric([kind], count)
+        yield dropped
+        yield GaugeMetricFamily("panicd_journal_queued", "Journal entries waiting for journald",
+                                value=writer.queued)
 
 
 async def serve(metrics: Metrics, listen: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -44,8 +44,8 @@ async def panicd(short_tmp: Path) -> AsyncIterator[Callable[..., PanicdProcess]]
     started: list[PanicdProcess] = []
 
     def start(config: str, env: dict[str, str] | None = None,
-              log_format: str | None = "json") -> PanicdProcess:
-        proc = PanicdProcess(short_tmp, config, env, log_format)
+              log_format: str | None = "json", wrapper: Sequence[str] = ()) -> PanicdProcess:
+        proc = PanicdProcess(short_tmp, config, env, log_format, wrapper)
         proc.start()
         started.append(proc)
         return proc

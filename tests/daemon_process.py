@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ _numbers = itertools.count(1)
 
 class PanicdProcess:
     def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None,
-                 log_format: str | None = "json") -> None:
+                 log_format: str | None = "json", wrapper: Sequence[str] = ()) -> None:
         self.env = env or {}
+        #: A command that execs its arguments (an `unshare ...` set-up, say), run in front.
+        self.wrapper = list(wrapper)
         self.log_format = log_format
         self.workdir = workdir
         self.config_path = workdir / "panicd.toml"
@@ -34,7 +37,7 @@ class PanicdProcess:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "panicd", "run", "-c", str(self.config_path),
+            [*self.wrapper, sys.executable, "-m", "panicd", "run", "-c", str(self.config_path),
              "--log-level", "debug",
              *(["--log-format", self.log_format] if self.log_format else [])],
             stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
