@@ -2,7 +2,7 @@
 
     panicd run -c FILE             watch the configured guests (the daemon)
     panicd status [--json]         every guest of the running daemon, over its control socket
-    panicd check-config -c FILE    validate a config; exit 0, or 1 naming each bad key
+    panicd check-config -c FILE    validate a config: bad keys, and what it would do wrong
     panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
     panicd triage DUMP             the panic reason and the guest's kernel log, from a dump
     panicd demo                    a guided run on a built-in default (mock + real QEMU)
@@ -21,6 +21,7 @@ from pathlib import Path
 from panicd import __version__
 from panicd.config import load
 from panicd.errors import ConfigError
+from panicd.text import printable
 
 DEFAULT_CONFIG = Path("/etc/panicd/panicd.toml")
 
@@ -36,13 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     status = sub.add_parser("status", help="show every guest of the running daemon")
-    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
-                        help="read control_socket from this config (when --socket is not given)")
+    status.add_argument("-c", "--config", type=Path, default=None,
+                        help="read control_socket from this config (when --socket is not "
+                             f"given; default {DEFAULT_CONFIG})")
     status.add_argument("--socket", type=Path, help="the daemon's control socket")
     status.add_argument("--json", action="store_true", help="print JSON")
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    check.add_argument("--unit", type=Path, default=None,
+                       help="check against this systemd unit (and its UNIT.d/*.conf drop-ins) "
+                            "instead of the installed panicd.service")
+    check.add_argument("--fail-on", choices=["error", "warning", "syntax"], default="error",
+                       help="exit 1 on an error finding (default), on any finding, or only "
+                            "when `panicd run` would refuse the file (for ExecStartPre=)")
 
     import panicd.mock.cli as mock_cli  # noqa: PLC0415 - keeps start-up light
 
@@ -67,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args)
     if args.command == "run":
         return _run(args)
     if args.command == "status":
@@ -85,14 +93,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _check_config(path: Path) -> int:
+def _check_config(args: argparse.Namespace) -> int:
+    from panicd import checks, sandbox  # noqa: PLC0415
+
+    path: Path = args.config
     try:
         config = load(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{path}: OK ({len(config.guest)} guests, {len(config.policy)} policies)")
-    return 0
+    if args.unit is not None:
+        try:
+            service: sandbox.ServiceSandbox | None = sandbox.read_named(args.unit)
+        except OSError as exc:
+            print(printable(f"panicd check-config: cannot read --unit {args.unit}: {exc}"),
+                  file=sys.stderr)
+            return 1
+    else:
+        skipped = ("the checks against the service's sandbox (writable dump_dir, state_dir "
+                   "and sockets) are skipped; name a unit with --unit PATH")
+        try:
+            service = sandbox.find_installed()
+        except OSError as exc:
+            service = None
+            print(printable(f"NOTE unit: cannot read the installed unit: {exc}: {skipped}"))
+        else:
+            if service is None:
+                searched = ", ".join(str(d) for d in sandbox.UNIT_DIRS)
+                print(printable(f"NOTE unit: no {sandbox.UNIT_NAME} installed (looked in "
+                                f"{searched}): {skipped}"))
+    findings = checks.check(config, service)
+    for finding in findings:
+        print(finding)
+    errors = sum(f.severity is checks.Severity.ERROR for f in findings)
+    warnings = len(findings) - errors
+    counts = f"({len(config.guest)} guests, {len(config.policy)} policies)"
+    name = printable(str(path))
+    if errors:
+        print(f"{name}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')} {counts}")
+    elif warnings:
+        print(f"{name}: OK with {_plural(warnings, 'warning')} {counts}")
+    else:
+        print(f"{name}: OK {counts}")
+    failing = {"error": errors, "warning": len(findings), "syntax": 0}[args.fail_on]
+    return 1 if failing else 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,7 +161,14 @@ def _run(args: argparse.Namespace) -> int:
     async def serve() -> None:
         await Daemon(config, config_path=args.config).run()
 
-    asyncio.run(serve())
+    from panicd import journal  # noqa: PLC0415
+
+    try:
+        asyncio.run(serve())
+    finally:
+        # The last alerts (and the stop's log lines) are still queued for journald; a stalled
+        # journald gets a few seconds, not a hung shutdown (systemd's TimeoutStopSec is 30 s).
+        journal.flush(timeout=3.0)
     return 0
 
 
@@ -121,25 +176,51 @@ def _status(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from panicd import control  # noqa: PLC0415
-    from panicd.config import DaemonConfig  # noqa: PLC0415
 
-    path = args.socket
-    if path is None:
-        try:
-            path = load(args.config).daemon.control_socket
-        except ConfigError:
-            path = DaemonConfig().control_socket
+    path = args.socket if args.socket is not None else _status_socket(args.config)
     try:
         reply = control.request(path)
     except (OSError, ValueError) as exc:
-        print(f"panicd status: cannot ask the daemon at {path}: {exc}", file=sys.stderr)
+        print(printable(f"panicd status: cannot ask the daemon at {path}: {exc}"),
+              file=sys.stderr)
         return 1
     if not reply.get("ok"):
-        print(f"panicd status: {reply.get('error')}", file=sys.stderr)
+        print(printable(f"panicd status: {reply.get('error')}"), file=sys.stderr)
         return 1
     reply.pop("ok")
+    # JSON keeps names exact (json.dumps escapes control characters); the table escapes them.
     print(json.dumps(reply, indent=2, default=str) if args.json else control.format_table(reply))
     return 0
+
+
+def _status_socket(config_path: Path | None) -> Path:
+    """Where the daemon listens, by the config; what is wrong with the config goes to stderr.
+
+    `status` needs only `[daemon] control_socket`: a file invalid elsewhere (a policy being
+    edited while the daemon runs the old one) still names the socket, with a warning. A file
+    that cannot be read or is not TOML leaves the default socket, and says so.
+    """
+    from panicd.config import DaemonConfig, load_control_socket  # noqa: PLC0415
+
+    default = DaemonConfig().control_socket
+    path = config_path or DEFAULT_CONFIG
+    try:
+        return load(path).daemon.control_socket
+    except ConfigError as invalid:
+        if config_path is None and not path.exists():
+            return default  # no config at the default place: the default socket is the guess
+        try:
+            socket = load_control_socket(path)
+        except ConfigError as unusable:
+            print(f"panicd status: {unusable}", file=sys.stderr)
+            print(printable(f"panicd status: no usable [daemon] control_socket in {path}; "
+                            f"trying the default, {default}"), file=sys.stderr)
+            return default
+        print(f"panicd status: warning: {invalid}", file=sys.stderr)
+        print(printable(f"panicd status: the daemon would refuse {path} on reload or restart "
+                        f"(see panicd check-config -c {path}); asking it at {socket}, "
+                        "as the file says"), file=sys.stderr)
+        return socket
 
 
 def _raise_fd_limit() -> None:

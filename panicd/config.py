@@ -23,13 +23,16 @@ Relative paths are taken relative to the directory of the config file.
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from panicd.errors import ConfigError
+from panicd.text import printable
 
 #: What a policy may do on a panic, in the order the operator lists them.
 StepName = Literal["dump", "pause", "resume", "restart", "poweroff", "exec"]
@@ -202,6 +205,9 @@ class Config(_Strict):
         return next((p for p in self.policy if p.matches(guest_name)), DEFAULT_POLICY)
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -212,15 +218,40 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _explain(error: ValidationError) -> str:
+def _shown(value: object) -> str:
+    """A bad value as the operator wrote it, escaped and cut short, for one line of output."""
+    text = f"'{printable(value)}'" if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def _describe(item: ErrorDetails) -> str:
+    kind, given = item["type"], item.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "literal_error":
+        # pydantic says "Input should be 'dump', 'pause' or 'exec'"; name the bad value too.
+        allowed = ", ".join(_QUOTED.findall(str(item.get("ctx", {}).get("expected", ""))))
+        return f"{_shown(given)} is not one of {allowed}"
+    if kind == "path_type":
+        return f"{_shown(given)} is not a path: write it as a string"
+    msg = item["msg"].removeprefix("Value error, ")
+    if isinstance(given, str | int | float) and kind != "missing" and _shown(given) not in msg:
+        msg += f" (got {_shown(given)})"
+    return msg
+
+
+def _explain(error: ValidationError, within: tuple[str, ...] = ()) -> str:
+    """One line per problem: `policy[0].on_panic[1]: 'explode' is not one of dump, ...`.
+
+    Keys and values come from the file, so both are escaped (`_shown`, `printable`): a key
+    holding a newline cannot fake a second problem, nor an ESC colour the operator's terminal.
+    """
     lines = []
     for item in error.errors():
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif msg.startswith("Value error, "):
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"{_where(item['loc'])}: {msg}")
+        loc = (*within, *item["loc"])
+        # Config's own checks (a guest listed twice) name their key in the message itself.
+        where = "" if not loc and item["type"] == "value_error" else f"{printable(_where(loc))}: "
+        lines.append(where + _describe(item))
     return "\n".join(lines)
 
 
@@ -238,23 +269,50 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 guest["socket"] = str(base / guest["socket"])
 
 
+def _read_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{printable(source)}: not valid TOML: {exc}") from exc
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(printable(f"{path}: cannot read: {exc}")) from exc
+
+
 def parse(text: str, *, base: Path = Path("/"), source: str = "<config>") -> Config:
     """Validate config text; raise ConfigError naming every offending key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    raw = _read_toml(text, source)
     _resolve_paths(raw, base)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration:\n{_explain(exc)}") from exc
+        raise ConfigError(f"{printable(source)}: invalid configuration:\n{_explain(exc)}") from exc
 
 
 def load(path: Path) -> Config:
     """Read and validate the config file at `path`."""
+    return parse(_read_file(path), base=path.resolve().parent, source=str(path))
+
+
+def load_control_socket(path: Path) -> Path:
+    """Only `[daemon] control_socket` of the file at `path` (its default when unset).
+
+    That key is all `panicd status` needs, so a file that is invalid elsewhere (a policy
+    being edited, say) still tells it where the running daemon listens. Raises ConfigError
+    when the file cannot be read, is not TOML, or that key itself is unusable.
+    """
+    raw = _read_toml(_read_file(path), str(path))
+    daemon = raw.get("daemon", {})
+    if not isinstance(daemon, dict):
+        raise ConfigError(f"{printable(str(path))}: daemon: must be a table ([daemon])")
+    only_socket = {k: v for k, v in daemon.items() if k == "control_socket"}
+    _resolve_paths({"daemon": only_socket}, path.resolve().parent)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    return parse(text, base=path.resolve().parent, source=str(path))
+        return DaemonConfig.model_validate(only_socket).control_socket
+    except ValidationError as exc:
+        raise ConfigError(f"{printable(str(path))}: invalid configuration:\n"
+                          f"{_explain(exc, within=('daemon',))}") from exc

@@ -27,6 +27,8 @@ from typing import Any
 
 import structlog
 
+from panicd.text import printable
+
 log = structlog.get_logger("panicd.control")
 
 MAX_REQUEST_BYTES = 4096
@@ -61,16 +63,23 @@ class ControlServer:
                 self.path.unlink()
 
     async def _listen(self) -> asyncio.Server:
+        # The group is looked up first: an unknown one must leave no socket behind, rather
+        # than one that is served but refuses the group `panicd check-config` was told of.
+        gid = grp.getgrnam(self._group).gr_gid if self._group is not None else None
         self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         server = await asyncio.start_unix_server(self._client, path=str(self.path),
                                                  limit=MAX_REQUEST_BYTES)
-        mode = 0o600
-        if self._group is not None:
-            os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
-            mode = 0o660
-        self.path.chmod(mode)
+        try:
+            if gid is not None:
+                os.chown(self.path, -1, gid)
+            self.path.chmod(0o600 if gid is None else 0o660)
+        except OSError:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            raise
         return server
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -134,13 +143,19 @@ def request(path: Path, command: str = "status", timeout: float = 5.0) -> dict[s
 COLUMNS = ("NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST PANIC", "LAST DUMP", "RESTARTS")
 
 
-def _dump_cell(dump: dict[str, Any] | None) -> str:
-    if not dump:
+def _cell(value: object) -> str:
+    """One table cell: guest names and paths come from QEMU and config files, so escaped."""
+    return "-" if value is None or value == "" else printable(str(value))
+
+
+def _dump_cell(dump: object) -> str:
+    if not isinstance(dump, dict) or not dump:
         return "-"
     if dump.get("result") != "completed":
-        return f"{dump.get('result')}: {dump.get('error') or ''}".strip()
-    size = dump.get("bytes") or 0
-    return f"{dump.get('path')} ({_human(int(size))}, completed)"
+        return _cell(f"{dump.get('result')}: {dump.get('error') or ''}".strip())
+    size = dump.get("bytes")
+    size_text = _human(size) if isinstance(size, int) else "size unknown"
+    return _cell(f"{dump.get('path')} ({size_text}, completed)")
 
 
 def _human(size: int) -> str:
@@ -153,17 +168,22 @@ def _human(size: int) -> str:
 
 
 def format_table(status: dict[str, Any]) -> str:
+    """The status reply as a table, one line per guest whatever the names hold."""
+    guests = status.get("guests")
     rows = [
         (
-            g["name"], g["socket"], g["connection"], g.get("runstate") or "-",
-            g.get("last_panic") or "-", _dump_cell(g.get("last_dump")), str(g.get("restarts", 0)),
+            _cell(g.get("name")), _cell(g.get("socket")), _cell(g.get("connection")),
+            _cell(g.get("runstate")), _cell(g.get("last_panic")), _dump_cell(g.get("last_dump")),
+            _cell(g.get("restarts", 0)),
         )
-        for g in status.get("guests", [])
+        for g in (guests if isinstance(guests, list) else [])
+        if isinstance(g, dict)
     ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    summary = status.get("daemon", {}).get("summary")
+    daemon = status.get("daemon")
+    summary = daemon.get("summary") if isinstance(daemon, dict) else None
     if summary:
-        lines.append(f"\n{summary}")
+        lines.append(f"\n{_cell(summary)}")
     return "\n".join(lines)

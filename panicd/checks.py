@@ -1,0 +1,298 @@
+"""What `panicd check-config` finds in a valid config: mistakes that parse but will bite.
+
+`config.load` rejects what panicd cannot run (unknown keys, bad values). These checks look
+at a config it accepts and say what panicd would actually do with it:
+
+- a policy that can never apply, because an earlier `match` takes every guest it would;
+- steps in an order that loses the crash (`dump` after `restart`) or that cannot work
+  (anything but `exec` after `poweroff`: QEMU has exited);
+- an `exec` hook whose program is missing, not executable, or not on PATH;
+- a `control_group` this host does not have;
+- with the installed systemd unit (`panicd.sandbox`): a `dump_dir`, `state_dir` or socket
+  the service may not write, and guest sockets or hooks it cannot even see.
+
+A finding is an ERROR when panicd would fail at it every time, a WARNING when panicd would
+run but not as the file seems to mean. Each says what will happen and how to fix it.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import grp
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from panicd.config import Config, Policy
+from panicd.sandbox import Access, ServiceSandbox, Verdict
+from panicd.text import printable
+
+_WILDCARDS = frozenset("*?[")
+_DROP_IN = "/etc/systemd/system/panicd.service.d/paths.conf"
+
+
+class Severity(enum.StrEnum):
+    ERROR = "ERROR"
+    WARNING = "WARNING"
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    #: The key it is about, as the config's own errors name keys: `policy[1].on_panic[0]`.
+    where: str
+    #: What panicd will do with this config.
+    what: str
+    #: How to fix it.
+    fix: str
+
+    def __str__(self) -> str:
+        # Values quoted in `what` and `fix` come from the file: escaped here, once.
+        return printable(f"{self.severity} {self.where}: {self.what}; {self.fix}")
+
+
+def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding]:
+    """Every finding, in the order of the file's sections (daemon, discovery, guest, policy)."""
+    findings = list(_nul_paths(config))
+    if findings:
+        return findings  # the other checks would trip over the same paths
+    findings += _control_group(config)
+    if sandbox is not None:
+        findings += _writable_paths(config, sandbox)
+        findings += _visible_sockets(config, sandbox)
+    for index, policy in enumerate(config.policy):
+        findings += _shadowed(index, config.policy)
+        findings += _step_order(index, policy)
+        findings += _hook(index, policy, sandbox)
+    return findings
+
+
+def _configured_paths(config: Config) -> Iterator[tuple[str, str]]:
+    daemon = config.daemon
+    yield "daemon.dump_dir", str(daemon.dump_dir)
+    yield "daemon.state_dir", str(daemon.state_dir)
+    yield "daemon.control_socket", str(daemon.control_socket)
+    if config.discovery.listen is not None:
+        yield "discovery.listen", str(config.discovery.listen)
+    for i, pattern in enumerate(config.discovery.watch):
+        yield f"discovery.watch[{i}]", pattern
+    for i, guest in enumerate(config.guest):
+        yield f"guest[{i}].socket", str(guest.socket)
+    for i, policy in enumerate(config.policy):
+        if policy.exec is not None:
+            yield f"policy[{i}].exec.command[0]", policy.exec.command[0]
+
+
+def _nul_paths(config: Config) -> Iterator[Finding]:
+    # TOML allows "\u0000" in a string; the kernel allows it in no file name.
+    for where, path in _configured_paths(config):
+        if "\0" in path:
+            yield Finding(Severity.ERROR, where, f"'{path}' holds a NUL character, which no "
+                          "file name can: every use of it fails", "remove the \\u0000")
+
+
+def _control_group(config: Config) -> Iterator[Finding]:
+    group = config.daemon.control_group
+    if group is None:
+        return
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        yield Finding(
+            Severity.ERROR, "daemon.control_group",
+            f"this host has no group '{group}': panicd would start without its control socket "
+            "(`panicd status` cannot reach it)",
+            f"create the group (groupadd {group}) or remove control_group")
+
+
+# -- the service's sandbox ------------------------------------------------------------------
+
+_BLOCKED_CONSEQUENCE = {
+    "daemon.dump_dir": "every dump would fail (read-only file system), and the policy's "
+                       "next steps run without one",
+    "daemon.state_dir": "the ledger of handled panics could not be saved, so after panicd "
+                        "restarts a guest still paused is handled (and dumped) again",
+    "daemon.control_socket": "panicd could not create its control socket: `panicd status` "
+                             "would not reach it",
+    "discovery.listen": "panicd could not create the socket QEMUs connect to: no guest "
+                        "would reach it",
+}
+
+_PRIVATE_CONSEQUENCE = {
+    "daemon.dump_dir": "the host never sees the dumps, and they are removed when panicd stops",
+    "daemon.state_dir": "the ledger of handled panics is lost whenever panicd stops, so after "
+                        "a restart a guest still paused is handled (and dumped) again",
+    "daemon.control_socket": "`panicd status` looks in the host's /tmp and finds no socket",
+    "discovery.listen": "QEMUs look in the host's /tmp and find no socket",
+}
+
+
+def _seen_as(verdict: Verdict, sandbox: ServiceSandbox) -> str:
+    where = f"({verdict.origin} in {sandbox.unit})"
+    if verdict.access is Access.PRIVATE:
+        return f"is in the service's private /tmp, not the host's {where}"
+    if verdict.access is Access.HIDDEN:
+        return f"is hidden from the service {where}"
+    return f"is read-only for the service {where}"
+
+
+def _writable_paths(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding]:
+    daemon = config.daemon
+    written: list[tuple[str, Path, Path]] = [  # (key, path, the directory that must be writable)
+        ("daemon.dump_dir", daemon.dump_dir, daemon.dump_dir),
+        ("daemon.state_dir", daemon.state_dir, daemon.state_dir),
+        ("daemon.control_socket", daemon.control_socket, daemon.control_socket.parent),
+    ]
+    if config.discovery.listen is not None:
+        listen = config.discovery.listen
+        written.append(("discovery.listen", listen, listen.parent))
+    for where, path, directory in written:
+        verdict = sandbox.access(path)
+        if verdict.access is Access.READ_ONLY:
+            yield Finding(
+                Severity.WARNING, where,
+                f"{path} {_seen_as(verdict, sandbox)}: {_BLOCKED_CONSEQUENCE[where]}",
+                f"create {directory} and let the service write there with a drop-in: "
+                f"{_DROP_IN} holding \"[Service]\" and \"ReadWritePaths={directory}\", then "
+                "systemctl daemon-reload && systemctl restart panicd")
+        elif verdict.access is not Access.WRITABLE:
+            consequence = (_PRIVATE_CONSEQUENCE if verdict.access is Access.PRIVATE
+                           else _BLOCKED_CONSEQUENCE)[where]
+            yield Finding(
+                Severity.WARNING, where, f"{path} {_seen_as(verdict, sandbox)}: {consequence}",
+                "use a directory under /var/lib/panicd (or /run/panicd for a socket)")
+
+
+def _visible_sockets(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding]:
+    # Connecting needs no write access (connect() works on a read-only mount), only that
+    # the socket be visible: ProtectHome= and PrivateTmp= replace what the host has there.
+    watched = [(f"guest[{i}].socket", g.socket) for i, g in enumerate(config.guest)]
+    watched += [(f"discovery.watch[{i}]", Path(p).parent)
+                for i, p in enumerate(config.discovery.watch)]
+    for where, path in watched:
+        verdict = sandbox.access(path)
+        if verdict.access in (Access.HIDDEN, Access.PRIVATE):
+            yield Finding(
+                Severity.WARNING, where,
+                f"{path} {_seen_as(verdict, sandbox)}: panicd would never find QEMU's "
+                "socket there",
+                "let QEMU put its QMP socket elsewhere (/run/qemu/, say), or override "
+                f"{verdict.origin.split('=')[0]}= in a drop-in")
+
+
+# -- policies ------------------------------------------------------------------------------
+
+def _covers(earlier: str, later: str) -> bool:
+    """True when every name `later` matches is certainly matched by `earlier`.
+
+    Detected: an earlier pattern made only of `*`; identical patterns; an earlier pattern
+    that matches a later one without wildcards (a fixed name); an earlier `PREFIX*` (or
+    `*SUFFIX`) with no other wildcard where the later pattern starts (ends) with it
+    literally. Not detected (fnmatch containment in general, and several earlier policies
+    that only cover a later one together): `web-[0-9]*` before `web-1?`, `*-db-*` before
+    `eu-db-*`, or `a*` and `b*` before `[ab]*`.
+    """
+    if earlier == later or set(earlier) == {"*"}:
+        return True
+    if not _WILDCARDS & set(later):
+        return fnmatch.fnmatchcase(later, earlier)
+    head, tail = earlier[:-1], earlier[1:]
+    if earlier.endswith("*") and not _WILDCARDS & set(head):
+        return later.startswith(head)
+    # A "]" in the suffix could close a bracket expression of the later pattern.
+    if earlier.startswith("*") and not (_WILDCARDS | {"]"}) & set(tail):
+        return later.endswith(tail)
+    return False
+
+
+def _shadowed(index: int, policies: list[Policy]) -> Iterator[Finding]:
+    later = policies[index]
+    for i, earlier in enumerate(policies[:index]):
+        if _covers(earlier.match, later.match):
+            yield Finding(
+                Severity.WARNING, f"policy[{index}].match",
+                f"policy[{index}] (match = '{later.match}') never applies: policy[{i}] "
+                f"(match = '{earlier.match}') comes first and takes every guest it would",
+                f"move policy[{index}] above policy[{i}], or narrow policy[{i}].match")
+            return
+
+
+def _step_order(index: int, policy: Policy) -> Iterator[Finding]:
+    lists = (("on_panic", policy.on_panic), ("on_crash_loaded", policy.on_crash_loaded))
+    for list_name, steps in lists:
+        first: dict[str, str] = {}  # step -> where it first comes: "on_panic[0]"
+        for k, step in enumerate(steps):
+            where = f"policy[{index}].{list_name}[{k}]"
+            if "poweroff" in first and step != "exec":
+                # `quit`: QEMU exits, so every QMP step after it finds no guest.
+                gone = "finds no guest to dump" if step == "dump" else "fails"
+                yield Finding(
+                    Severity.ERROR, where,
+                    f"'{step}' comes after 'poweroff' ({first['poweroff']}): QEMU has exited "
+                    f"by then, so at every panic it {gone} (a step-failed alert)",
+                    f"move '{step}' before 'poweroff', or remove it")
+            elif step == "dump" and "restart" in first:
+                # system_reset then cont: the memory QEMU would dump is the new boot's.
+                yield Finding(
+                    Severity.ERROR, where,
+                    f"'dump' comes after 'restart' ({first['restart']}): it dumps the freshly "
+                    "rebooted guest, not the crash",
+                    "put 'dump' before 'restart'")
+            elif step == "dump" and "resume" in first:
+                # cont from guest-panicked: the panicked kernel runs on, and with panic=N
+                # it reboots itself before (or while) it is dumped.
+                yield Finding(
+                    Severity.WARNING, where,
+                    f"'dump' comes after 'resume' ({first['resume']}): the guest runs on "
+                    "first, and a kernel booted with panic=N reboots itself, so the dump may "
+                    "not hold the crash",
+                    "put 'dump' before 'resume'")
+            first.setdefault(step, f"{list_name}[{k}]")
+
+
+def _hook(index: int, policy: Policy, sandbox: ServiceSandbox | None) -> Iterator[Finding]:
+    if policy.exec is None or "exec" not in (*policy.on_panic, *policy.on_crash_loaded):
+        return  # configured but never run: nothing will fail
+    program = policy.exec.command[0]
+    where = f"policy[{index}].exec.command[0]"
+    fails = "the exec step fails at every panic (a step-failed alert)"
+    if "/" not in program:
+        # The hook is started with create_subprocess_exec and panicd's own environment,
+        # so a bare name is looked up on panicd's PATH, as here.
+        search = os.environ.get("PATH", os.defpath)
+        found = shutil.which(program, path=search)
+        if found is None:
+            yield Finding(Severity.ERROR, where,
+                          f"'{program}' is not on PATH ({search}): {fails}",
+                          "give the program's absolute path, or install it on that PATH")
+            return
+        path = Path(found)
+    elif not program.startswith("/"):
+        yield Finding(
+            Severity.WARNING, where,
+            f"'{program}' is relative: it is looked up from panicd's working directory "
+            "(/ under systemd), not from the config file's",
+            "give the program's absolute path")
+        return
+    else:
+        path = Path(program)
+        if not path.exists():
+            yield Finding(Severity.ERROR, where, f"{program} does not exist: {fails}",
+                          "install the hook there, or correct the path")
+            return
+        if not path.is_file() or not os.access(path, os.X_OK):
+            yield Finding(Severity.ERROR, where,
+                          f"{program} is not an executable file: {fails}",
+                          f"chmod +x {program}, or name the program itself")
+            return
+    if sandbox is not None:
+        verdict = sandbox.access(path)
+        if verdict.access in (Access.HIDDEN, Access.PRIVATE):
+            yield Finding(
+                Severity.ERROR, where,
+                f"{path} {_seen_as(verdict, sandbox)}, and the hook runs in the service's "
+                f"sandbox: {fails}",
+                "install the hook outside /home, /root and /tmp (/usr/local/libexec/, say)")
