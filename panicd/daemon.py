@@ -36,7 +36,7 @@ from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
 from panicd.ledger import PanicLedger
-from panicd.listen import QemuListener
+from panicd.listen import IdentificationSlot, QemuListener
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.notify import Notifier
 from panicd.respond import PanicResponder
@@ -97,9 +97,9 @@ class Daemon:
         monitors = list(self.monitors.values())
         connected = sum(m.state is ConnectionState.CONNECTED for m in monitors)
         panicked = sum(m.runstate == "guest-panicked" for m in monitors)
-        running = self.dump_slots.running
+        running, stalled = self.dump_slots.running, self.dump_slots.stalled
         return (f"{len(monitors)} guests, {connected} connected, {panicked} panicked, "
-                f"{running} dumps running")
+                f"{running} dumps running" + (f", {stalled} stalled" if stalled else ""))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -239,7 +239,7 @@ class Daemon:
             task.add_done_callback(ended)
         self._changed.set()
 
-    def _qemu_connected(self, sock: socket.socket, pid: int) -> None:
+    def _qemu_connected(self, sock: socket.socket, pid: int, slot: IdentificationSlot) -> None:
         assert self.config.discovery.listen is not None
         # Keyed by the listen socket and the peer's pid: shown as the guest's "socket".
         key = Path(f"{self.config.discovery.listen}@{pid}")
@@ -247,9 +247,15 @@ class Daemon:
             self._detach_monitor(key)  # QEMU dialled again before panicd saw the old one end
         self._discovered.add(key)
         self._start_monitor(GuestConfig(socket=key), accepted=sock)
+        # The listener's slot is this peer's until its monitor knows who it is, or it is gone.
+        self.monitors[key].on_identified = slot.release
+        self._monitor_tasks[key].add_done_callback(lambda _: slot.release())
 
     def _peer_refused(self, pid: int, uid: int) -> None:
         self.responder.metrics.refused_peers.inc()
+
+    def _listen_saturated(self) -> None:
+        self.responder.metrics.listen_saturated.inc()
 
     def _detach_monitor(self, socket: Path) -> asyncio.Task[None]:
         """Forget a guest at once (so the same socket can come back) and cancel its task."""
@@ -297,7 +303,8 @@ class Daemon:
         assert self._tasks is not None
         if self.config.discovery.listen is not None:
             listener = QemuListener(self.config.discovery.listen, self.config.discovery.allowed_uids,
-                                    self._qemu_connected, self._peer_refused)
+                                    self._qemu_connected, self._peer_refused,
+                                    self._listen_saturated)
             self._listener_task = self._tasks.create_task(listener.run(), name="listen")
         if self.config.discovery.watch:
             watcher = SocketWatcher(self.config.discovery.watch, self._socket_appeared,

@@ -13,6 +13,7 @@ and appends a short hash whenever it had to change the name, so two names never 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -191,19 +192,85 @@ class DumpStore:
 
 
 class DumpSlots:
-    """The host-wide limit on dumps running at once (`max_concurrent_dumps`), and a count."""
+    """The host-wide limit on dumps running at once (`max_concurrent_dumps`), and a count.
+
+    A dump holds a turn (`slot()`) while QEMU writes it. A dump whose QEMU stops answering
+    (frozen: SIGSTOP, a host under swap) is `stalled`: it gives its turn back, because a
+    frozen QEMU does no I/O and other guests' dumps must not wait behind it, but it keeps its
+    share of `reserved_bytes`, since it will write the rest once QEMU runs again. When it
+    resumes it counts as running at once, even past the limit: QEMU writes whether or not a
+    turn is free. Turns go to waiting dumps oldest first, only while fewer than `limit` run.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: Dumps QEMU is writing now (what `panicd status` calls running).
         self.running = 0
-        #: Disk space the running dumps are expected to take still (for the disk guard).
+        #: Dumps whose QEMU does not answer; waiting for it, without a turn.
+        self.stalled = 0
+        #: Disk space the unfinished dumps (running or stalled) are expected to take still.
         self.reserved_bytes = 0
-        self._semaphore = asyncio.Semaphore(limit)
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def __aenter__(self) -> None:
-        await self._semaphore.acquire()
-        self.running += 1
+    def slot(self) -> DumpSlot:
+        """`async with slots.slot() as slot:` waits for a turn and holds it until the end."""
+        return DumpSlot(self)
+
+    async def _take_turn(self) -> None:
+        if self.running < self.limit and not self._waiting:
+            self.running += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.running -= 1  # the turn came just as this waiter was cancelled: pass it on
+                self._hand_out_turns()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(turn)
+            raise
+
+    def _hand_out_turns(self) -> None:
+        # A turn is counted when it is handed out, so nothing can take it in between.
+        while self._waiting and self.running < self.limit:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self.running += 1
+                turn.set_result(None)
+
+
+class DumpSlot:
+    """One dump's turn in `DumpSlots`: held, given back while stalled, counted again on resume."""
+
+    def __init__(self, slots: DumpSlots) -> None:
+        self._slots = slots
+        self.stalled = False
+
+    async def __aenter__(self) -> DumpSlot:
+        await self._slots._take_turn()
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.running -= 1
-        self._semaphore.release()
+        if self.stalled:
+            self._slots.stalled -= 1
+        else:
+            self._slots.running -= 1
+            self._slots._hand_out_turns()
+
+    def stall(self) -> None:
+        """QEMU stopped answering: give the turn to the next dump, stay counted as stalled."""
+        if not self.stalled:
+            self.stalled = True
+            self._slots.running -= 1
+            self._slots.stalled += 1
+            self._slots._hand_out_turns()
+
+    def resume(self) -> None:
+        """QEMU answers again: running once more, whether or not a turn is free."""
+        if self.stalled:
+            self.stalled = False
+            self._slots.stalled -= 1
+            self._slots.running += 1

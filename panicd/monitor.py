@@ -114,6 +114,9 @@ class GuestMonitor:
         self.handling = False
         #: Set once the first connection attempt has ended, whichever way (READY=1 waits for it).
         self.first_attempt = asyncio.Event()
+        #: Called each time a connection's guest has been identified (the listener frees the
+        #: slot a dial-in peer held while unknown).
+        self.on_identified: Callable[[], None] = lambda: None
 
     @property
     def state(self) -> ConnectionState:
@@ -268,6 +271,7 @@ class GuestMonitor:
         )
         self._identified = True
         self.first_attempt.set()
+        self.on_identified()
         early, self._early_events = self._early_events, []
         for event in early:
             self._on_event(event)

@@ -6,13 +6,20 @@ asks query-dump (which reports QEMU's latest dump) and completes the record:
 
 - same QEMU process, status completed: metadata finished, DUMP_COMPLETED alert;
 - same QEMU, status active: followed until it ends;
+- same QEMU, but QEMU never began this dump (panicd stopped between writing the record and
+  dump-guest-memory; see `qemu_never_began`): the empty file and its record are removed
+  quietly (`dump.orphan_never_started`); the panic, handled again, makes its dump then;
 - failed, or a different QEMU process (the one that was writing is gone): the partial file
   and its metadata are removed, with a DUMP_FAILED alert.
+
+Only records older than the connection are orphans: a record written since belongs to a dump
+step of this connection, which settles it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +40,20 @@ POLL_SECONDS = 1.0
 FOLLOW_LIMIT_SECONDS = 24 * 3600
 
 
-def _running_records(directory: Path, socket: str) -> list[tuple[Path, dict[str, Any]]]:
+def qemu_never_began(status: str | None, dump: Path) -> bool:
+    """Whether QEMU never began writing `dump`, judged by query-dump's `status` and the file.
+
+    query-dump reports QEMU's latest dump only, which may be another one (an earlier panic's,
+    or one started since). "none": this QEMU has made no dump at all. A finished one
+    ("completed", "failed") while this file is still empty was another dump: QEMU writes a
+    dump's header first. A missing file, or an unknown status (None), proves nothing.
+    """
+    if status == "none":
+        return True
+    return status in ("completed", "failed") and _size(dump) == 0
+
+
+def _running_records(directory: Path, socket: str, before: str) -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for meta_path in directory.glob("*.json"):
         try:
@@ -41,7 +61,8 @@ def _running_records(directory: Path, socket: str) -> list[tuple[Path, dict[str,
         except (OSError, ValueError):
             continue
         if (isinstance(meta, dict) and meta.get("dump", {}).get("result") == "running"
-                and meta.get("guest", {}).get("socket") == socket):
+                and meta.get("guest", {}).get("socket") == socket
+                and str(meta["dump"].get("started_at", "")) < before):
             found.append((meta_path, meta))
     return sorted(found, key=lambda item: str(item[1]["dump"].get("started_at", "")))
 
@@ -58,7 +79,8 @@ async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter
 async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
     guest = monitor.identity
     directory = dumps.guest_dir(guest.name)
-    records = await asyncio.to_thread(_running_records, directory, guest.socket)
+    connected_at = dt.datetime.now(dt.UTC).isoformat()  # as the dump step writes started_at
+    records = await asyncio.to_thread(_running_records, directory, guest.socket, connected_at)
     for index, (_meta_path, meta) in enumerate(records):
         dump_path = Path(meta["dump"]["path"])
         newest = index == len(records) - 1
@@ -70,10 +92,14 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
         except QmpCommandError as exc:
             log.warning("dump.orphan_unknown", path=str(dump_path), error=exc.reason)
             continue  # asked again at the next connection
+        if same_qemu and await asyncio.to_thread(qemu_never_began, status.get("status"), dump_path):
+            await asyncio.to_thread(dumps.discard, dump_path)
+            log.info("dump.orphan_never_started", path=str(dump_path), qemu_status=status.get("status"))
+            continue
         if status.get("status") == "completed" and not await asyncio.to_thread(dump_path.exists):
             status = {"status": "missing"}
         if status.get("status") == "completed":
-            size = await asyncio.to_thread(_size, dump_path)
+            size = await asyncio.to_thread(_size, dump_path) or 0
             meta["dump"].update(
                 result="completed",
                 size_bytes=size,
@@ -106,11 +132,11 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
             ))
 
 
-def _size(path: Path) -> int:
+def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size
     except FileNotFoundError:
-        return 0
+        return None
 
 
 async def _follow(monitor: GuestMonitor) -> dict[str, Any]:

@@ -8,6 +8,10 @@ QEMU-FACTS.md:
   bypass listeners here: each one is handed to a callback as it is read, and nothing is kept.
 - A listener never reports EOF; `closed()` watches the client's runstate instead.
 - A second client on a busy monitor gets no greeting and hangs: connecting has a timeout.
+- qemu.qmp reads every connection with a 10 MiB line buffer (`readbuflen`), so any peer could
+  make panicd hold 10 MiB and more before a byte of it is understood. A peer is read with
+  `GREETING_READ_LIMIT` until it has greeted and negotiated as a QMP server, then with
+  `SESSION_READ_LIMIT`; a longer line ends the connection.
 - Every command has a timeout, and every failure comes back as `QmpCommandError`, carrying
   the command sent and what QEMU replied (or why nothing came back).
 
@@ -33,6 +37,17 @@ from panicd.errors import GuestUnreachable, PanicdError
 _log = structlog.get_logger("panicd.qmp")
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+#: Longest line read from a peer before it has greeted: QEMU's greeting is under 1 KiB (its
+#: version, package string and capabilities), and so is the reply to qmp_capabilities. (What
+#: a peer costs is still at least one socket read, up to 256 KiB in asyncio.)
+GREETING_READ_LIMIT = 64 * 1024
+#: Longest line read once the peer has greeted as QMP. What QEMU sends panicd is small (replies
+#: to query-status/-name/-uuid/-dump/-memory-size-summary/-dump-guest-memory-capability, and
+#: events, whose strings are ids and names from the command line); the longest it could
+#: legitimately be is a -name or device id at Linux's 128 KiB argument limit, each byte
+#: escaped as \\u00XX: 768 KiB. A longer line ends the connection.
+SESSION_READ_LIMIT = 1024 * 1024
 
 
 class QmpCommandError(PanicdError):
@@ -68,8 +83,16 @@ class _EventTapClient(QMPClient):
     """A QMPClient that hands each event to a callback and stores none of them."""
 
     def __init__(self, name: str, on_event: EventCallback) -> None:
-        super().__init__(name)
+        super().__init__(name, readbuflen=GREETING_READ_LIMIT)
         self._on_event = on_event
+
+    def raise_read_limit(self, limit: int) -> None:
+        """Read lines of up to `limit` bytes from now on (the connection is open)."""
+        # qemu.qmp hands `readbuflen` to the StreamReader once, when it opens the stream, and
+        # has no way to change it. asyncio reads StreamReader._limit afresh in every readline
+        # (and for its read-pause threshold, 2 x limit), so the next line gets the new limit.
+        if self._reader is not None:
+            self._reader._limit = limit  # type: ignore[attr-defined]
 
     async def _event_dispatch(self, msg: Message) -> None:
         # Replaces qemu.qmp's listener fan-out, whose queues and histories grow without bound.
@@ -128,10 +151,17 @@ class QmpSession:
                 "(is another client holding this monitor? QEMU serves one at a time)",
             ) from exc
         except ConnectError as exc:
+            if isinstance(exc.exc, ValueError):
+                # The only ValueError on the read path: StreamReader's line limit was exceeded.
+                raise GuestUnreachable(
+                    name, f"sent a line longer than the {GREETING_READ_LIMIT}-byte limit before "
+                    "greeting as QMP (QEMU's greeting is under 1 KiB)") from exc
             raise GuestUnreachable(name, f"cannot connect to {target}: {exc.exc}") from exc
         except (QMPError, OSError) as exc:
             await _quietly_disconnect(client)
             raise GuestUnreachable(name, f"cannot connect to {target}: {exc}") from exc
+        # It greeted and negotiated as QMP: from here on, what a QEMU may send.
+        client.raise_read_limit(SESSION_READ_LIMIT)
         return cls(client, command_timeout=command_timeout)
 
     @property
@@ -144,6 +174,11 @@ class QmpSession:
             return f"{int(qemu['major'])}.{int(qemu['minor'])}.{int(qemu['micro'])}"
         except (KeyError, TypeError, ValueError):
             return None
+
+    @property
+    def command_timeout(self) -> float:
+        """Seconds `execute` waits for a reply unless told otherwise (`command_timeout`)."""
+        return self._command_timeout
 
     @property
     def connected(self) -> bool:

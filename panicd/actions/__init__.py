@@ -3,6 +3,13 @@
 A step is an async function taking a `StepContext` and returning a small dict of what it did
 (logged with the step's `step.done` event). It raises `StepFailed` (or `DumpFailed`) with the
 command sent and QEMU's reply when it fails; the responder alerts and goes on to the next step.
+Steps talk to QEMU through `run_command`, which turns every QMP failure into the step's error.
+
+A QEMU that does not answer is waited for, not given up on: a frozen QEMU (SIGSTOP, a host
+deep in swap) keeps the commands sent to it in its socket and carries them out when it runs
+again, so a command is never sent twice (a second system_reset or cont would act twice);
+`step.waiting_for_qemu` is logged every `command_timeout` meanwhile. A step fails when the
+connection drops, or after `WAIT_FOR_QEMU_SECONDS` without a reply.
 
     dump                              dump.py   dump-guest-memory into a file panicd opens
     pause, resume, restart, poweroff  power.py  stop / cont / system_reset+cont / quit
@@ -12,17 +19,29 @@ command sent and QEMU's reply when it fails; the responder alerts and goes on to
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
 from panicd.alerts import Alerter
 from panicd.config import Policy, RestartLimit
 from panicd.dumps import DumpSlots, DumpStore
+from panicd.errors import DumpFailed, StepFailed
 from panicd.events import DumpCompletedData, GuestIdentity, Incident
 from panicd.metrics import Metrics
-from panicd.qmp import QmpSession
+from panicd.qmp import QmpCommandError, QmpSession
+
+log = structlog.get_logger("panicd.actions")
+
+#: How long a step waits for the reply of a QEMU that does not answer (frozen) before it fails.
+#: Generous: QEMU still carries the command out when it runs again, so failing early only
+#: misreports; this bound is there so a QEMU stopped for good is alerted, not waited on forever.
+WAIT_FOR_QEMU_SECONDS = 900.0
 
 
 class GuestHandle(Protocol):
@@ -75,6 +94,71 @@ class StepContext:
 
 
 Step = Callable[[StepContext], Awaitable[dict[str, Any]]]
+
+
+def step_error(
+    ctx: StepContext, step: str, message: str, *, command: dict[str, Any] | None = None,
+    reply: object = None,
+) -> StepFailed:
+    """The error `step` raises: DumpFailed for the dump step (alerted as DUMP_FAILED), else StepFailed."""
+    name = ctx.guest.identity.name
+    if step == "dump":
+        return DumpFailed(name, message, command=command, reply=reply)
+    return StepFailed(name, step, message, command=command, reply=reply)
+
+
+def guest_session(ctx: StepContext, step: str) -> QmpSession:
+    """The guest's live QMP session, or the step's error when it is not connected."""
+    try:
+        return ctx.guest.session()
+    except QmpCommandError as exc:
+        raise step_error(ctx, step, exc.reason) from exc
+
+
+async def run_command(
+    ctx: StepContext, step: str, command: str, arguments: dict[str, Any] | None = None,
+    *, give_up_after: float = WAIT_FOR_QEMU_SECONDS,
+) -> Any:
+    """Run one QMP command for `step`: its "return" value, or the step's error with what was
+    sent and what came back. A QEMU slow to answer is waited for (see the module docstring)."""
+    try:
+        return await patient_execute(guest_session(ctx, step), command, arguments, step=step,
+                                     give_up_after=give_up_after)
+    except QmpCommandError as exc:
+        raise step_error(ctx, step, _failure_text(exc, give_up_after), command=exc.command,
+                         reply=exc.reply) from exc
+
+
+def _failure_text(exc: QmpCommandError, waited: float) -> str:
+    if exc.kind == QmpCommandError.TIMEOUT:
+        return (f"QEMU did not answer {exc.command['execute']} within {waited:g} s (frozen?); it "
+                "may still carry the command out when it runs again")
+    return exc.reason
+
+
+async def patient_execute(
+    session: QmpSession, command: str, arguments: dict[str, Any] | None = None, *, step: str,
+    give_up_after: float = WAIT_FOR_QEMU_SECONDS,
+) -> Any:
+    """`session.execute`, sent once and waited for up to `give_up_after`, saying so every
+    command_timeout; raises QmpCommandError (kind TIMEOUT after `give_up_after`)."""
+    call = asyncio.create_task(session.execute(command, arguments, timeout=give_up_after),
+                               name=f"qmp:{command}")
+    begun = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=session.command_timeout)
+            if done:
+                return call.result()
+            log.warning("step.waiting_for_qemu", step=step, command=command,
+                        waited=round(time.monotonic() - begun, 1))
+    finally:
+        if not call.done():
+            # qemu.qmp drops a reply whose request is no longer pending ("Unknown ID"), so
+            # giving up on one leaves the connection usable.
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, QmpCommandError):
+                await call
 
 
 def registry() -> dict[str, Step]:

@@ -11,6 +11,14 @@
 
 QEMU 7.2 has no command to cancel a dump: after a timeout QEMU may still be writing to the
 (removed) file, and refuses stop/cont/another dump until it finishes.
+
+A late reply is not a failed dump. A healthy QEMU answers query-dump at once, even while its
+dump thread writes; one that does not answer within `STALL_SECONDS` is frozen (SIGSTOP, a host
+deep in swap). Then `dump.stalled` is logged, the dump gives its turn in `max_concurrent_dumps`
+back (a frozen QEMU does no I/O, and other guests' dumps must not wait behind it), keeps its
+disk-space reservation, its file and its record, and waits for QEMU (its DUMP_COMPLETED or the
+query-dump reply) until the policy's `timeout`, counted from the dump's start, has passed: the
+only time limit on a dump. When QEMU answers, `dump.resumed`, and the dump is followed to its end.
 """
 
 from __future__ import annotations
@@ -22,15 +30,18 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from panicd import __version__
-from panicd.actions import StepContext
+from panicd.actions import StepContext, guest_session, patient_execute, run_command
 from panicd.alerts import Alert, AlertKind
-from panicd.errors import DumpFailed
+from panicd.dumps import DumpSlot
+from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData
+from panicd.orphans import qemu_never_began
 from panicd.qmp import QmpCommandError, QmpSession
 from panicd.triage.run import triage_in_child
 
@@ -40,60 +51,78 @@ log = structlog.get_logger("panicd.dump")
 POLL_SECONDS = 1.0
 #: How often progress is logged, at most.
 PROGRESS_LOG_SECONDS = 10.0
+#: No query-dump reply within this long (or command_timeout, if shorter): QEMU is frozen.
+STALL_SECONDS = 3.0
 
 _fd_names = itertools.count(1)
 
 
 async def dump(ctx: StepContext) -> dict[str, Any]:
-    guest = ctx.guest.identity
     settings = ctx.policy.dump
-    session = _session(ctx)
+    guest_session(ctx, "dump")  # a guest not connected fails now, not after waiting for a turn
     if ctx.incident.detection is Detection.RESUMED:
-        since = dt.datetime.fromtimestamp(ctx.incident.received_at, dt.UTC).isoformat()
-        earlier = [m for m in await asyncio.to_thread(ctx.dumps.records, guest.name, guest.qemu_pid)
-                   if str(m.get("dump", {}).get("started_at", "")) >= since]
-        if earlier:
-            # panicd stopped after this panic's dump was started: orphans.py settles the record;
-            # the next steps wait until QEMU has finished writing it (a reset now would abort QEMU).
-            path = earlier[-1]["dump"]["path"]
-            log.info("dump.already_made", path=path)
-            await _wait_until_written(session, settings.timeout)
-            return {"skipped": "dump already made for this panic", "path": path,
-                    "result": earlier[-1]["dump"]["result"]}
-    fmt = await _usable_format(ctx, session, settings.format)
+        made = await _dump_of_resumed_panic(ctx)
+        if made is not None:
+            return made
+    fmt = await _usable_format(ctx, settings.format)
 
     waited = time.monotonic()
-    async with ctx.dump_slots:
+    async with ctx.dump_slots.slot() as slot:
         waited = time.monotonic() - waited
-        need = await _check_space(ctx, _session(ctx))
+        need = await _check_space(ctx)
         ctx.dump_slots.reserved_bytes += need
         try:
-            return await _dump_in_slot(ctx, fmt, waited)
+            return await _dump_in_slot(ctx, fmt, waited, slot)
         finally:
             ctx.dump_slots.reserved_bytes -= need
 
 
-async def _wait_until_written(session: QmpSession, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError, QmpCommandError):
+async def _dump_of_resumed_panic(ctx: StepContext) -> dict[str, Any] | None:
+    """For a panic handled again: the dump an earlier panicd made of it, or None to make one.
+
+    panicd stopped after this panic's dump record was written: orphans.py settles the record,
+    and the next steps wait until QEMU has finished writing it (a reset now would abort QEMU).
+    A record whose dump QEMU never began (panicd stopped before dump-guest-memory) is removed
+    here, quietly: the dump is made now, as it would have been.
+    """
+    guest = ctx.guest.identity
+    since = dt.datetime.fromtimestamp(ctx.incident.received_at, dt.UTC).isoformat()
+    earlier = [m for m in await asyncio.to_thread(ctx.dumps.records, guest.name, guest.qemu_pid)
+               if str(m.get("dump", {}).get("started_at", "")) >= since]
+    if not earlier:
+        return None
+    path = Path(earlier[-1]["dump"]["path"])
+    status = await _wait_until_written(ctx, ctx.policy.dump.timeout)
+    if await asyncio.to_thread(qemu_never_began, status, path):
+        await asyncio.to_thread(ctx.dumps.discard, path)
+        log.info("dump.never_started", path=str(path), qemu_status=status)
+        return None
+    log.info("dump.already_made", path=str(path))
+    return {"skipped": "dump already made for this panic", "path": str(path),
+            "result": earlier[-1]["dump"]["result"]}
+
+
+async def _wait_until_written(ctx: StepContext, timeout: float) -> str | None:
+    """QEMU's dump status once it is not "active" any more; None when QEMU could not say."""
+    with contextlib.suppress(TimeoutError, StepFailed):
         async with asyncio.timeout(timeout):
             while True:
-                state = await session.execute("query-dump")
-                if not isinstance(state, dict) or state.get("status") != "active":
-                    return
+                state = await run_command(ctx, "dump", "query-dump", give_up_after=timeout)
+                status = state.get("status") if isinstance(state, dict) else None
+                if status != "active":
+                    return status if isinstance(status, str) else None
                 await asyncio.sleep(POLL_SECONDS)
+    return None
 
 
-async def _check_space(ctx: StepContext, session: QmpSession) -> int:
+async def _check_space(ctx: StepContext) -> int:
     """The disk guard: the dump's expected size, or DumpFailed when it would not fit.
 
     The estimate is the guest's RAM (query-memory-size-summary): an elf dump is about that
     size, and a compressed one can be, for a guest whose memory does not compress.
     """
     name = ctx.guest.identity.name
-    try:
-        summary = await session.execute("query-memory-size-summary")
-    except QmpCommandError as exc:
-        raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
+    summary = await run_command(ctx, "dump", "query-memory-size-summary")
     need = 0
     if isinstance(summary, dict):
         need = int(summary.get("base-memory") or 0) + int(summary.get("plugged-memory") or 0)
@@ -112,7 +141,7 @@ async def _check_space(ctx: StepContext, session: QmpSession) -> int:
     return need
 
 
-async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, Any]:
+async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float, slot: DumpSlot) -> dict[str, Any]:
     guest = ctx.guest.identity
     settings = ctx.policy.dump
     started_at = dt.datetime.now(dt.UTC)
@@ -124,7 +153,6 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
     args: dict[str, Any] = {"paging": settings.paging, "protocol": "", "detach": True}
     if fmt != "elf":
         args["format"] = fmt
-    begun = time.monotonic()
     progress = _Progress()
     try:
         # Written before QEMU is asked: a dump QEMU may be writing always has its record.
@@ -132,10 +160,10 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
             ctx.dumps.write_metadata, path, _metadata(ctx, path, fmt, started_at, waited)
         )
         # Re-read the session: the guest may have reconnected while this task waited.
-        session = _session(ctx)
-        result = await _run_dump(
-            ctx, session, fd=dump_file.fd, args=args, timeout=settings.timeout, progress=progress
-        )
+        result = await _run_dump(ctx, guest_session(ctx, "dump"), fd=dump_file.fd, args=args,
+                                 timeout=settings.timeout, progress=progress, slot=slot)
+        return await _record_completed(ctx, path, fmt, started_at=started_at, waited=waited,
+                                       result=result, seconds=time.monotonic() - progress.begun)
     except _Detached as exc:
         # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
         # is still there): the metadata stays "running" and orphans.py settles it, with its
@@ -149,14 +177,40 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
         if not progress.qemu_may_write:
             await asyncio.to_thread(ctx.dumps.discard, path)
         raise
+    except OSError as exc:
+        # The file or its directory went away (or the disk refused the metadata). TimeoutError
+        # is an OSError too, but the policy's timeout never gets here: _run_dump turns it
+        # into DumpFailed.
+        await asyncio.to_thread(ctx.dumps.discard, path)
+        reason = await asyncio.to_thread(_lost_file_reason, path, exc, progress.qemu_may_write)
+        raise DumpFailed(guest.name, reason) from exc
     except BaseException:
         await asyncio.to_thread(ctx.dumps.discard, path)
         raise
     finally:
         os.close(dump_file.fd)
-    seconds = time.monotonic() - begun
 
-    size = path.stat().st_size
+
+def _lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
+    when = "while QEMU wrote the dump" if qemu_may_write else "before QEMU could write the dump"
+    if not path.parent.is_dir():
+        return f"the dump directory {path.parent} was removed {when}"
+    if not path.exists():
+        return f"the dump file {path} was removed {when}"
+    return f"cannot record the dump {path}: {exc}"
+
+
+async def _record_completed(
+    ctx: StepContext, path: Path, fmt: str, *, started_at: dt.datetime, waited: float,
+    result: DumpCompletedData, seconds: float,
+) -> dict[str, Any]:
+    """QEMU has written the dump: its metadata, triage, metrics, retention and alert.
+
+    Every filesystem access here may raise OSError (the directory removed meanwhile): the
+    caller turns that into DumpFailed.
+    """
+    guest = ctx.guest.identity
+    size = (await asyncio.to_thread(path.stat)).st_size
     metadata = _metadata(ctx, path, fmt, started_at, waited)
     metadata["dump"].update(
         size_bytes=size,
@@ -165,7 +219,7 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
         result="completed",
     )
     # Why the kernel panicked, read out of the dump (in a child process: the dump is hostile).
-    report = await triage_in_child(path)
+    report = await _triage(path)
     metadata["triage"] = report
     await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
     ctx.dump_path = path
@@ -191,6 +245,14 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float) -> dict[str, 
         )
     )
     return {"path": str(path), "format": fmt, "bytes": size, "seconds": round(seconds, 3)}
+
+
+async def _triage(path: Path) -> dict[str, Any]:
+    # A triage that cannot even start (no processes left, say) costs the report, not the dump.
+    try:
+        return await triage_in_child(path)
+    except OSError as exc:
+        return {"error": f"triage could not run: {exc}"}
 
 
 class _Detached(Exception):
@@ -240,23 +302,14 @@ def _metadata(
 class _Progress:
     #: True from the moment dump-guest-memory is sent: QEMU may own the fd from then on.
     qemu_may_write: bool = False
+    #: When QEMU was asked for the dump (time.monotonic()).
+    begun: float = 0.0
 
 
-def _session(ctx: StepContext) -> QmpSession:
-    try:
-        return ctx.guest.session()
-    except QmpCommandError as exc:
-        raise DumpFailed(ctx.guest.identity.name, exc.reason) from exc
-
-
-async def _usable_format(ctx: StepContext, session: QmpSession, wanted: str) -> str:
+async def _usable_format(ctx: StepContext, wanted: str) -> str:
     if wanted == "elf":
         return wanted
-    try:
-        caps = await session.execute("query-dump-guest-memory-capability")
-    except QmpCommandError as exc:
-        raise DumpFailed(ctx.guest.identity.name, exc.reason, command=exc.command,
-                         reply=exc.reply) from exc
+    caps = await run_command(ctx, "dump", "query-dump-guest-memory-capability")
     formats = caps.get("formats", []) if isinstance(caps, dict) else []
     if wanted in formats:
         return wanted
@@ -272,18 +325,24 @@ async def _run_dump(
     args: dict[str, Any],
     timeout: float,
     progress: _Progress,
+    slot: DumpSlot,
 ) -> DumpCompletedData:
     name = ctx.guest.identity.name
     fdname = f"panicd-dump-{next(_fd_names)}"
     args["protocol"] = f"fd:{fdname}"
     completed = ctx.guest.expect_dump_completed()
+    progress.begun = time.monotonic()
     try:
         session.send_fd(fd)
-        await session.execute("getfd", {"fdname": fdname})
+        await patient_execute(session, "getfd", {"fdname": fdname}, step="dump",
+                              give_up_after=timeout)
         progress.qemu_may_write = True
         try:
-            await session.execute("dump-guest-memory", args)
-        except QmpCommandError:
+            await patient_execute(session, "dump-guest-memory", args, step="dump",
+                                  give_up_after=timeout)
+        except QmpCommandError as exc:
+            if exc.kind != QmpCommandError.REFUSED:
+                raise  # no answer: QEMU may yet start the dump, into this fd
             progress.qemu_may_write = False
             # QEMU only takes the fd over once the dump starts; give it back.
             with contextlib.suppress(QmpCommandError):
@@ -291,8 +350,8 @@ async def _run_dump(
             raise
         log.info("dump.started", format=args.get("format", "elf"), protocol=args["protocol"])
         try:
-            async with asyncio.timeout(timeout):
-                result = await _follow(session, completed)
+            async with asyncio.timeout(timeout - (time.monotonic() - progress.begun)):
+                result = await _follow(session, completed, slot, ctx.policy.dump.timeout)
         except TimeoutError as exc:
             raise DumpFailed(
                 name,
@@ -311,14 +370,41 @@ async def _run_dump(
     return result
 
 
-async def _follow(session: QmpSession, completed: asyncio.Future[DumpCompletedData]) -> DumpCompletedData:
-    """Wait for DUMP_COMPLETED, asking query-dump meanwhile for progress (and in case the event is lost)."""
+async def _follow(
+    session: QmpSession, completed: asyncio.Future[DumpCompletedData], slot: DumpSlot,
+    patience: float,
+) -> DumpCompletedData:
+    """Wait for DUMP_COMPLETED, asking query-dump meanwhile for progress (and in case the event
+    is lost); a QEMU that stops answering is waited for, its turn given back (module docstring).
+    The caller bounds the whole wait by the policy's timeout; `patience` bounds one query."""
     last_log = time.monotonic()
+    stall_after = min(session.command_timeout, STALL_SECONDS)
     while True:
         done, _ = await asyncio.wait({completed}, timeout=POLL_SECONDS)
         if done:
             return completed.result()
-        state = await session.execute("query-dump")
+        query = asyncio.create_task(session.execute("query-dump", timeout=patience),
+                                    name="qmp:query-dump")
+        try:
+            either = {query, completed}
+            done, _ = await asyncio.wait(either, timeout=stall_after,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                stalled_at = time.monotonic()
+                log.warning("dump.stalled", no_reply_seconds=stall_after)
+                slot.stall()
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                slot.resume()
+                log.info("dump.resumed", stalled_seconds=round(time.monotonic() - stalled_at, 1))
+            if completed.done():
+                return completed.result()
+            state = query.result()
+        finally:
+            if not query.done():
+                # A late reply to it is dropped by qemu.qmp ("Unknown ID"): nothing to undo.
+                query.cancel()
+                with contextlib.suppress(asyncio.CancelledError, QmpCommandError):
+                    await query
         status = DumpCompletedData.Result.model_validate(state)
         if status.status in ("completed", "failed"):
             # The event may still be on its way with the error text: give it a moment.

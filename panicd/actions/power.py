@@ -5,6 +5,8 @@ The QEMU behaviour they rely on (QEMU 7.2, seen):
 - `system_reset` of a guest that needs a reset (guest-panicked, shutdown) leaves it in
   `prelaunch`; only `cont` makes it run again. A guest that was running keeps running.
 - `quit` makes QEMU exit; the reply may or may not arrive before the connection closes.
+- A frozen QEMU (SIGSTOP) keeps commands in its socket and carries them out when it runs
+  again: a command that got no reply is waited for, never sent twice (actions.run_command).
 - `system_reset` while a dump is still being written (after a dump timeout: QEMU cannot
   cancel one) makes QEMU 7.2 abort ("invalid runstate transition save-vm -> prelaunch"),
   so restart checks query-dump first and refuses rather than crash the guest's QEMU.
@@ -15,32 +17,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from panicd.actions import StepContext
+from panicd.actions import StepContext, guest_session, patient_execute, run_command, step_error
 from panicd.alerts import Alert, AlertKind
-from panicd.errors import StepFailed
-from panicd.qmp import QmpCommandError, QmpSession
+from panicd.qmp import QmpCommandError
 
 _STOPPED = {"paused", "guest-panicked", "prelaunch", "postmigrate", "suspended"}
 
 
-async def _run(ctx: StepContext, step: str, command: str, args: dict[str, Any] | None = None) -> Any:
-    try:
-        return await _session(ctx, step).execute(command, args)
-    except QmpCommandError as exc:
-        raise StepFailed(
-            ctx.guest.identity.name, step, exc.reason, command=exc.command, reply=exc.reply
-        ) from exc
-
-
-def _session(ctx: StepContext, step: str) -> QmpSession:
-    try:
-        return ctx.guest.session()
-    except QmpCommandError as exc:
-        raise StepFailed(ctx.guest.identity.name, step, exc.reason) from exc
-
-
 async def _status(ctx: StepContext, step: str) -> str:
-    reply = await _run(ctx, step, "query-status")
+    reply = await run_command(ctx, step, "query-status")
     status = reply.get("status") if isinstance(reply, dict) else None
     return status if isinstance(status, str) else "unknown"
 
@@ -49,12 +34,12 @@ async def pause(ctx: StepContext) -> dict[str, Any]:
     """Keep the guest stopped: `stop` it unless it already is (guest-panicked usually is)."""
     before = await _status(ctx, "pause")
     if before not in _STOPPED:
-        await _run(ctx, "pause", "stop")
+        await run_command(ctx, "pause", "stop")
     return {"status_before": before, "status": await _status(ctx, "pause")}
 
 
 async def resume(ctx: StepContext) -> dict[str, Any]:
-    await _run(ctx, "resume", "cont")
+    await run_command(ctx, "resume", "cont")
     return {"status": await _status(ctx, "resume")}
 
 
@@ -64,20 +49,20 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
     if not ctx.restarts.allow(limit, now):
         assert limit is not None
         return await _crash_loop(ctx, limit.max, limit.within)
-    dump = await _run(ctx, "restart", "query-dump")
+    dump = await run_command(ctx, "restart", "query-dump")
     if isinstance(dump, dict) and dump.get("status") == "active":
-        raise StepFailed(
-            ctx.guest.identity.name, "restart",
+        raise step_error(
+            ctx, "restart",
             "a dump is still being written; resetting now would abort QEMU. Restart the guest "
             "once query-dump says it is finished",
             command={"execute": "query-dump"}, reply=dump,
         )
     ctx.restarts.spent(now)
-    await _run(ctx, "restart", "system_reset")
+    await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
-        await _run(ctx, "restart", "cont")
+        await run_command(ctx, "restart", "cont")
     return {"status": await _status(ctx, "restart")}
 
 
@@ -98,11 +83,10 @@ async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[st
 
 async def poweroff(ctx: StepContext) -> dict[str, Any]:
     try:
-        await _session(ctx, "poweroff").execute("quit")
+        await patient_execute(guest_session(ctx, "poweroff"), "quit", step="poweroff")
     except QmpCommandError as exc:
         # QEMU may close the socket before its reply to quit is read: that is success.
         if exc.kind != QmpCommandError.DISCONNECTED:
-            raise StepFailed(
-                ctx.guest.identity.name, "poweroff", exc.reason, command=exc.command, reply=exc.reply
-            ) from exc
+            raise step_error(ctx, "poweroff", exc.reason, command=exc.command,
+                             reply=exc.reply) from exc
     return {}

@@ -1,0 +1,266 @@
+"""Dumps under faults, against real QEMU 7.2, a real `panicd run` and a real journald.
+
+- a QEMU frozen (SIGSTOP) while it writes its dump: the dump is kept and finished when QEMU
+  runs again, other guests' dumps go ahead meanwhile, and the guest's next steps run;
+- the dump directory removed while QEMU writes: a DUMP_FAILED naming it, the next steps run;
+- a dump record left by a panicd killed before QEMU began the dump: removed quietly, and the
+  resumed panic makes its dump.
+
+SIGSTOP makes the faults deterministic: a stopped QEMU writes nothing, so the test acts while
+the dump is surely unfinished, whatever the disk's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from panicd.alerts import AlertKind
+from panicd.dumps import DumpSlots, safe_name
+from panicd.ledger import qemu_instance
+from tests.daemon_process import (
+    PanicdProcess,
+    completed_dumps,
+    daemon_section,
+    dumps_of,
+    metadata,
+    unique,
+)
+from tests.journal import Journald
+from tests.qemu_harness import QemuGuest
+
+Start = Callable[[str], PanicdProcess]
+Qemus = Callable[..., Awaitable[QemuGuest]]
+
+MIB = 2**20
+#: Big enough that QEMU needs a second or more to write the elf dump (about 0.85 GB/s here),
+#: so the test sees dump.started long before QEMU could have finished.
+BIG_GUEST_MIB = 2048
+
+
+@pytest.fixture
+async def qemus(short_tmp: Path) -> AsyncIterator[Qemus]:
+    """Start real QEMU guests; each is let run again (SIGCONT) and torn down at the end."""
+    started: list[QemuGuest] = []
+
+    async def start(name: str, **kwargs: Any) -> QemuGuest:
+        guest = QemuGuest(short_tmp / f"g{len(started)}", name=name, **kwargs)
+        started.append(guest)
+        await guest.start()
+        return guest
+
+    yield start
+    for guest in started:
+        if guest.proc is not None and guest.proc.returncode is None:
+            os.kill(guest.proc.pid, signal.SIGCONT)  # a stopped QEMU would hang the QMP goodbye
+        await guest.stop()
+
+
+def config(tmp: Path, guests: list[QemuGuest], policy: str, daemon: str = "") -> str:
+    listed = "".join(f'[[guest]]\nsocket = "{g.qmp_path}"\n' for g in guests)
+    return f"{daemon_section(tmp, daemon)}{listed}\n[[policy]]\n{policy}\n"
+
+
+def freeze(guest: QemuGuest) -> None:
+    assert guest.proc is not None
+    os.kill(guest.proc.pid, signal.SIGSTOP)
+
+
+def thaw(guest: QemuGuest) -> None:
+    assert guest.proc is not None
+    os.kill(guest.proc.pid, signal.SIGCONT)
+
+
+def need_free_space(path: Path, mib: int) -> None:
+    free = shutil.disk_usage(path).free
+    assert free > (mib + 1024) * MIB, f"{path} has {free // MIB} MiB free; this test writes {mib} MiB"
+
+
+async def wait_for_status(guest: QemuGuest, status: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (last := await guest.status()) != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{guest.name} is {last!r}, not {status!r}")
+        await asyncio.sleep(0.05)
+
+
+def no_tracebacks(daemon: PanicdProcess) -> None:
+    text = daemon.log_path.read_text(errors="replace")
+    assert "Traceback" not in text, daemon.tail(80)
+    assert not [e for e in daemon.log() if "exception" in e], daemon.tail(80)
+
+
+async def test_a_frozen_qemu_keeps_its_dump_and_other_guests_dump_meanwhile(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    need_free_space(short_tmp, BIG_GUEST_MIB + 64)
+    frozen = await qemus(unique("frozen"), memory_mib=BIG_GUEST_MIB)
+    other = await qemus(unique("other"))
+    command_timeout = 1
+    daemon = panicd(config(
+        short_tmp, [frozen, other],
+        'on_panic = ["dump", "restart"]\ndump = { timeout = 120 }',
+        f"max_concurrent_dumps = 1\ncommand_timeout = {command_timeout}\nmin_free_bytes = 0",
+    ))
+    await daemon.wait_event("qmp.connected", guest=frozen.name)
+    await daemon.wait_event("qmp.connected", guest=other.name)
+
+    await frozen.panic()
+    await daemon.wait_event("dump.started", guest=frozen.name)
+    freeze(frozen)
+    frozen_at = time.monotonic()
+    await other.panic()
+    # The frozen dump gave its turn back: the other guest's dump is made, and it is restarted.
+    (other_dump,) = await completed_dumps(short_tmp, other.name, timeout=30)
+    await wait_for_status(other, "running")
+    # Meanwhile the frozen guest's dump is kept, with its record, still "running".
+    (frozen_dump,) = dumps_of(short_tmp, frozen.name)
+    assert metadata(frozen_dump)["dump"]["result"] == "running"
+    await daemon.wait_event("dump.stalled", guest=frozen.name)
+    # Frozen for well past command_timeout (the old code gave up on the dump after it).
+    await asyncio.sleep(max(0.0, 5 * command_timeout - (time.monotonic() - frozen_at)))
+    assert dumps_of(short_tmp, frozen.name) == [frozen_dump]
+
+    thaw(frozen)
+    await daemon.wait_event("dump.resumed", guest=frozen.name, timeout=30)
+    assert await completed_dumps(short_tmp, frozen.name, timeout=60) == [frozen_dump]
+    meta = metadata(frozen_dump)["dump"]
+    # All of the guest's RAM (QEMU counts a few ROM pages too: 2 GiB + 256 KiB here).
+    assert BIG_GUEST_MIB * MIB <= meta["guest_bytes"] < (BIG_GUEST_MIB + 1) * MIB
+    assert meta["size_bytes"] == frozen_dump.stat().st_size > BIG_GUEST_MIB * MIB
+    assert frozen_dump.read_bytes()[:4] == b"\x7fELF"
+    await wait_for_status(frozen, "running")  # restarted: the steps went on after the thaw
+
+    (written,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                    GUEST_NAME=frozen.name)
+    assert written["DUMP_PATH"] == str(frozen_dump)
+    for kind in (AlertKind.DUMP_FAILED, AlertKind.STEP_FAILED):
+        assert not await journal.find(timeout=0.5, MESSAGE_ID=kind.message_id,
+                                      GUEST_NAME=frozen.name)
+    assert other_dump.stat().st_size > 0
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_the_dump_directory_removed_during_a_dump_is_a_dump_failure_naming_it(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    need_free_space(short_tmp, BIG_GUEST_MIB)
+    guest = await qemus(unique("rmdir"), memory_mib=BIG_GUEST_MIB)
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]',
+                           "min_free_bytes = 0"))
+    await daemon.wait_event("qmp.connected", guest=guest.name)
+
+    await guest.panic()
+    await daemon.wait_event("dump.started", guest=guest.name)
+    freeze(guest)  # QEMU surely has not finished writing while the directory goes
+    directory = short_tmp / "dumps" / safe_name(guest.name)
+    shutil.rmtree(directory)
+    thaw(guest)
+
+    (failed,) = await journal.find(timeout=30, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                   GUEST_NAME=guest.name)
+    assert failed["ERROR"] == (f"the dump directory {directory} was removed while QEMU wrote "
+                               "the dump"), failed["ERROR"]
+    await wait_for_status(guest, "running")  # the next step, restart, still ran
+    await daemon.wait_event("step.done", guest=guest.name, step="restart")
+    assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.STEP_FAILED.message_id,
+                                  GUEST_NAME=guest.name)
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_a_dump_qemu_never_began_is_removed_quietly_and_made_again(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    guest = await qemus(unique("unborn"), panic_action="pause")
+    assert guest.proc is not None
+    panicked_at = time.time()
+    await guest.panic()
+    assert await guest.status() == "guest-panicked"
+
+    # What a panicd killed between writing the dump's record and dump-guest-memory leaves:
+    # its ledger says the panic is pending, and an empty dump file with a "running" record.
+    instance = qemu_instance(str(guest.qmp_path), guest.proc.pid)
+    assert instance is not None
+    (short_tmp / "state").mkdir()
+    (short_tmp / "state" / "handled-panics.json").write_text(
+        json.dumps({instance: {"state": "pending", "at": panicked_at}}))
+    started_at = dt.datetime.now(dt.UTC)
+    directory = short_tmp / "dumps" / safe_name(guest.name)
+    directory.mkdir(parents=True)
+    stale = directory / f"{started_at.strftime('%Y%m%dT%H%M%S.%fZ')}.elf"
+    stale.touch(mode=0o600)
+    stale.with_name(stale.name + ".json").write_text(json.dumps({
+        "guest": {"name": guest.name, "socket": str(guest.qmp_path), "qemu_pid": guest.proc.pid},
+        "incident": {"kind": "panic", "detection": "event", "action": "pause"},
+        "dump": {"path": str(stale), "format": "elf", "requested_format": "elf",
+                 "paging": False, "started_at": started_at.isoformat(), "result": "running"},
+    }))
+
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "pause"]'))
+    await daemon.wait_event("panic.resumed", guest=guest.name)
+    (dump,) = await completed_dumps(short_tmp, guest.name)
+    await daemon.wait_event("incident.handled", guest=guest.name)
+    assert dump != stale
+    assert not stale.exists()
+    assert not stale.with_name(stale.name + ".json").exists()
+    assert dump.read_bytes()[:4] == b"\x7fELF"
+    assert metadata(dump)["incident"]["detection"] == "resumed"
+    assert not await journal.find(timeout=1.0, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                  GUEST_NAME=guest.name)
+    (written,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                    GUEST_NAME=guest.name)
+    assert written["DUMP_PATH"] == str(dump)
+    assert await guest.status() == "guest-panicked"
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_dump_slots_a_stalled_dump_gives_its_turn_back_and_counts_apart() -> None:
+    slots = DumpSlots(1)
+    entered: list[str] = []
+
+    async def second() -> None:
+        async with slots.slot():
+            entered.append("second")
+            await release_second.wait()
+
+    release_second = asyncio.Event()
+    async with slots.slot() as first:
+        waiter = asyncio.create_task(second())
+        await asyncio.sleep(0)
+        assert entered == []  # one turn, taken
+        first.stall()
+        assert (slots.running, slots.stalled) == (1, 1)  # the second dump took the turn
+        await asyncio.sleep(0)
+        assert entered == ["second"]
+        first.resume()  # QEMU writes again: counted as running, past the limit
+        assert (slots.running, slots.stalled) == (2, 0)
+        release_second.set()
+        await waiter
+        assert (slots.running, slots.stalled) == (1, 0)
+    assert (slots.running, slots.stalled) == (0, 0)
+
+
+async def test_dump_slots_a_waiter_cancelled_keeps_no_turn() -> None:
+    slots = DumpSlots(1)
+    async with slots.slot():
+        waiter = asyncio.create_task(slots.slot().__aenter__())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert slots.running == 0
+    async with slots.slot():
+        assert slots.running == 1
