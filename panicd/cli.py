@@ -246,12 +246,14 @@ def _triage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
-    print(f"kernel:  {report.kernel_release}")
-    print(f"panic:   {report.panic_line or '(no panic line in the log)'}")
+    # Everything below was written by the guest's kernel (or whoever controls the guest):
+    # escaped, so a log line cannot move the cursor or recolour the operator's terminal.
+    print(f"kernel:  {printable(report.kernel_release or '')}")
+    print(f"panic:   {printable(report.panic_line or '(no panic line in the log)')}")
     if report.first_problem:
-        print(f"first:   {report.first_problem}")
+        print(f"first:   {printable(report.first_problem)}")
     if report.call_trace:
-        print("trace:\n  " + "\n  ".join(report.call_trace))
+        print("trace:\n  " + "\n  ".join(printable(line) for line in report.call_trace))
     print(f"last {len(report.last_lines)} of {report.records} log lines:")
-    print("\n".join(report.last_lines))
+    print("\n".join(printable(line) for line in report.last_lines))
     return 0

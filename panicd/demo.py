@@ -189,7 +189,7 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
                                         "DUMP_PATH") if k in entry}
         print(f"  {entry['MESSAGE']}\n      {fields}")
     if not shown:
-        print("  (no journald here: the alerts are in the log above, as alert.undeliverable)")
+        print("  (no journald here: the alerts are held for it, see journal.unavailable above)")
     print("\nExplained: journalctl -x SYSLOG_IDENTIFIER=panicd (after installing "
           "systemd/panicd.catalog and journalctl --update-catalog)")
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import structlog
 
 from panicd import journal
+from panicd.text import printable
 
 LogFormat = Literal["auto", "console", "json", "journal"]
 
@@ -58,6 +59,20 @@ def _to_journal(_logger: object, _name: str, event_dict: MutableMapping[str, Any
     raise structlog.DropEvent
 
 
+def _escaping(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
+    """A console renderer that escapes control characters in every string value first: a
+    guest's name or a QMP reply must not send escape sequences to the operator's terminal
+    (JSON and journal output keep values exact; they are escaped by their own formats)."""
+
+    def render(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        for key, value in event_dict.items():
+            if isinstance(value, str) and key != "exception":  # tracebacks keep their lines
+                event_dict[key] = printable(value)
+        return renderer(logger, name, event_dict)
+
+    return render
+
+
 def stderr_is_journal() -> bool:
     """True when stderr is the journald stream systemd connected ($JOURNAL_STREAM)."""
     stream = os.environ.get("JOURNAL_STREAM", "")
@@ -85,7 +100,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto") -> None:
     if chosen == "journal":
         renderer = _to_journal
     elif chosen == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = _escaping(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     structlog.configure(

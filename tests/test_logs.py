@@ -37,3 +37,16 @@ def test_journal_fields_are_valid_names() -> None:
     assert fields["PANICD_MESSAGE"] == "x"
     assert "TIMESTAMP" not in fields
     assert fields["MESSAGE"].startswith("dump.completed ")
+
+
+def test_console_lines_escape_control_characters_in_values(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import structlog
+
+    logs.configure("info", "console")
+    structlog.get_logger("t").warning("qmp.connected", guest="web\n\x1b[31mred", uuid=None)
+    err = capsys.readouterr().err
+    assert "\x1b[31mred" not in err
+    assert "web\\n\\x1b[31mred" in err
+    assert err.count("\n") == 1  # one line, whatever the guest called itself

@@ -202,3 +202,23 @@ async def test_a_guest_without_vmcoreinfo_is_still_dumped_with_the_reason_why_no
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_triage_command_escapes_what_the_guest_wrote(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The kernel log is the guest's to write: a line may hold ESC sequences or a fake newline.
+    from panicd.triage import report as triage_report
+
+    hostile = "evil\x1b[2J\x1b[31mred\rover"
+    fake = triage_report.Report(kernel_release="6.1\x1b]0;title\x07", panic_line=hostile,
+                                panic_reason=hostile, first_problem=hostile,
+                                call_trace=[hostile], last_lines=[hostile, "plain"], records=2)
+    monkeypatch.setattr(triage_report, "triage", lambda path, lines=50: fake)
+    assert main(["triage", str(tmp_path / "any.elf")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "panic:   evil\\x1b[2J\\x1b[31mred\\rover" in out
+    assert "kernel:  6.1\\x1b]0;title\\x07" in out
+    assert main(["triage", "--json", str(tmp_path / "any.elf")]) == 0
+    assert json.loads(capsys.readouterr().out)["panic_line"] == hostile  # exact in JSON
