@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,15 +56,26 @@ dump = {{ format = "kdump-zlib", timeout = 120 }}
 """
 
 
+def journald_answers() -> bool:
+    """Whether a journald reads JOURNAL_SOCKET (a socket file left by a journald that is gone
+    refuses the connection)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(str(JOURNAL_SOCKET))
+        except OSError:
+            return False
+    return True
+
+
 def ensure_journald() -> subprocess.Popen[bytes] | None:
     """Start systemd-journald when this machine has none; return the process we started."""
-    if JOURNAL_SOCKET.exists():
+    if journald_answers():
         return None
     if not JOURNALD.exists() or os.geteuid() != 0:
         return None
     proc = subprocess.Popen([str(JOURNALD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    while not JOURNAL_SOCKET.exists() and time.monotonic() < deadline:
+    while not journald_answers() and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc
 

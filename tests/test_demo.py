@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,16 @@ def test_demo_dumps_every_panicked_guest(
     shown = capsys.readouterr().out
     assert "Guest demo-qemu-01 panicked" in shown  # read back from the journal
     assert "demo-db-01     connected  runstate=running    panicked=no" in shown
+
+
+def test_a_socket_left_by_a_journald_that_is_gone_is_not_a_journald(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left behind by a stopped journald, the socket file refuses: the demo must start one.
+    path = short_tmp / "socket"
+    monkeypatch.setattr(demo, "JOURNAL_SOCKET", path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(str(path))
+        assert demo.journald_answers()
+    assert path.exists()
+    assert not demo.journald_answers()
