@@ -11,7 +11,7 @@ import structlog
 
 from tests.daemon_process import PanicdProcess
 from tests.journal import Journald
-from tests.qemu_harness import guest_factory  # noqa: F401 - a fixture
+from tests.qemu_harness import guest_factory, qemus  # noqa: F401 - fixtures
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -243,6 +244,28 @@ async def guest_factory(request: pytest.FixtureRequest) -> AsyncIterator[GuestFa
         for guest in made:
             await guest.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+Qemus = Callable[..., Awaitable[QemuGuest]]
+
+
+@pytest.fixture
+async def qemus(short_tmp: Path) -> AsyncIterator[Qemus]:
+    """``await qemus(name, **kwargs)``: a started real QEMU guest (whatever the test's kind), in
+    this test's short directory; each is let run again (SIGCONT) and torn down at the end."""
+    started: list[QemuGuest] = []
+
+    async def start(name: str, **kwargs: Any) -> QemuGuest:
+        guest = QemuGuest(short_tmp / f"g{len(started)}", name=name, **kwargs)
+        started.append(guest)
+        await guest.start()
+        return guest
+
+    yield start
+    for guest in started:
+        if guest.proc is not None and guest.proc.returncode is None:
+            os.kill(guest.proc.pid, signal.SIGCONT)  # a stopped QEMU would hang the QMP goodbye
+        await guest.stop()
 
 
 async def connect(path: Path | str, name: str = "test") -> QMPClient:

@@ -19,9 +19,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -37,33 +36,14 @@ from tests.daemon_process import (
     unique,
 )
 from tests.journal import Journald
-from tests.qemu_harness import QemuGuest
+from tests.qemu_harness import QemuGuest, Qemus
 
 Start = Callable[[str], PanicdProcess]
-Qemus = Callable[..., Awaitable[QemuGuest]]
 
 MIB = 2**20
 #: Big enough that QEMU needs a second or more to write the elf dump (about 0.85 GB/s here),
 #: so the test sees dump.started long before QEMU could have finished.
 BIG_GUEST_MIB = 2048
-
-
-@pytest.fixture
-async def qemus(short_tmp: Path) -> AsyncIterator[Qemus]:
-    """Start real QEMU guests; each is let run again (SIGCONT) and torn down at the end."""
-    started: list[QemuGuest] = []
-
-    async def start(name: str, **kwargs: Any) -> QemuGuest:
-        guest = QemuGuest(short_tmp / f"g{len(started)}", name=name, **kwargs)
-        started.append(guest)
-        await guest.start()
-        return guest
-
-    yield start
-    for guest in started:
-        if guest.proc is not None and guest.proc.returncode is None:
-            os.kill(guest.proc.pid, signal.SIGCONT)  # a stopped QEMU would hang the QMP goodbye
-        await guest.stop()
 
 
 def config(tmp: Path, guests: list[QemuGuest], policy: str, daemon: str = "") -> str:

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import pytest
 from panicd import control
 from panicd.alerts import AlertKind
 from tests.daemon_process import PanicdProcess, completed_dumps, daemon_section, unique
-from tests.qemu_harness import QemuGuest
+from tests.qemu_harness import QemuGuest, Qemus
 
 JOURNALD = "/usr/lib/systemd/systemd-journald"
 Start = Callable[..., PanicdProcess]
@@ -126,13 +126,8 @@ def own_journald() -> Iterator[NamespaceJournald]:
 
 
 @pytest.fixture
-async def qemu_guest(short_tmp: Path) -> AsyncIterator[QemuGuest]:
-    guest = QemuGuest(short_tmp / "g", name=unique("web"))
-    await guest.start()
-    try:
-        yield guest
-    finally:
-        await guest.stop()
+async def qemu_guest(qemus: Qemus) -> QemuGuest:
+    return await qemus(unique("web"))
 
 
 def _status(path: Path) -> dict[str, Any]:
