@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     tri.add_argument("dump", type=Path)
     tri.add_argument("--json", action="store_true", help="print JSON")
     tri.add_argument("--lines", type=int, default=50, help="how many last log lines (default 50)")
+    tri.add_argument("--memory-limit", type=int, metavar="BYTES",
+                     help="cap this process's private memory (RLIMIT_DATA) before reading")
 
     demo = sub.add_parser("demo", help="watch built-in guests panic: the quick start")
     demo.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
@@ -238,6 +240,10 @@ def _triage(args: argparse.Namespace) -> int:
     from panicd.triage import TriageError  # noqa: PLC0415
     from panicd.triage.report import triage  # noqa: PLC0415
 
+    if args.memory_limit is not None:
+        import resource  # noqa: PLC0415
+
+        resource.setrlimit(resource.RLIMIT_DATA, (args.memory_limit, args.memory_limit))
     try:
         report = triage(args.dump, lines=max(0, args.lines))
     except (TriageError, OSError) as exc:

@@ -146,7 +146,7 @@ class JournalWriter:
                  on_error: Callable[[str], None] = _stderr) -> None:
         self.capacity = capacity
         self._send = send or NativeJournal().send
-        self._say = on_error
+        self._on_error = on_error
         self._queue: collections.deque[Entry] = collections.deque()
         self._lock = threading.Condition()
         #: Entries given up, by kind, since the start.
@@ -167,7 +167,11 @@ class JournalWriter:
         entry = Entry(kind, message, fields)
         first_drop = False
         with self._lock:
-            self._ensure_thread()
+            try:
+                self._ensure_thread()
+            except RuntimeError:  # no thread can be started (out of memory or pids): counted
+                self.dropped[kind] += 1
+                return False
             accepted = True
             if len(self._queue) >= self.capacity:
                 victim = self._oldest_log() if kind == "alert" else None
@@ -187,6 +191,11 @@ class JournalWriter:
                       "entries are queued and newer log lines are being dropped (counted in "
                       "panicd_journal_dropped_total)")
         return accepted
+
+    def _say(self, line: str) -> None:
+        # Reporting trouble must never add to it: a failing reporter costs the line only.
+        with contextlib.suppress(Exception):
+            self._on_error(line)
 
     def _oldest_log(self) -> Entry | None:
         return next((e for e in self._queue if e.kind == "log"), None)
@@ -227,14 +236,19 @@ class JournalWriter:
                 if self._overflowing and len(self._queue) <= self.capacity // 2:
                     self._overflowing = False
                     lost, self._dropped_unreported = self._dropped_unreported, 0
-            if lost:
-                self._deliver(Entry("log", f"journal.overflow_ended dropped={lost}", {
-                    "PRIORITY": "4", "SYSLOG_IDENTIFIER": "panicd", "EVENT": "journal.overflow_ended",
-                    "DROPPED": str(lost)}))
-            self._deliver(entry)
-            with self._lock:
-                self._busy = False
-                self._lock.notify_all()
+            try:
+                if lost:
+                    self._deliver(Entry("log", f"journal.overflow_ended dropped={lost}", {
+                        "PRIORITY": "4", "SYSLOG_IDENTIFIER": "panicd",
+                        "EVENT": "journal.overflow_ended", "DROPPED": str(lost)}))
+                self._deliver(entry)
+            except Exception:  # the one thread that writes must outlive any entry
+                with self._lock:
+                    self.dropped[entry.kind] += 1
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
 
     def _deliver(self, entry: Entry) -> None:
         """Send one entry; wait out a missing journald; give up only on an entry it refuses."""

@@ -151,8 +151,9 @@ class QmpSession:
                 "(is another client holding this monitor? QEMU serves one at a time)",
             ) from exc
         except ConnectError as exc:
-            if isinstance(exc.exc, ValueError):
-                # The only ValueError on the read path: StreamReader's line limit was exceeded.
+            if type(exc.exc) is ValueError:
+                # StreamReader's line limit was exceeded (asyncio raises a plain ValueError;
+                # undecodable bytes raise UnicodeDecodeError, a subclass, reported below).
                 raise GuestUnreachable(
                     name, f"sent a line longer than the {GREETING_READ_LIMIT}-byte limit before "
                     "greeting as QMP (QEMU's greeting is under 1 KiB)") from exc

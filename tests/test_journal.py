@@ -141,3 +141,18 @@ def test_native_protocol_entries_reach_journald_with_multiline_and_large_fields(
     entries = {e["MESSAGE"]: e for e in journal.wait_for(count=2, TEST_TAG=tag)}
     assert entries["multi-line field"]["KERNEL_LOG"] == kernel_log
     assert entries["large field"]["BIG"] == big
+
+
+def test_the_writer_thread_outlives_an_error_reporter_that_fails() -> None:
+    journald = FakeJournald()
+    journald.refuse = [errno.EINVAL]  # the first entry is refused, and reporting that fails
+
+    def broken_stderr(_line: str) -> None:
+        raise RuntimeError("stderr is gone")
+
+    writer = JournalWriter(capacity=10, send=journald.send, on_error=broken_stderr)
+    writer.submit("alert", "refused", {})
+    writer.submit("alert", "next", {})
+    assert writer.flush(5)
+    assert [m for m, _ in journald.received] == ["next"]
+    assert writer.dropped["alert"] == 1

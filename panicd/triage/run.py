@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,17 @@ TIMEOUT_SECONDS = 30.0
 MEMORY_LIMIT = 1 << 30  # private memory; the mmap'd dump itself does not count
 
 
-def _limit() -> None:
-    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
 async def triage_in_child(dump: Path, lines: int = 50, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
     """The report as a dict, or {"error": why} when the dump could not be read."""
+    # The child sets its own memory limit before it reads a byte of the dump: a preexec_fn
+    # would run Python between fork and exec in a process that has threads (the journal
+    # writer), which Python documents as unsafe (a lock held by another thread at the fork
+    # stays held in the child).
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "panicd", "triage", "--json", "--lines", str(lines), str(dump),
+        sys.executable, "-m", "panicd", "triage", "--json", "--lines", str(lines),
+        "--memory-limit", str(MEMORY_LIMIT), str(dump),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=_limit,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(timeout):
