@@ -163,11 +163,17 @@ class DumpStore:
         tmp = target.with_name(f".{target.name}.tmp")
         data = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default) + "\n"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(target)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(target)
+        except BaseException:
+            # A full disk: leave no half-written temporary file behind to take more space.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return target
 
     def records(self, guest_name: str, qemu_pid: int | None) -> list[dict[str, Any]]:
@@ -212,12 +218,17 @@ class DumpSlots:
         self.reserved_bytes = 0
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
+    @property
+    def turn_free(self) -> bool:
+        """Whether a dump asking now gets its turn at once."""
+        return self.running < self.limit and not self._waiting
+
     def slot(self) -> DumpSlot:
         """`async with slots.slot() as slot:` waits for a turn and holds it until the end."""
         return DumpSlot(self)
 
     async def _take_turn(self) -> None:
-        if self.running < self.limit and not self._waiting:
+        if self.turn_free:
             self.running += 1
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -13,7 +13,10 @@ asks query-dump (which reports QEMU's latest dump) and completes the record:
   and its metadata are removed, with a DUMP_FAILED alert.
 
 Only records older than the connection are orphans: a record written since belongs to a dump
-step of this connection, which settles it itself.
+step of this connection, which settles it itself. The dump step of a resumed panic may also
+settle an orphan while query-dump is being asked (it removes a record QEMU never began, then
+starts a new dump, which query-dump reports from then on): each record is read again before it
+is settled, and left alone (`dump.orphan_settled_elsewhere`) unless it still says "running".
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
     directory = dumps.guest_dir(guest.name)
     connected_at = dt.datetime.now(dt.UTC).isoformat()  # as the dump step writes started_at
     records = await asyncio.to_thread(_running_records, directory, guest.socket, connected_at)
-    for index, (_meta_path, meta) in enumerate(records):
+    for index, (meta_path, meta) in enumerate(records):
         dump_path = Path(meta["dump"]["path"])
         newest = index == len(records) - 1
         same_qemu = newest and meta.get("guest", {}).get("qemu_pid") == guest.qemu_pid
@@ -92,6 +95,11 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
         except QmpCommandError as exc:
             log.warning("dump.orphan_unknown", path=str(dump_path), error=exc.reason)
             continue  # asked again at the next connection
+        # The panic's dump step may have settled this record meanwhile (removed it as never
+        # begun, then started a new dump, which query-dump then reports): not ours any more.
+        if not await asyncio.to_thread(_still_running, meta_path, dump_path):
+            log.info("dump.orphan_settled_elsewhere", path=str(dump_path))
+            continue
         if same_qemu and await asyncio.to_thread(qemu_never_began, status.get("status"), dump_path):
             await asyncio.to_thread(dumps.discard, dump_path)
             log.info("dump.orphan_never_started", path=str(dump_path), qemu_status=status.get("status"))
@@ -130,6 +138,17 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
                 guest,
                 {"STEP": "dump", "ERROR": why, "DUMP_PATH": str(dump_path)},
             ))
+
+
+def _still_running(meta_path: Path, dump: Path) -> bool:
+    """Whether `meta_path` still exists and says its dump, `dump`, is "running"."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    info = meta.get("dump") if isinstance(meta, dict) else None
+    return (isinstance(info, dict) and info.get("result") == "running"
+            and info.get("path") == str(dump))
 
 
 def _size(path: Path) -> int | None:

@@ -4,7 +4,13 @@
   runs again, other guests' dumps go ahead meanwhile, and the guest's next steps run;
 - the dump directory removed while QEMU writes: a DUMP_FAILED naming it, the next steps run;
 - a dump record left by a panicd killed before QEMU began the dump: removed quietly, and the
-  resumed panic makes its dump.
+  resumed panic makes its dump;
+- a full disk (a tmpfs out of inodes, in panicd's own mount namespace): a dump QEMU completed
+  is kept and alerted even when its metadata cannot be written; a first record that cannot be
+  written is a DUMP_FAILED saying so;
+- a QEMU frozen before its dump began holds no dump turn; one merely slow keeps its turn;
+- a QEMU frozen past the policy's dump timeout: the dump fails, and the guest is restarted
+  once QEMU has finished writing.
 
 SIGSTOP makes the faults deterministic: a stopped QEMU writes nothing, so the test acts while
 the dump is surely unfinished, whatever the disk's speed.
@@ -24,9 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from panicd.alerts import AlertKind
-from panicd.dumps import DumpSlots, safe_name
+from panicd.alerts import Alert, AlertKind
+from panicd.dumps import DumpSlots, DumpStore, safe_name
+from panicd.events import GuestIdentity
 from panicd.ledger import qemu_instance
+from panicd.orphans import finish_orphaned_dumps
 from tests.daemon_process import (
     PanicdProcess,
     completed_dumps,
@@ -244,3 +252,240 @@ async def test_dump_slots_a_waiter_cancelled_keeps_no_turn() -> None:
     assert slots.running == 0
     async with slots.slot():
         assert slots.running == 1
+
+
+async def test_dump_slots_a_turn_handed_to_a_waiter_cancelled_meanwhile_goes_to_the_next() -> None:
+    slots = DumpSlots(1)
+    entered: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with slots.slot():
+            entered.append(name)
+
+    holder = slots.slot()
+    await holder.__aenter__()
+    first = asyncio.create_task(waiter("first"))
+    second = asyncio.create_task(waiter("second"))
+    await asyncio.sleep(0)
+    await holder.__aexit__(None, None, None)  # the turn is handed to `first`...
+    assert slots.running == 1
+    first.cancel()  # ...which is cancelled before it could run
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert entered == ["second"]
+    assert (slots.running, slots.stalled) == (0, 0)
+
+
+def dumps_on_a_full_tmpfs(tmp: Path, inodes: int) -> list[str]:
+    """A wrapper running panicd with its dump directory on a tmpfs of `inodes` inodes, in its
+    own mount namespace. Its root directory takes one; once all are taken, creating a file
+    fails with ENOSPC (a full disk, for real) while statvfs still shows 256 MiB free, so the
+    disk guard lets the dump go ahead."""
+    (tmp / "dumps").mkdir()
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            f'mount -t tmpfs -o size=256m,nr_inodes={inodes} panicd-test "{tmp}/dumps" '
+            '&& exec "$@"', "sh"]
+
+
+def as_seen_by(daemon: PanicdProcess, path: Path) -> Path:
+    """`path` in panicd's mount namespace (the wrapper's exec keeps its pid)."""
+    assert daemon.proc is not None
+    return Path(f"/proc/{daemon.proc.pid}/root") / path.relative_to("/")
+
+
+async def test_a_completed_dump_is_kept_and_alerted_when_its_metadata_cannot_be_written(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    guest = await qemus(unique("full"))
+    # Inodes: the tmpfs root, the guest's directory, the dump and its first record. The final
+    # record's temporary file finds none left.
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]',
+                           "min_free_bytes = 0"),
+                    wrapper=dumps_on_a_full_tmpfs(short_tmp, inodes=4))
+    await daemon.wait_event("qmp.connected", guest=guest.name)
+
+    await guest.panic()
+    (written,) = await journal.find(timeout=30, MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                    GUEST_NAME=guest.name)
+    dump = as_seen_by(daemon, Path(written["DUMP_PATH"]))
+    record = dump.with_name(dump.name + ".json")
+    assert written["METADATA_ERROR"].startswith(f"cannot write {Path(written['DUMP_PATH'])}.json: ")
+    assert written["METADATA_ERROR"].endswith(": No space left on device"), written["METADATA_ERROR"]
+    assert "No space left on device" in written["MESSAGE"]
+    # The dump is whole and stays; its first record is left saying "running".
+    assert dump.stat().st_size == int(written["DUMP_BYTES"]) > 64 * MIB
+    assert dump.read_bytes()[:4] == b"\x7fELF"
+    assert json.loads(record.read_text())["dump"]["result"] == "running"
+    await wait_for_status(guest, "running")  # the next step, restart, ran
+    assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                  GUEST_NAME=guest.name)
+    await daemon.wait_event("dump.metadata_failed", guest=guest.name)
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_a_first_record_that_cannot_be_written_is_a_dump_failure_saying_why(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    guest = await qemus(unique("nospace"))
+    # Inodes: the tmpfs root, the guest's directory and the dump: none left for its record.
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]',
+                           "min_free_bytes = 0"),
+                    wrapper=dumps_on_a_full_tmpfs(short_tmp, inodes=3))
+    await daemon.wait_event("qmp.connected", guest=guest.name)
+
+    await guest.panic()
+    (failed,) = await journal.find(timeout=30, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                   GUEST_NAME=guest.name)
+    directory = short_tmp / "dumps" / safe_name(guest.name)
+    assert failed["ERROR"].startswith(f"cannot record the dump {directory}/"), failed["ERROR"]
+    assert failed["ERROR"].endswith(".json.tmp: No space left on device"), failed["ERROR"]
+    assert list(as_seen_by(daemon, directory).iterdir()) == []  # the empty dump is removed
+    await wait_for_status(guest, "running")
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_a_qemu_frozen_before_its_dump_began_holds_no_turn(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    need_free_space(short_tmp, BIG_GUEST_MIB + 64)
+    holder = await qemus(unique("holder"), memory_mib=BIG_GUEST_MIB)
+    frozen = await qemus(unique("frozen"))
+    other = await qemus(unique("other"))
+    daemon = panicd(config(
+        short_tmp, [holder, frozen, other], 'on_panic = ["dump", "restart"]',
+        "max_concurrent_dumps = 1\ncommand_timeout = 1\nmin_free_bytes = 0",
+    ))
+    for guest in (holder, frozen, other):
+        await daemon.wait_event("qmp.connected", guest=guest.name)
+
+    await holder.panic()
+    await daemon.wait_event("dump.started", guest=holder.name)
+    # The big guest takes over a second to write: meanwhile `frozen` has asked QEMU what it
+    # needs and waits for the only turn, and is frozen before it gets it.
+    await frozen.panic()
+    await daemon.wait_event("dump.waiting_for_turn", guest=frozen.name)
+    freeze(frozen)
+    await other.panic()
+    # The turn went to `frozen` (first in line), which gave it back, unanswered: `other` dumps.
+    (other_dump,) = await completed_dumps(short_tmp, other.name, timeout=30)
+    await wait_for_status(other, "running")
+    await daemon.wait_event("dump.stalled", guest=frozen.name)
+    assert not [d for d in dumps_of(short_tmp, frozen.name)
+                if metadata(d)["dump"]["result"] != "running"]
+
+    thaw(frozen)
+    (frozen_dump,) = await completed_dumps(short_tmp, frozen.name, timeout=30)
+    await wait_for_status(frozen, "running")
+    assert frozen_dump.read_bytes()[:4] == other_dump.read_bytes()[:4] == b"\x7fELF"
+    await completed_dumps(short_tmp, holder.name, timeout=30)
+    for guest in (holder, frozen, other):
+        assert not await journal.find(timeout=0.2, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                      GUEST_NAME=guest.name)
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_a_qemu_slow_to_answer_keeps_its_turn(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    need_free_space(short_tmp, BIG_GUEST_MIB + 64)
+    slow = await qemus(unique("slow"), memory_mib=BIG_GUEST_MIB)
+    other = await qemus(unique("other"))
+    daemon = panicd(config(
+        short_tmp, [slow, other], 'on_panic = ["dump", "restart"]',
+        "max_concurrent_dumps = 1\ncommand_timeout = 30\nmin_free_bytes = 0",
+    ))
+    await daemon.wait_event("qmp.connected", guest=slow.name)
+    await daemon.wait_event("qmp.connected", guest=other.name)
+
+    await slow.panic()
+    await daemon.wait_event("dump.started", guest=slow.name)
+    freeze(slow)
+    await other.panic()
+    await daemon.wait_event("dump.waiting_for_turn", guest=other.name)
+    # A QEMU slow to answer (a host under swap) for 4 s: less than the stall window (10 s).
+    await asyncio.sleep(4)
+    thaw(slow)
+
+    (slow_dump,) = await completed_dumps(short_tmp, slow.name, timeout=30)
+    (other_dump,) = await completed_dumps(short_tmp, other.name, timeout=30)
+    slow_meta, other_meta = metadata(slow_dump)["dump"], metadata(other_dump)["dump"]
+    slow_done = (dt.datetime.fromisoformat(slow_meta["started_at"])
+                 + dt.timedelta(seconds=slow_meta["duration_seconds"]))
+    # One dump at a time, as configured: the other guest's began after the slow one's end.
+    assert dt.datetime.fromisoformat(other_meta["started_at"]) >= slow_done
+    assert not daemon.events("dump.stalled")
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+async def test_a_qemu_frozen_past_the_dump_timeout_is_restarted_once_it_has_written(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
+) -> None:
+    need_free_space(short_tmp, BIG_GUEST_MIB)
+    guest = await qemus(unique("late"), memory_mib=BIG_GUEST_MIB)
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]\ndump = { timeout = 2 }',
+                           "command_timeout = 1\nmin_free_bytes = 0"))
+    await daemon.wait_event("qmp.connected", guest=guest.name)
+
+    await guest.panic()
+    await daemon.wait_event("dump.started", guest=guest.name)
+    freeze(guest)
+    (failed,) = await journal.find(timeout=30, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
+                                   GUEST_NAME=guest.name)
+    assert failed["ERROR"] == ("timed out after 2 s; QEMU may still be writing (it cannot "
+                               "cancel a dump)"), failed["ERROR"]
+    assert dumps_of(short_tmp, guest.name) == []  # the partial file is removed
+
+    # Thawed, QEMU goes on writing (into the removed file); the restart waits for it to end,
+    # since system_reset during a dump would abort QEMU, then resets the guest.
+    thaw(guest)
+    await daemon.wait_event("step.waiting_for_dump", guest=guest.name, step="restart")
+    await daemon.wait_event("step.done", guest=guest.name, step="restart", timeout=30)
+    await wait_for_status(guest, "running")
+    assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.STEP_FAILED.message_id,
+                                  GUEST_NAME=guest.name)
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+
+
+class RecordingAlerter:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+async def test_an_orphan_record_the_dump_step_settled_meanwhile_is_left_alone(tmp_path: Path) -> None:
+    store = DumpStore(tmp_path)
+    guest = GuestIdentity(name="web", socket="/run/web.qmp", qemu_pid=4242)
+    started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    stale = store.create(guest.name, "elf", started_at)
+    os.close(stale.fd)
+    store.write_metadata(stale.path, {
+        "guest": guest.as_dict(),
+        "dump": {"path": str(stale.path), "format": "elf", "started_at": started_at,
+                 "result": "running"},
+    })
+
+    class Session:
+        async def execute(self, command: str, arguments: object = None) -> dict[str, object]:
+            assert command == "query-dump"
+            # Before the first query-dump, the resumed panic's dump step removed the record
+            # (QEMU never began it) and made a new dump, the one query-dump now reports.
+            store.discard(stale.path)
+            return {"status": "completed", "completed": 64 * MIB, "total": 64 * MIB}
+
+    class Monitor:
+        identity = guest
+
+        def session(self) -> Session:
+            return Session()
+
+    alerts = RecordingAlerter()
+    await finish_orphaned_dumps(Monitor(), store, alerts)  # type: ignore[arg-type]
+    assert alerts.alerts == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,17 @@ from panicd.qmp import GREETING_READ_LIMIT, QmpSession
 
 
 async def _peer_saying(path: Path, data: bytes) -> asyncio.Server:
-    async def talk(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(data)
-        await writer.drain()
-        await asyncio.sleep(5)
-        writer.close()
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(data)
+            await writer.drain()
+            await reader.read()  # until panicd hangs up
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     return await asyncio.start_unix_server(talk, path=str(path))
 

@@ -1,24 +1,33 @@
 """The `dump` step: the guest's memory into a file panicd owns.
 
 1. Ask QEMU which formats it can write (query-dump-guest-memory-capability); a format it lacks
-   (Debian's 7.2 has no kdump-lzo/snappy) falls back to elf, with a warning.
-2. Wait for a host-wide dump slot (`max_concurrent_dumps`): the guest stays stopped meanwhile.
-3. Create the file (dumps.DumpStore: 0600, unique, never overwriting), pass its fd to QEMU
-   (SCM_RIGHTS + getfd), and start `dump-guest-memory` with `protocol: "fd:NAME"`, detached,
-   so QEMU writes while this task follows progress with query-dump and DUMP_COMPLETED.
+   (Debian's 7.2 has no kdump-lzo/snappy) falls back to elf, with a warning. Ask the guest's RAM
+   size (query-memory-size-summary), for the disk guard.
+2. Wait for a host-wide dump turn (`max_concurrent_dumps`): the guest stays stopped meanwhile.
+   Both questions above are asked before: a QEMU that does not answer them holds no turn.
+3. Check the disk guard, create the file (dumps.DumpStore: 0600, unique, never overwriting),
+   pass its fd to QEMU (SCM_RIGHTS + getfd), and start `dump-guest-memory` with
+   `protocol: "fd:NAME"`, detached, so QEMU writes while this task follows progress with
+   query-dump and DUMP_COMPLETED.
 4. On success write `<dump>.json` and alert; on failure or timeout remove the partial file,
-   alert, and let the policy's next steps run.
+   alert, and let the policy's next steps run. Once QEMU says the dump is completed it is
+   never removed: only a file that is gone fails it then (see `_record_completed`).
 
 QEMU 7.2 has no command to cancel a dump: after a timeout QEMU may still be writing to the
-(removed) file, and refuses stop/cont/another dump until it finishes.
+(removed) file, and refuses stop/cont/another dump until it finishes (the restart step waits
+for it: power.py).
 
-A late reply is not a failed dump. A healthy QEMU answers query-dump at once, even while its
-dump thread writes; one that does not answer within `STALL_SECONDS` is frozen (SIGSTOP, a host
-deep in swap). Then `dump.stalled` is logged, the dump gives its turn in `max_concurrent_dumps`
-back (a frozen QEMU does no I/O, and other guests' dumps must not wait behind it), keeps its
-disk-space reservation, its file and its record, and waits for QEMU (its DUMP_COMPLETED or the
-query-dump reply) until the policy's `timeout`, counted from the dump's start, has passed: the
-only time limit on a dump. When QEMU answers, `dump.resumed`, and the dump is followed to its end.
+The policy's `timeout` is the only time limit on a dump: one deadline, counted from the step's
+start (the time spent waiting for a turn, panicd's own queue, is not counted), bounds every
+wait for QEMU, from the first query to the last byte written.
+
+A late reply is not a failed dump. A healthy QEMU answers getfd, dump-guest-memory and
+query-dump at once, even while its dump thread writes; one that does not answer within the
+stall window (`stall_window`) is frozen (SIGSTOP, a host deep in swap). Then `dump.stalled` is
+logged, the dump gives its turn in `max_concurrent_dumps` back (a frozen QEMU does no I/O, and
+other guests' dumps must not wait behind it), keeps its disk-space reservation, its file and its
+record, and waits for QEMU's reply (or its DUMP_COMPLETED) until the deadline. When QEMU
+answers, `dump.resumed`, and the dump goes on.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any
 import structlog
 
 from panicd import __version__
-from panicd.actions import StepContext, guest_session, patient_execute, run_command
+from panicd.actions import StepContext, guest_session, run_command
 from panicd.alerts import Alert, AlertKind
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
@@ -51,10 +60,22 @@ log = structlog.get_logger("panicd.dump")
 POLL_SECONDS = 1.0
 #: How often progress is logged, at most.
 PROGRESS_LOG_SECONDS = 10.0
-#: No query-dump reply within this long (or command_timeout, if shorter): QEMU is frozen.
-STALL_SECONDS = 3.0
+#: The longest a dump's QEMU may take to answer before the dump counts as stalled.
+STALL_LIMIT_SECONDS = 10.0
 
 _fd_names = itertools.count(1)
+
+
+def stall_window(command_timeout: float) -> float:
+    """How long a dump waits for a reply from QEMU before it counts as stalled (gives its turn).
+
+    Not a few seconds: a QEMU that is merely slow (its host deep in swap) answers late too, and
+    every turn handed away then starts one more dump, reading guest RAM and writing the disk,
+    on the host least able to take it. A frozen QEMU never answers, so waiting up to
+    `STALL_LIMIT_SECONDS` for it costs the dumps queued behind it that long, once.
+    `command_timeout`, when shorter, is the operator's own "a reply is late".
+    """
+    return min(command_timeout, STALL_LIMIT_SECONDS)
 
 
 async def dump(ctx: StepContext) -> dict[str, Any]:
@@ -64,17 +85,24 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
         made = await _dump_of_resumed_panic(ctx)
         if made is not None:
             return made
-    fmt = await _usable_format(ctx, settings.format)
+    # Every wait for QEMU in this dump ends by this deadline (module docstring).
+    deadline = time.monotonic() + settings.timeout
+    fmt = await _usable_format(ctx, settings.format, deadline)
+    need = await _guest_ram(ctx, deadline)
 
+    slots = ctx.dump_slots
+    if not slots.turn_free:
+        log.info("dump.waiting_for_turn", running=slots.running, limit=slots.limit)
     waited = time.monotonic()
-    async with ctx.dump_slots.slot() as slot:
+    async with slots.slot() as slot:
         waited = time.monotonic() - waited
-        need = await _check_space(ctx)
-        ctx.dump_slots.reserved_bytes += need
+        deadline += waited  # the queue is panicd's, not QEMU's slowness: it is not counted
+        await _check_space(ctx, need)
+        slots.reserved_bytes += need
         try:
-            return await _dump_in_slot(ctx, fmt, waited, slot)
+            return await _dump_in_slot(ctx, fmt, waited, slot, deadline)
         finally:
-            ctx.dump_slots.reserved_bytes -= need
+            slots.reserved_bytes -= need
 
 
 async def _dump_of_resumed_panic(ctx: StepContext) -> dict[str, Any] | None:
@@ -115,17 +143,25 @@ async def _wait_until_written(ctx: StepContext, timeout: float) -> str | None:
     return None
 
 
-async def _check_space(ctx: StepContext) -> int:
-    """The disk guard: the dump's expected size, or DumpFailed when it would not fit.
+def _left(deadline: float) -> float:
+    # Never 0: QmpSession.execute reads a timeout of 0 as "the default".
+    return max(deadline - time.monotonic(), 0.001)
 
-    The estimate is the guest's RAM (query-memory-size-summary): an elf dump is about that
-    size, and a compressed one can be, for a guest whose memory does not compress.
-    """
+
+async def _guest_ram(ctx: StepContext, deadline: float) -> int:
+    """The dump's expected size: the guest's RAM (query-memory-size-summary). An elf dump is
+    about that size, and a compressed one can be, for a guest whose memory does not compress."""
+    summary = await run_command(ctx, "dump", "query-memory-size-summary",
+                                give_up_after=_left(deadline))
+    if not isinstance(summary, dict):
+        return 0
+    return int(summary.get("base-memory") or 0) + int(summary.get("plugged-memory") or 0)
+
+
+async def _check_space(ctx: StepContext, need: int) -> None:
+    """The disk guard: DumpFailed when a dump of `need` bytes would not fit beside the dumps
+    already running (their reservations) and `min_free_bytes`."""
     name = ctx.guest.identity.name
-    summary = await run_command(ctx, "dump", "query-memory-size-summary")
-    need = 0
-    if isinstance(summary, dict):
-        need = int(summary.get("base-memory") or 0) + int(summary.get("plugged-memory") or 0)
     try:
         free = await asyncio.to_thread(ctx.dumps.free_bytes)
     except OSError as exc:
@@ -138,17 +174,18 @@ async def _check_space(ctx: StepContext) -> int:
             f"(guest RAM); {free} bytes free, {ctx.dump_slots.reserved_bytes} reserved by running "
             f"dumps, min_free_bytes {ctx.dumps.min_free_bytes}",
         )
-    return need
 
 
-async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float, slot: DumpSlot) -> dict[str, Any]:
+async def _dump_in_slot(
+    ctx: StepContext, fmt: str, waited: float, slot: DumpSlot, deadline: float
+) -> dict[str, Any]:
     guest = ctx.guest.identity
     settings = ctx.policy.dump
     started_at = dt.datetime.now(dt.UTC)
     try:
         dump_file = await asyncio.to_thread(ctx.dumps.create, guest.name, fmt, started_at)
     except OSError as exc:
-        raise DumpFailed(guest.name, f"cannot create the dump file: {exc}") from exc
+        raise DumpFailed(guest.name, f"cannot create the dump file: {os_error_text(exc)}") from exc
     path = dump_file.path
     args: dict[str, Any] = {"paging": settings.paging, "protocol": "", "detach": True}
     if fmt != "elf":
@@ -161,9 +198,7 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float, slot: DumpSlo
         )
         # Re-read the session: the guest may have reconnected while this task waited.
         result = await _run_dump(ctx, guest_session(ctx, "dump"), fd=dump_file.fd, args=args,
-                                 timeout=settings.timeout, progress=progress, slot=slot)
-        return await _record_completed(ctx, path, fmt, started_at=started_at, waited=waited,
-                                       result=result, seconds=time.monotonic() - progress.begun)
+                                 deadline=deadline, progress=progress, slot=slot)
     except _Detached as exc:
         # The QMP connection dropped while QEMU was writing. QEMU goes on without us (if it
         # is still there): the metadata stays "running" and orphans.py settles it, with its
@@ -178,17 +213,24 @@ async def _dump_in_slot(ctx: StepContext, fmt: str, waited: float, slot: DumpSlo
             await asyncio.to_thread(ctx.dumps.discard, path)
         raise
     except OSError as exc:
-        # The file or its directory went away (or the disk refused the metadata). TimeoutError
-        # is an OSError too, but the policy's timeout never gets here: _run_dump turns it
-        # into DumpFailed.
-        await asyncio.to_thread(ctx.dumps.discard, path)
+        # The file or its directory went away, or the disk refused the first metadata (full).
+        # Said before the file is discarded: afterwards every file would look "removed".
         reason = await asyncio.to_thread(_lost_file_reason, path, exc, progress.qemu_may_write)
+        await asyncio.to_thread(ctx.dumps.discard, path)
         raise DumpFailed(guest.name, reason) from exc
     except BaseException:
         await asyncio.to_thread(ctx.dumps.discard, path)
         raise
     finally:
         os.close(dump_file.fd)
+    return await _record_completed(ctx, path, fmt, started_at=started_at, waited=waited,
+                                   result=result, seconds=time.monotonic() - progress.begun)
+
+
+def os_error_text(exc: OSError) -> str:
+    """What went wrong, and on which file: `/x/y.json: No space left on device`."""
+    what = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"{exc.filename}: {what}" if exc.filename else what
 
 
 def _lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
@@ -197,7 +239,7 @@ def _lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
         return f"the dump directory {path.parent} was removed {when}"
     if not path.exists():
         return f"the dump file {path} was removed {when}"
-    return f"cannot record the dump {path}: {exc}"
+    return f"cannot record the dump {path}: {os_error_text(exc)}"
 
 
 async def _record_completed(
@@ -206,11 +248,26 @@ async def _record_completed(
 ) -> dict[str, Any]:
     """QEMU has written the dump: its metadata, triage, metrics, retention and alert.
 
-    Every filesystem access here may raise OSError (the directory removed meanwhile): the
-    caller turns that into DumpFailed.
+    From here on the dump is kept, whatever fails: it is complete, and it is the evidence.
+    Only a dump file that is gone (or its directory) makes a DUMP_FAILED now. Metadata that
+    cannot be written (a full disk), a triage or a retention that fails, is logged and said
+    in the DUMP_COMPLETED alert (METADATA_ERROR, TRIAGE_ERROR, RETENTION_ERROR). A record not
+    rewritten keeps saying "running"; the next connection to this QEMU settles it (orphans.py).
     """
     guest = ctx.guest.identity
-    size = (await asyncio.to_thread(path.stat)).st_size
+    not_recorded: dict[str, str] = {}
+    size: int | None = None
+    try:
+        size = (await asyncio.to_thread(path.stat)).st_size
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        reason = await asyncio.to_thread(_lost_file_reason, path, exc, True)
+        try:
+            await asyncio.to_thread(ctx.dumps.discard, path)  # its record, if still there
+        except OSError as discard_exc:
+            log.warning("dump.discard_failed", path=str(path), error=os_error_text(discard_exc))
+        raise DumpFailed(guest.name, reason) from exc
+    except OSError as exc:
+        not_recorded["METADATA_ERROR"] = f"cannot stat the dump: {os_error_text(exc)}"
     metadata = _metadata(ctx, path, fmt, started_at, waited)
     metadata["dump"].update(
         size_bytes=size,
@@ -221,38 +278,56 @@ async def _record_completed(
     # Why the kernel panicked, read out of the dump (in a child process: the dump is hostile).
     report = await _triage(path)
     metadata["triage"] = report
-    await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
+    try:
+        await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        not_recorded["METADATA_ERROR"] = "; ".join(filter(None, [
+            not_recorded.get("METADATA_ERROR"),
+            f"cannot write {ctx.dumps.metadata_path(path)}: {error}"]))
+    if "METADATA_ERROR" in not_recorded:
+        log.error("dump.metadata_failed", path=str(path), error=not_recorded["METADATA_ERROR"])
     ctx.dump_path = path
     ctx.metrics.dumps.labels(result="completed").inc()
     ctx.metrics.dump_seconds.observe(seconds)
-    ctx.metrics.dump_bytes.inc(size)
+    ctx.metrics.dump_bytes.inc(size or 0)
     try:
         removed = await asyncio.to_thread(ctx.dumps.apply_retention, None, path)
-    except OSError as exc:
-        log.warning("retention.failed", error=str(exc))
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        not_recorded["RETENTION_ERROR"] = f"retention not applied: {error}"
+        log.warning("retention.failed", error=error)
     else:
         if removed:
             log.info("retention.removed", dumps=[str(p) for p in removed])
+    size_text = f"{size} bytes" if size is not None else "size unknown"
     ctx.alerter.send(
         Alert(
             AlertKind.DUMP_COMPLETED,
-            f"Guest {guest.name}: memory dump written to {path} ({size} bytes, {fmt}, {seconds:.1f} s)"
+            f"Guest {guest.name}: memory dump written to {path} ({size_text}, {fmt}, {seconds:.1f} s)"
             + (f"; Kernel panic - not syncing: {report['panic_reason']}"
-               if report.get("panic_reason") else ""),
+               if report.get("panic_reason") else "")
+            + "".join(f"; {text}" for text in not_recorded.values()),
             guest,
-            {"DUMP_PATH": str(path), "DUMP_FORMAT": fmt, "DUMP_BYTES": str(size),
-             "DUMP_SECONDS": f"{seconds:.3f}", **triage_fields(report)},
+            {"DUMP_PATH": str(path), "DUMP_FORMAT": fmt, "DUMP_BYTES": str(size or 0),
+             "DUMP_SECONDS": f"{seconds:.3f}", **triage_fields(report), **not_recorded},
         )
     )
-    return {"path": str(path), "format": fmt, "bytes": size, "seconds": round(seconds, 3)}
+    done: dict[str, Any] = {"path": str(path), "format": fmt, "bytes": size,
+                            "seconds": round(seconds, 3)}
+    if not_recorded:
+        done["not_recorded"] = not_recorded
+    return done
 
 
 async def _triage(path: Path) -> dict[str, Any]:
-    # A triage that cannot even start (no processes left, say) costs the report, not the dump.
+    # A triage that cannot run (no processes left, or a bug) costs the report, not the dump.
     try:
         return await triage_in_child(path)
-    except OSError as exc:
-        return {"error": f"triage could not run: {exc}"}
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        log.warning("dump.triage_failed", path=str(path), error=error)
+        return {"error": f"triage could not run: {error}"}
 
 
 class _Detached(Exception):
@@ -306,10 +381,11 @@ class _Progress:
     begun: float = 0.0
 
 
-async def _usable_format(ctx: StepContext, wanted: str) -> str:
+async def _usable_format(ctx: StepContext, wanted: str, deadline: float) -> str:
     if wanted == "elf":
         return wanted
-    caps = await run_command(ctx, "dump", "query-dump-guest-memory-capability")
+    caps = await run_command(ctx, "dump", "query-dump-guest-memory-capability",
+                             give_up_after=_left(deadline))
     formats = caps.get("formats", []) if isinstance(caps, dict) else []
     if wanted in formats:
         return wanted
@@ -323,7 +399,7 @@ async def _run_dump(
     *,
     fd: int,
     args: dict[str, Any],
-    timeout: float,
+    deadline: float,
     progress: _Progress,
     slot: DumpSlot,
 ) -> DumpCompletedData:
@@ -334,12 +410,10 @@ async def _run_dump(
     progress.begun = time.monotonic()
     try:
         session.send_fd(fd)
-        await patient_execute(session, "getfd", {"fdname": fdname}, step="dump",
-                              give_up_after=timeout)
+        await _ask(session, "getfd", {"fdname": fdname}, slot=slot, deadline=deadline)
         progress.qemu_may_write = True
         try:
-            await patient_execute(session, "dump-guest-memory", args, step="dump",
-                                  give_up_after=timeout)
+            await _ask(session, "dump-guest-memory", args, slot=slot, deadline=deadline)
         except QmpCommandError as exc:
             if exc.kind != QmpCommandError.REFUSED:
                 raise  # no answer: QEMU may yet start the dump, into this fd
@@ -349,17 +423,13 @@ async def _run_dump(
                 await session.execute("closefd", {"fdname": fdname})
             raise
         log.info("dump.started", format=args.get("format", "elf"), protocol=args["protocol"])
-        try:
-            async with asyncio.timeout(timeout - (time.monotonic() - progress.begun)):
-                result = await _follow(session, completed, slot, ctx.policy.dump.timeout)
-        except TimeoutError as exc:
-            raise DumpFailed(
-                name,
-                f"timed out after {timeout:g} s; QEMU may still be writing (it cannot cancel a dump)",
-            ) from exc
+        result = await _follow(session, completed, slot, deadline)
     except QmpCommandError as exc:
         if progress.qemu_may_write and exc.kind == QmpCommandError.DISCONNECTED:
             raise _Detached(exc.reason) from exc
+        if exc.kind == QmpCommandError.TIMEOUT:
+            raise DumpFailed(name, _timed_out_text(ctx, exc, progress.qemu_may_write),
+                             command=exc.command) from exc
         raise DumpFailed(name, exc.reason, command=exc.command, reply=exc.reply) from exc
     finally:
         completed.cancel()
@@ -370,41 +440,80 @@ async def _run_dump(
     return result
 
 
+def _timed_out_text(ctx: StepContext, exc: QmpCommandError, qemu_may_write: bool) -> str:
+    timeout = ctx.policy.dump.timeout
+    if qemu_may_write:
+        return f"timed out after {timeout:g} s; QEMU may still be writing (it cannot cancel a dump)"
+    return f"timed out after {timeout:g} s; QEMU did not answer {exc.command['execute']}"
+
+
+async def _ask(
+    session: QmpSession, command: str, arguments: dict[str, Any] | None = None, *,
+    slot: DumpSlot, deadline: float, unless: asyncio.Future[DumpCompletedData] | None = None,
+) -> Any:
+    """Send `command` once and return QEMU's reply, waited for until `deadline`.
+
+    No reply within the stall window: QEMU is frozen, and the dump gives its turn back while
+    it waits (module docstring); a reply takes the turn again. Raises QmpCommandError (kind
+    TIMEOUT once `deadline` has passed). With `unless` (this dump's DUMP_COMPLETED), returns
+    None as soon as that resolves.
+    """
+    if time.monotonic() >= deadline:
+        # Not sent at all: a dump-guest-memory nobody waits for would start a dump regardless.
+        sent = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        raise QmpCommandError(sent, "no reply in time", kind=QmpCommandError.TIMEOUT)
+    call = asyncio.create_task(session.execute(command, arguments, timeout=_left(deadline)),
+                               name=f"qmp:{command}")
+    watched: set[asyncio.Future[Any]] = {call} if unless is None else {call, unless}
+    try:
+        window = stall_window(session.command_timeout)
+        done, _ = await asyncio.wait(watched, timeout=window, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            stalled_at = time.monotonic()
+            log.warning("dump.stalled", command=command, no_reply_seconds=window)
+            slot.stall()
+            # The call ends by the deadline at the latest (its timeout).
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if _qemu_answered(call, unless):
+                slot.resume()
+                log.info("dump.resumed", command=command,
+                         stalled_seconds=round(time.monotonic() - stalled_at, 1))
+        if unless is not None and unless.done():
+            return None
+        return call.result()
+    finally:
+        if not call.done():
+            # A late reply to it is dropped by qemu.qmp ("Unknown ID"): nothing to undo.
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, QmpCommandError):
+                await call
+
+
+def _qemu_answered(call: asyncio.Task[Any], unless: asyncio.Future[Any] | None) -> bool:
+    if unless is not None and unless.done():
+        return True
+    if not call.done():
+        return False
+    exc = call.exception()
+    return exc is None or (isinstance(exc, QmpCommandError) and exc.kind == QmpCommandError.REFUSED)
+
+
 async def _follow(
     session: QmpSession, completed: asyncio.Future[DumpCompletedData], slot: DumpSlot,
-    patience: float,
+    deadline: float,
 ) -> DumpCompletedData:
     """Wait for DUMP_COMPLETED, asking query-dump meanwhile for progress (and in case the event
-    is lost); a QEMU that stops answering is waited for, its turn given back (module docstring).
-    The caller bounds the whole wait by the policy's timeout; `patience` bounds one query."""
+    is lost); a QEMU that stops answering is waited for, its turn given back (module docstring),
+    until `deadline`."""
     last_log = time.monotonic()
-    stall_after = min(session.command_timeout, STALL_SECONDS)
     while True:
-        done, _ = await asyncio.wait({completed}, timeout=POLL_SECONDS)
+        pause = min(POLL_SECONDS, max(deadline - time.monotonic(), 0.0))
+        done, _ = await asyncio.wait({completed}, timeout=pause)
         if done:
             return completed.result()
-        query = asyncio.create_task(session.execute("query-dump", timeout=patience),
-                                    name="qmp:query-dump")
-        try:
-            either = {query, completed}
-            done, _ = await asyncio.wait(either, timeout=stall_after,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                stalled_at = time.monotonic()
-                log.warning("dump.stalled", no_reply_seconds=stall_after)
-                slot.stall()
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                slot.resume()
-                log.info("dump.resumed", stalled_seconds=round(time.monotonic() - stalled_at, 1))
-            if completed.done():
-                return completed.result()
-            state = query.result()
-        finally:
-            if not query.done():
-                # A late reply to it is dropped by qemu.qmp ("Unknown ID"): nothing to undo.
-                query.cancel()
-                with contextlib.suppress(asyncio.CancelledError, QmpCommandError):
-                    await query
+        state = await _ask(session, "query-dump", slot=slot, deadline=deadline, unless=completed)
+        if state is None:
+            return completed.result()
         status = DumpCompletedData.Result.model_validate(state)
         if status.status in ("completed", "failed"):
             # The event may still be on its way with the error text: give it a moment.

@@ -7,21 +7,38 @@ The QEMU behaviour they rely on (QEMU 7.2, seen):
 - `quit` makes QEMU exit; the reply may or may not arrive before the connection closes.
 - A frozen QEMU (SIGSTOP) keeps commands in its socket and carries them out when it runs
   again: a command that got no reply is waited for, never sent twice (actions.run_command).
-- `system_reset` while a dump is still being written (after a dump timeout: QEMU cannot
-  cancel one) makes QEMU 7.2 abort ("invalid runstate transition save-vm -> prelaunch"),
-  so restart checks query-dump first and refuses rather than crash the guest's QEMU.
+- `system_reset` while a dump is still being written makes QEMU 7.2 abort ("invalid runstate
+  transition save-vm -> prelaunch"). A dump may well be: after a dump timeout (QEMU cannot
+  cancel one), and a QEMU frozen past the timeout goes on writing once it runs again. So
+  restart waits until query-dump says the dump is no longer "active" (`step.waiting_for_dump`
+  every command_timeout), then resets; only after `WAIT_FOR_QEMU_SECONDS` does it give up,
+  rather than crash the guest's QEMU or leave it paused for good.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from panicd.actions import StepContext, guest_session, patient_execute, run_command, step_error
+import structlog
+
+from panicd.actions import (
+    WAIT_FOR_QEMU_SECONDS,
+    StepContext,
+    guest_session,
+    patient_execute,
+    run_command,
+    step_error,
+)
 from panicd.alerts import Alert, AlertKind
 from panicd.qmp import QmpCommandError
 
+log = structlog.get_logger("panicd.power")
+
 _STOPPED = {"paused", "guest-panicked", "prelaunch", "postmigrate", "suspended"}
+#: How often query-dump is asked while waiting for a dump to end.
+DUMP_POLL_SECONDS = 0.5
 
 
 async def _status(ctx: StepContext, step: str) -> str:
@@ -49,14 +66,7 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
     if not ctx.restarts.allow(limit, now):
         assert limit is not None
         return await _crash_loop(ctx, limit.max, limit.within)
-    dump = await run_command(ctx, "restart", "query-dump")
-    if isinstance(dump, dict) and dump.get("status") == "active":
-        raise step_error(
-            ctx, "restart",
-            "a dump is still being written; resetting now would abort QEMU. Restart the guest "
-            "once query-dump says it is finished",
-            command={"execute": "query-dump"}, reply=dump,
-        )
+    await _wait_for_dump_to_end(ctx, "restart")
     ctx.restarts.spent(now)
     await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
@@ -64,6 +74,31 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
     if await _status(ctx, "restart") != "running":
         await run_command(ctx, "restart", "cont")
     return {"status": await _status(ctx, "restart")}
+
+
+async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:
+    """Return once QEMU writes no dump (query-dump not "active"); see the module docstring."""
+    begun = time.monotonic()
+    every = guest_session(ctx, step).command_timeout
+    logged_at: float | None = None
+    while True:
+        left = WAIT_FOR_QEMU_SECONDS - (time.monotonic() - begun)
+        dump = await run_command(ctx, step, "query-dump", give_up_after=max(left, every))
+        if not (isinstance(dump, dict) and dump.get("status") == "active"):
+            return
+        waited = time.monotonic() - begun
+        if waited >= WAIT_FOR_QEMU_SECONDS:
+            raise step_error(
+                ctx, step,
+                f"a dump is still being written after {WAIT_FOR_QEMU_SECONDS:g} s; resetting now "
+                "would abort QEMU. Restart the guest once query-dump says it is finished",
+                command={"execute": "query-dump"}, reply=dump,
+            )
+        if logged_at is None or time.monotonic() - logged_at >= every:
+            logged_at = time.monotonic()
+            log.info("step.waiting_for_dump", step=step, waited=round(waited, 1),
+                     completed=dump.get("completed"), total=dump.get("total"))
+        await asyncio.sleep(DUMP_POLL_SECONDS)
 
 
 async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[str, Any]:
