@@ -12,6 +12,7 @@ again, so a command is never sent twice (a second system_reset or cont would act
 connection drops, or after `WAIT_FOR_QEMU_SECONDS` without a reply.
 
     dump                              dump.py   dump-guest-memory into a file panicd opens
+                                      qemu_dump.py  QEMU writing it: fd, stalls, progress
     pause, resume, restart, poweroff  power.py  stop / cont / system_reset+cont / quit
     exec                              hook.py   the operator's command, event in its environment
 """
