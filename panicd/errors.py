@@ -9,8 +9,8 @@ reported failure from a bug::
     │   ├── GuestUnreachable     its QMP socket is absent, refuses, or never greets
     │   └── StepFailed           a policy step failed (carries the step, command and reply)
     │       └── DumpFailed           a dump could not be made, or QEMU reported it failed
-    └── AlertError           journald could not be reached
 
+Alerts raise nothing: a journald that is slow or gone delays them (journal.py), never a step.
 Cancellation (`asyncio.CancelledError`) is never wrapped.
 """
 
@@ -25,10 +25,6 @@ class PanicdError(Exception):
 
 class ConfigError(PanicdError):
     """The configuration file is unusable; the message names the key and the reason."""
-
-
-class AlertError(PanicdError):
-    """An alert could not be delivered to journald."""
 
 
 class GuestError(PanicdError):
