@@ -32,6 +32,7 @@ class AlertKind(Enum):
     STEP_FAILED = ("f693c22abd834ff3bb00443b5707bcb5", 3)  # err
     CRASH_LOOP = ("6a93dc80b886487ab0b28bad7da4eb11", 2)  # crit: restarts stopped, guest paused
     CONFIG_REJECTED = ("02cdfd2d24e449eda40bfd9e0bca15b9", 3)  # err: a reload kept the old config
+    STORE_FAILED = ("1fdf9a4dcbbf4490bce3d44528aeff4f", 3)  # err: incident store replaced or unwritable
 
     @property
     def message_id(self) -> str:

@@ -113,8 +113,9 @@ def _control_group(config: Config) -> Iterator[Finding]:
 _BLOCKED_CONSEQUENCE = {
     "daemon.dump_dir": "every dump would fail (read-only file system), and the policy's "
                        "next steps run without one",
-    "daemon.state_dir": "the ledger of handled panics could not be saved, so after panicd "
-                        "restarts a guest still paused is handled (and dumped) again",
+    "daemon.state_dir": "the incident store could not be saved (kept in memory only), so after "
+                        "panicd restarts a guest still paused is handled (and dumped) again and "
+                        "the incident history and crash-loop budget start afresh",
     "daemon.control_socket": "panicd could not create its control socket: `panicd status` "
                              "would not reach it",
     "discovery.listen": "panicd could not create the socket QEMUs connect to: no guest "
@@ -123,8 +124,9 @@ _BLOCKED_CONSEQUENCE = {
 
 _PRIVATE_CONSEQUENCE = {
     "daemon.dump_dir": "the host never sees the dumps, and they are removed when panicd stops",
-    "daemon.state_dir": "the ledger of handled panics is lost whenever panicd stops, so after "
-                        "a restart a guest still paused is handled (and dumped) again",
+    "daemon.state_dir": "the incident store is lost whenever panicd stops, so after a restart "
+                        "a guest still paused is handled (and dumped) again and the history "
+                        "starts afresh",
     "daemon.control_socket": "`panicd status` looks in the host's /tmp and finds no socket",
     "discovery.listen": "QEMUs look in the host's /tmp and find no socket",
 }

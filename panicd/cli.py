@@ -2,6 +2,8 @@
 
     panicd run -c FILE             watch the configured guests (the daemon)
     panicd status [--json]         every guest of the running daemon, over its control socket
+    panicd incidents [--json]      every incident panicd has seen on this host, from its store
+    panicd incidents show ID       one incident whole
     panicd check-config -c FILE    validate a config: bad keys, and what it would do wrong
     panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
     panicd triage DUMP             the panic reason and the guest's kernel log, from a dump
@@ -14,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from panicd import __version__
 from panicd.config import load
 from panicd.errors import ConfigError
+from panicd.events import IncidentKind
+from panicd.store import FILE_NAME, IncidentQueries, StoreError, connect, when
 from panicd.text import printable
 
 DEFAULT_CONFIG = Path("/etc/panicd/panicd.toml")
@@ -42,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
                              f"given; default {DEFAULT_CONFIG})")
     status.add_argument("--socket", type=Path, help="the daemon's control socket")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    incidents = sub.add_parser("incidents", help="list the incidents in the store (newest first)")
+    _store_arguments(incidents)
+    incidents.add_argument("--guest", metavar="NAME", help="only this guest's (its exact name)")
+    incidents.add_argument("--since", metavar="DATE", type=_since,
+                           help="only those seen since DATE (2026-11-01, or an ISO time; UTC "
+                                "unless it says)")
+    incidents.add_argument("--kind", choices=[k.value for k in IncidentKind])
+    incidents.add_argument("--json", action="store_true", help="print the full records as JSON")
+    show_sub = incidents.add_subparsers(dest="incidents_command")
+    show = show_sub.add_parser("show", help="one incident whole: every field, every step")
+    show.add_argument("id", help="the incident's id (first column of `panicd incidents`)")
+    # Given after `show` too; SUPPRESS keeps a value given before `show` from being reset.
+    _store_arguments(show, default=argparse.SUPPRESS)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print the record as JSON")
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
@@ -74,25 +96,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_arguments(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=default,
+                        help="read state_dir from this config (when --state-dir is not given; "
+                             f"default {DEFAULT_CONFIG})")
+    parser.add_argument("--state-dir", type=Path, default=default, metavar="DIR",
+                        help=f"the daemon's state_dir, which holds {FILE_NAME}")
+
+
+def _since(text: str) -> float:
+    try:
+        return when(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date (2026-11-01) or an ISO time (2026-11-01T12:00:00+01:00): {text!r}"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return _check_config(args)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "status":
-        return _status(args)
-    if args.command == "triage":
-        return _triage(args)
-    if args.command == "mock-guest":
-        import panicd.mock.cli as mock_cli  # noqa: PLC0415
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "check-config": _check_config, "run": _run, "status": _status,
+        "incidents": _incidents, "triage": _triage, "mock-guest": _mock_guest, "demo": _demo,
+    }
+    return commands[args.command](args)
 
-        return mock_cli.run(args)
-    if args.command == "demo":
-        from panicd import demo  # noqa: PLC0415
 
-        return demo.main(work_dir=args.dir, use_qemu=not args.no_qemu)
-    raise AssertionError(args.command)
+def _mock_guest(args: argparse.Namespace) -> int:
+    import panicd.mock.cli as mock_cli  # noqa: PLC0415
+
+    return mock_cli.run(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from panicd import demo  # noqa: PLC0415
+
+    return demo.main(work_dir=args.dir, use_qemu=not args.no_qemu)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -204,25 +243,97 @@ def _status_socket(config_path: Path | None) -> Path:
     """
     from panicd.config import DaemonConfig, load_control_socket  # noqa: PLC0415
 
-    default = DaemonConfig().control_socket
+    return _daemon_path("status", config_path, key="control_socket",
+                        load_leniently=load_control_socket, default=DaemonConfig().control_socket,
+                        use="asking it at")
+
+
+def _daemon_path(command: str, config_path: Path | None, *, key: str,
+                 load_leniently: Callable[[Path], Path], default: Path, use: str) -> Path:
+    """`[daemon] <key>` of the config (the default one when not named), read leniently.
+
+    The whole file is tried first; when it is invalid elsewhere, only `key` is read, with a
+    warning (the daemon runs the file it read last). When the key cannot be had, `default`.
+    """
     path = config_path or DEFAULT_CONFIG
     try:
-        return load(path).daemon.control_socket
+        value: Path = getattr(load(path).daemon, key)
     except ConfigError as invalid:
         if config_path is None and not path.exists():
-            return default  # no config at the default place: the default socket is the guess
+            return default  # no config at the default place: the default is the guess
         try:
-            socket = load_control_socket(path)
+            value = load_leniently(path)
         except ConfigError as unusable:
-            print(f"panicd status: {unusable}", file=sys.stderr)
-            print(printable(f"panicd status: no usable [daemon] control_socket in {path}; "
+            print(f"panicd {command}: {unusable}", file=sys.stderr)
+            print(printable(f"panicd {command}: no usable [daemon] {key} in {path}; "
                             f"trying the default, {default}"), file=sys.stderr)
             return default
-        print(f"panicd status: warning: {invalid}", file=sys.stderr)
-        print(printable(f"panicd status: the daemon would refuse {path} on reload or restart "
-                        f"(see panicd check-config -c {path}); asking it at {socket}, "
+        print(f"panicd {command}: warning: {invalid}", file=sys.stderr)
+        print(printable(f"panicd {command}: the daemon would refuse {path} on reload or restart "
+                        f"(see panicd check-config -c {path}); {use} {value}, "
                         "as the file says"), file=sys.stderr)
-        return socket
+    return value
+
+
+def _incidents(args: argparse.Namespace) -> int:
+    """`panicd incidents [show ID]`: the store, opened read-only (the daemon may run or not)."""
+    from panicd import logs  # noqa: PLC0415
+    from panicd.config import DaemonConfig, load_state_dir  # noqa: PLC0415
+
+    # A row that does not validate is logged and left out: on stderr, never in the output.
+    logs.configure("warning", "console")
+    state_dir = args.state_dir if args.state_dir is not None else _daemon_path(
+        "incidents", args.config, key="state_dir", load_leniently=load_state_dir,
+        default=DaemonConfig().state_dir, use="reading the store under")
+    try:
+        with _read_only_store(state_dir / FILE_NAME) as queries:
+            return _print_incidents(args, queries, state_dir / FILE_NAME)
+    except StoreError as exc:
+        print(printable(f"panicd incidents: {exc}"), file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _read_only_store(path: Path) -> Iterator[IncidentQueries]:
+    """Questions to the store at `path`, which is never written; StoreError says what is wrong."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"no incident store at {path} (panicd has not run with this "
+                         "state_dir, or --state-dir or -c names another)") from None
+    except OSError as exc:
+        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
+    try:
+        db = connect(path, read_only=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
+    except StoreError as exc:
+        raise StoreError(f"cannot open the incident store {exc}") from exc
+    try:
+        yield IncidentQueries(db)
+    except sqlite3.Error as exc:
+        # A file SQLite opens but cannot read through (truncated, not panicd's, damaged).
+        raise StoreError(f"cannot read the incident store {path}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def _print_incidents(args: argparse.Namespace, queries: IncidentQueries, path: Path) -> int:
+    from panicd import incidents_view  # noqa: PLC0415
+
+    if args.incidents_command == "show":
+        record = queries.incident(args.id)
+        if record is None:
+            print(printable(f"panicd incidents: no incident '{args.id}' in {path}"),
+                  file=sys.stderr)
+            return 1
+        # JSON keeps names exact (json.dumps escapes control characters); the text escapes them.
+        print(incidents_view.as_json(record) if args.json
+              else incidents_view.format_incident(record))
+        return 0
+    records = queries.incidents(guest=args.guest, since=args.since, kind=args.kind)
+    print(incidents_view.as_json(records) if args.json else incidents_view.format_table(records))
+    return 0
 
 
 def _raise_fd_limit() -> None:

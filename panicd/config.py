@@ -305,14 +305,28 @@ def load_control_socket(path: Path) -> Path:
     being edited, say) still tells it where the running daemon listens. Raises ConfigError
     when the file cannot be read, is not TOML, or that key itself is unusable.
     """
+    return _load_daemon_path(path, "control_socket")
+
+
+def load_state_dir(path: Path) -> Path:
+    """Only `[daemon] state_dir` of the file at `path` (its default when unset).
+
+    What `panicd incidents` needs to find the incident store, read as leniently as
+    `load_control_socket` reads the socket, and raising ConfigError the same way.
+    """
+    return _load_daemon_path(path, "state_dir")
+
+
+def _load_daemon_path(path: Path, key: Literal["control_socket", "state_dir"]) -> Path:
     raw = _read_toml(_read_file(path), str(path))
     daemon = raw.get("daemon", {})
     if not isinstance(daemon, dict):
         raise ConfigError(f"{printable(str(path))}: daemon: must be a table ([daemon])")
-    only_socket = {k: v for k, v in daemon.items() if k == "control_socket"}
-    _resolve_paths({"daemon": only_socket}, path.resolve().parent)
+    only_key = {k: v for k, v in daemon.items() if k == key}
+    _resolve_paths({"daemon": only_key}, path.resolve().parent)
     try:
-        return DaemonConfig.model_validate(only_socket).control_socket
+        value: Path = getattr(DaemonConfig.model_validate(only_key), key)
     except ValidationError as exc:
         raise ConfigError(f"{printable(str(path))}: invalid configuration:\n"
                           f"{_explain(exc, within=('daemon',))}") from exc
+    return value

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from panicd.text import printable
+from panicd.table import cell, human_size, render
 
 log = structlog.get_logger("panicd.control")
 
@@ -140,31 +140,25 @@ def request(path: Path, command: str = "status", timeout: float = 5.0) -> dict[s
     return reply
 
 
-COLUMNS = ("NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST PANIC", "LAST DUMP", "RESTARTS")
-
-
-def _cell(value: object) -> str:
-    """One table cell: guest names and paths come from QEMU and config files, so escaped."""
-    return "-" if value is None or value == "" else printable(str(value))
+COLUMNS = ("NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST PANIC", "LAST DUMP", "RESTARTS",
+           "LAST INCIDENT")
 
 
 def _dump_cell(dump: object) -> str:
     if not isinstance(dump, dict) or not dump:
         return "-"
     if dump.get("result") != "completed":
-        return _cell(f"{dump.get('result')}: {dump.get('error') or ''}".strip())
+        return cell(f"{dump.get('result')}: {dump.get('error') or ''}".strip())
     size = dump.get("bytes")
-    size_text = _human(size) if isinstance(size, int) else "size unknown"
-    return _cell(f"{dump.get('path')} ({size_text}, completed)")
+    size_text = human_size(size) if isinstance(size, int) else "size unknown"
+    return cell(f"{dump.get('path')} ({size_text}, completed)")
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+def _incident_cell(incident: object) -> str:
+    """The guest's last incident in the store: `ID outcome` (`panicd incidents show ID`)."""
+    if not isinstance(incident, dict) or not incident.get("id"):
+        return "-"
+    return cell(f"{incident['id']} {incident.get('outcome') or '?'}")
 
 
 def format_table(status: dict[str, Any]) -> str:
@@ -172,18 +166,16 @@ def format_table(status: dict[str, Any]) -> str:
     guests = status.get("guests")
     rows = [
         (
-            _cell(g.get("name")), _cell(g.get("socket")), _cell(g.get("connection")),
-            _cell(g.get("runstate")), _cell(g.get("last_panic")), _dump_cell(g.get("last_dump")),
-            _cell(g.get("restarts", 0)),
+            cell(g.get("name")), cell(g.get("socket")), cell(g.get("connection")),
+            cell(g.get("runstate")), cell(g.get("last_panic")), _dump_cell(g.get("last_dump")),
+            cell(g.get("restarts", 0)), _incident_cell(g.get("last_incident")),
         )
         for g in (guests if isinstance(guests, list) else [])
         if isinstance(g, dict)
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = render(COLUMNS, rows)
     daemon = status.get("daemon")
     summary = daemon.get("summary") if isinstance(daemon, dict) else None
     if summary:
-        lines.append(f"\n{_cell(summary)}")
+        lines.append(f"\n{cell(summary)}")
     return "\n".join(lines)

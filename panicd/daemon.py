@@ -1,7 +1,7 @@
 """The supervisor: owns the guest monitors, the shared dump slots, signals and sd_notify.
 
     Daemon.run()
-      ├── PanicLedger.run          writes the handled-panics ledger off the event path
+      ├── IncidentStore            every incident, in SQLite (its own thread; opened first)
       ├── ControlServer.serve      answers `panicd status` on the control socket
       ├── _report_status           STATUS= to systemd whenever a guest's state changes
       ├── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,11 @@ from panicd.control import ControlServer
 from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
-from panicd.ledger import PanicLedger
 from panicd.listen import IdentificationSlot, QemuListener
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.notify import Notifier
 from panicd.respond import PanicResponder
+from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.daemon")
 
@@ -62,7 +63,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.dumps = DumpStore(config.daemon.dump_dir, min_free_bytes=config.daemon.min_free_bytes,
                                retention=config.daemon.retention)
-        self.ledger = PanicLedger(config.daemon.state_dir)
+        self.store = IncidentStore(config.daemon.state_dir, on_failure=self._store_failed)
         self.dump_slots = DumpSlots(config.daemon.max_concurrent_dumps)
         self.responder = PanicResponder(
             # Looked up through self.config at each panic, so a reloaded config applies.
@@ -70,6 +71,7 @@ class Daemon:
             dumps=self.dumps,
             dump_slots=self.dump_slots,
             alerter=self.alerter,
+            store=self.store,
         )
         self.monitors: dict[Path, GuestMonitor] = {}
         self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
@@ -114,6 +116,21 @@ class Daemon:
             "guests": [m.snapshot() for m in self.monitors.values()],
         }
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Work that outlives a guest's step (a dump's triage and alert), owned by the daemon:
+        a guest reconnecting or reloaded does not cut it short."""
+        assert self._tasks is not None
+        self._tasks.create_task(_logged(coro, name), name=name)
+
+    def _store_failed(self, what: str, why: str) -> None:
+        # Called from the store's thread: the alert is only queued (journal.py).
+        self.alerter.send(Alert(
+            AlertKind.STORE_FAILED,
+            f"panicd's incident store failed ({what}): {why}; guests are still watched",
+            None,
+            {"STORE_PATH": str(self.store.path), "STORE_OPERATION": what, "ERROR": why},
+        ))
+
     def _guest_changed(self) -> None:
         self._changed.set()
 
@@ -145,10 +162,12 @@ class Daemon:
             policies=len(self.config.policy),
             dump_dir=str(self.config.daemon.dump_dir),
         )
+        # Before any guest: an incident found open there is resumed when its guest connects.
+        await self.store.open()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                tasks.create_task(self.ledger.run(), name="ledger")
+                self.responder.spawn = self._spawn
                 control = ControlServer(self.config.daemon.control_socket, self.status,
                                         self.config.daemon.control_group)
                 tasks.create_task(control.serve(), name="control")
@@ -172,6 +191,8 @@ class Daemon:
                 raise _Stopping
         except* _Stopping:
             pass
+        finally:
+            await self.store.close()
         log.info("daemon.stopped")
 
     async def _first_attempts(self) -> None:
@@ -220,7 +241,7 @@ class Daemon:
             settings=self.config.daemon,
             responder=self.responder,
             alerter=self.alerter,
-            ledger=self.ledger,
+            store=self.store,
             on_change=self._guest_changed,
             accepted=accepted,
         )
@@ -385,6 +406,14 @@ class Daemon:
         self.dump_slots = DumpSlots(new.daemon.max_concurrent_dumps)
         self.responder.dump_slots = self.dump_slots
         log.info("reload.daemon_settings_changed")
+
+
+async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
+    # A failure in background work is a bug to log, never a reason to stop the daemon.
+    try:
+        await coro
+    except Exception:
+        log.exception("task.failed", task=name)
 
 
 async def _supervise(monitor: GuestMonitor) -> None:

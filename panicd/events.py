@@ -14,6 +14,8 @@ dropped by the caller, never passed on raw. The events panicd acts on (qapi/run-
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,9 +103,18 @@ class GuestIdentity:
         }
 
 
+def new_incident_id(when: float | None = None) -> str:
+    """An incident id that sorts by time and is unique on this host: `20261126-123456-1a2b3c`."""
+    stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, datetime.UTC)
+    return f"{stamp:%Y%m%d-%H%M%S}-{os.urandom(3).hex()}"
+
+
 @dataclass(frozen=True)
 class Incident:
-    """One panic (or crash-loaded report) of one guest: what the policy steps act on."""
+    """One panic (or crash-loaded report) of one guest: what the policy steps act on.
+
+    Its persistent account, with the steps' results, is `records.IncidentRecord` (same `id`).
+    """
 
     kind: IncidentKind
     guest: GuestIdentity
@@ -114,6 +125,7 @@ class Incident:
     raw_event: dict[str, Any] | None = None
     info: PanicInfo | None = None
     received_at: float = field(default_factory=time.time)
+    id: str = field(default_factory=new_incident_id)
 
     @property
     def qemu_exiting(self) -> bool:

@@ -11,7 +11,8 @@
 - take over: `set-action panic=pause`, because QEMU's default panic action (shutdown) powers
   the guest off and leaves nothing to dump.
 - query-status `guest-panicked` on connect is a panic that happened while panicd was away
-  (unless the ledger says panicd already handled it): it is handled like a live one.
+  (unless the incident store says panicd already handled it): it is handled like a live
+  one; an incident found open there (panicd stopped half way) is resumed, same record.
 - Events are read by the session's reader and handed to `_on_event` synchronously. That path
   only classifies, alerts (one datagram) and queues: incidents are handled by this guest's
   worker task, one at a time, so a slow dump never delays reading events.
@@ -26,7 +27,7 @@ import asyncio
 import datetime as dt
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from panicd import ledger
 from panicd.alerts import Alerter
 from panicd.config import DaemonConfig, GuestConfig
 from panicd.errors import GuestUnreachable
@@ -47,10 +47,11 @@ from panicd.events import (
     PanickedData,
     QmpEvent,
 )
-from panicd.ledger import PanicLedger, qemu_instance
 from panicd.orphans import finish_orphaned_dumps
 from panicd.qmp import QmpCommandError, QmpSession
-from panicd.respond import PanicResponder, StepOutcome, panic_alert
+from panicd.records import IncidentRecord, IncidentState, StepResult, qemu_instance
+from panicd.respond import PanicResponder, panic_alert
+from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.monitor")
 
@@ -79,7 +80,7 @@ class GuestMonitor:
         settings: DaemonConfig,
         responder: PanicResponder,
         alerter: Alerter,
-        ledger: PanicLedger,
+        store: IncidentStore,
         on_change: Callable[[], None] = lambda: None,
         accepted: socket.socket | None = None,
     ) -> None:
@@ -92,15 +93,16 @@ class GuestMonitor:
         self.settings = settings
         self.responder = responder
         self.alerter = alerter
-        self.ledger = ledger
+        self.store = store
         self._identity = GuestIdentity(name=spec.name or spec.socket.stem, socket=str(spec.socket))
         self._session: QmpSession | None = None
         self._instance: str | None = None
         self._identified = False
         self._early_events: list[dict[str, Any]] = []
         self._latched: set[IncidentKind] = set()
-        #: Incidents waiting for the worker, each with the QEMU instance that reported it.
-        self._incidents: asyncio.Queue[tuple[Incident, str | None]] = asyncio.Queue()
+        #: Incidents waiting for the worker: each with its record and its durable write.
+        self._incidents: asyncio.Queue[tuple[Incident, IncidentRecord, Awaitable[None] | None]] = (
+            asyncio.Queue())
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
         self._tasks: asyncio.TaskGroup | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -156,9 +158,18 @@ class GuestMonitor:
             ),
             "last_panic_kind": incident.kind.value if incident else None,
             "handling": self.handling,
+            "last_incident": self._last_incident_summary(),
             "last_dump": self.last_dump,
             "restarts": self.restarts,
         }
+
+    def _last_incident_summary(self) -> dict[str, Any] | None:
+        record = self.store.last_incident(self._identity.name)
+        if record is None:
+            return None
+        return {"id": record.id, "kind": record.kind.value,
+                "time": dt.datetime.fromtimestamp(record.seen_at, dt.UTC).isoformat(),
+                "outcome": record.outcome}
 
     # -- GuestHandle, for the steps -------------------------------------------------------
 
@@ -188,7 +199,7 @@ class GuestMonitor:
             worker = tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
             await self._keep_connected()
             # Only an accepted connection ends: its QEMU dials again, and the new connection's
-            # monitor takes over (what was left undone is resumed through the ledger).
+            # monitor takes over (what was left undone is resumed from the incident store).
             for task in (worker, *self._side_tasks):
                 task.cancel()
 
@@ -252,7 +263,7 @@ class GuestMonitor:
     async def _serve(self, session: QmpSession) -> None:
         self._session = session
         # A new connection may be a new QEMU: what was latched is re-learned from query-status
-        # and the ledger below.
+        # and the incident store below.
         self._latched.clear()
         # First of all: under QEMU's default (shutdown) a panic during identification is lost.
         if self.settings.take_over_panic_action:
@@ -278,10 +289,10 @@ class GuestMonitor:
         if self.runstate == "guest-panicked":
             self._found_panicked()
         elif self.runstate == "running":
-            self.ledger.forget(self._instance)
+            self.store.guest_ran_again(self._instance)
         assert self._tasks is not None  # set by run(), which is the only caller
         orphans = self._tasks.create_task(
-            finish_orphaned_dumps(self, self.responder.dumps, self.alerter),
+            finish_orphaned_dumps(self, self.responder.evidence),
             name=f"orphaned-dumps:{self._identity.name}",
         )
         self._side_tasks.add(orphans)
@@ -349,7 +360,7 @@ class GuestMonitor:
             if self._latched:
                 log.info("panic.cleared", by=event.event)
             self._latched.clear()
-            self.ledger.forget(self._instance)
+            self.store.guest_ran_again(self._instance)
             self.runstate = "running" if event.event == "RESUME" else self.runstate
         elif event.event == "STOP":
             if self.runstate != "guest-panicked":
@@ -388,46 +399,54 @@ class GuestMonitor:
     def _found_panicked(self) -> None:
         if IncidentKind.PANIC in self._latched:
             return  # the GUEST_PANICKED event itself arrived while connecting
-        state = self.ledger.state(self._instance)
-        if state == ledger.DONE:
-            log.info("panic.already_handled", status=self.runstate)
-            self._latched.add(IncidentKind.PANIC)
+        latest = self.store.latest_for_instance(self._instance)
+        if latest is not None and latest.kind is IncidentKind.PANIC and not latest.cleared:
+            if latest.state is IncidentState.DONE:
+                log.info("panic.already_handled", status=self.runstate, incident=latest.id)
+                self._latched.add(IncidentKind.PANIC)
+                return
+            # Seen before, but its steps never all ran (panicd stopped, a reload, a crash):
+            # the same incident goes on, its record keeping the steps that did run.
+            log.warning("panic.resumed", status=self.runstate, incident=latest.id)
+            incident = Incident(kind=IncidentKind.PANIC, guest=self._identity,
+                                detection=Detection.RESUMED, action="pause",
+                                received_at=latest.seen_at, id=latest.id)
+            latest.detection = Detection.RESUMED
+            self._raise_incident(incident, latest)
             return
-        if state == ledger.PENDING:
-            # Seen before, but its steps never all ran (panicd stopped, a reload, a crash).
-            log.warning("panic.resumed", status=self.runstate)
-        else:
-            log.warning("panic.found_on_connect", status=self.runstate)
-        self._raise_incident(
-            Incident(
-                kind=IncidentKind.PANIC,
-                guest=self._identity,
-                detection=Detection.RESUMED if state == ledger.PENDING else Detection.ON_CONNECT,
-                action="pause",
-                # A resumed panic keeps the time it was first seen (its dump is newer than that).
-                received_at=self.ledger.since(self._instance) or time.time(),
-            )
-        )
+        log.warning("panic.found_on_connect", status=self.runstate)
+        self._raise_incident(Incident(kind=IncidentKind.PANIC, guest=self._identity,
+                                      detection=Detection.ON_CONNECT, action="pause"))
 
-    def _raise_incident(self, incident: Incident) -> None:
+    def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None) -> None:
         self._latched.add(incident.kind)
         self.last_incident = incident
         self._on_change()
-        if incident.kind is IncidentKind.PANIC:
-            self.ledger.record(self._instance, incident.received_at)
+        durable: asyncio.Future[None] | None = None
+        if record is None:
+            record = IncidentRecord.of(incident, self._instance)
+            # Written by the store's thread at once; the steps wait for it only before their
+            # first command that changes the guest (the first queries leave meanwhile).
+            durable = self.store.create(record)
         log.critical(
             "panic.detected" if incident.kind is IncidentKind.PANIC else "panic.crash_loaded",
             action=incident.action,
             detection=incident.detection.value,
+            incident=incident.id,
         )
-        self._incidents.put_nowait((incident, self._instance))  # first: whatever the alert does
+        self._incidents.put_nowait((incident, record, durable))  # first: whatever the alert does
         if incident.kind is IncidentKind.PANIC:
             self.responder.metrics.panics.inc()
         else:
             self.responder.metrics.crash_loaded.inc()
-        # Right after the worker has had its turn: its first QMP command (the guest's first
-        # step) goes out before the journal is written to, and both within this loop iteration.
-        asyncio.get_running_loop().call_soon(self._alert, incident)
+        if durable is None:
+            # Right after the worker has had its turn: its first QMP command (the guest's
+            # first step) goes out before the journal is written to.
+            asyncio.get_running_loop().call_soon(self._alert, incident)
+        else:
+            # Alerted once durable (the store's write ends either way, never raising): the
+            # alert names an incident that a panicd killed right after will find on restart.
+            durable.add_done_callback(lambda _: self._alert(incident))
 
     def _alert(self, incident: Incident) -> None:
         try:
@@ -450,16 +469,23 @@ class GuestMonitor:
 
     async def _work_incidents(self) -> None:
         while True:
-            incident, instance = await self._incidents.get()
+            incident, record, durable = await self._incidents.get()
             begun = time.monotonic()
             self.handling = True
             self._on_change()
             try:
+                ran_before = len(record.steps)
                 with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
-                    outcomes = await self.responder.handle(incident, self)
-                self._record(outcomes)
-                if incident.kind is IncidentKind.PANIC:
-                    self.ledger.done(instance)
+                    steps = await self.responder.handle(incident, self, record, durable)
+                self._record(steps[ran_before:])
+                if any(not step.ok and step.detail.get("guest_gone") for step in steps):
+                    # A step that could not reach the guest did not run: the incident stays
+                    # open, and is resumed when the guest is connected again.
+                    log.warning("incident.left_open", incident=record.id,
+                                reason="the guest's connection was lost during its steps")
+                else:
+                    record.state = IncidentState.DONE
+                    self.store.save(record)
             except Exception:
                 # A bug must cost this incident's remaining steps, not the guest's connection.
                 log.exception("incident.crashed", kind=incident.kind.value)
@@ -468,14 +494,14 @@ class GuestMonitor:
                 self._on_change()
             log.debug("incident.finished", seconds=round(time.monotonic() - begun, 3))
 
-    def _record(self, outcomes: list[StepOutcome]) -> None:
-        for outcome in outcomes:
-            if outcome.step == "dump" and outcome.detail.get("skipped") is not True:
+    def _record(self, steps: list[StepResult]) -> None:
+        for step in steps:
+            if step.name == "dump" and not step.skipped:
                 self.last_dump = {
-                    "path": outcome.detail.get("path"),
-                    "bytes": outcome.detail.get("bytes"),
-                    "result": outcome.detail.get("result", "completed" if outcome.ok else "failed"),
-                    "error": outcome.detail.get("error"),
+                    "path": step.detail.get("path"),
+                    "bytes": step.detail.get("bytes"),
+                    "result": step.detail.get("result", "completed" if step.ok else "failed"),
+                    "error": step.error,
                 }
-            elif outcome.step == "restart" and outcome.ok and not outcome.detail.get("skipped"):
+            elif step.name == "restart" and step.ok and not step.skipped:
                 self.restarts += 1

@@ -4,13 +4,17 @@ A dump runs inside QEMU: panicd stopping (SIGTERM, an upgrade) does not cut it s
 metadata is left saying `"result": "running"`. When panicd connects to that guest again it
 asks query-dump (which reports QEMU's latest dump) and completes the record:
 
-- same QEMU process, status completed: metadata finished, DUMP_COMPLETED alert;
+- same QEMU process, status completed: finished as every dump is (evidence.py: recorded,
+  counted, retention, triage, DUMP_COMPLETED with the same fields as a live one);
 - same QEMU, status active: followed until it ends;
 - same QEMU, but QEMU never began this dump (panicd stopped between writing the record and
   dump-guest-memory; see `qemu_never_began`): the empty file and its record are removed
   quietly (`dump.orphan_never_started`); the panic, handled again, makes its dump then;
 - failed, or a different QEMU process (the one that was writing is gone): the partial file
   and its metadata are removed, with a DUMP_FAILED alert.
+
+A record that says "completed" but was never `announced` (panicd stopped during its triage)
+is finished the same way: triage and its DUMP_COMPLETED.
 
 Only records older than the connection are orphans: a record written since belongs to a dump
 step of this connection, which settles it itself. The dump step of a resumed panic may also
@@ -29,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from panicd.alerts import Alert, Alerter, AlertKind
-from panicd.dumps import DumpStore
+from panicd.alerts import Alert, AlertKind
+from panicd.evidence import DumpGone, Evidence, announce, finish_dump
 from panicd.qmp import QmpCommandError
+from panicd.records import DumpRecord
 
 if TYPE_CHECKING:
     from panicd.monitor import GuestMonitor
@@ -56,38 +61,45 @@ def qemu_never_began(status: str | None, dump: Path) -> bool:
     return status in ("completed", "failed") and _size(dump) == 0
 
 
-def _running_records(directory: Path, socket: str, before: str) -> list[tuple[Path, dict[str, Any]]]:
+def _unfinished_records(directory: Path, socket: str, before: str) -> list[DumpRecord]:
     found = []
     for meta_path in directory.glob("*.json"):
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            record = DumpRecord.model_validate_json(meta_path.read_bytes())
         except (OSError, ValueError):
             continue
-        if (isinstance(meta, dict) and meta.get("dump", {}).get("result") == "running"
-                and meta.get("guest", {}).get("socket") == socket
-                and str(meta["dump"].get("started_at", "")) < before):
-            found.append((meta_path, meta))
-    return sorted(found, key=lambda item: str(item[1]["dump"].get("started_at", "")))
+        # announced is None in records of earlier versions: those were announced.
+        unfinished = record.dump.result == "running" or (
+            record.dump.result == "completed" and record.announced is False)
+        if unfinished and record.guest.socket == socket and record.dump.started_at.isoformat() < before:
+            found.append(record)
+    return sorted(found, key=lambda r: r.dump.started_at)
 
 
-async def finish_orphaned_dumps(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
-    """Settle this guest's dumps left "running"; a failure here is logged, never raised."""
+async def finish_orphaned_dumps(monitor: GuestMonitor, evidence: Evidence) -> None:
+    """Settle this guest's dumps left unfinished; a failure here is logged, never raised."""
     try:
-        await _finish(monitor, dumps, alerter)
+        await _finish(monitor, evidence)
     except Exception:
         # A full or read-only disk must cost this bookkeeping only, not the guest's monitor.
         log.exception("dump.orphans_failed")
 
 
-async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> None:
+async def _finish(monitor: GuestMonitor, evidence: Evidence) -> None:
     guest = monitor.identity
+    dumps = evidence.dumps
     directory = dumps.guest_dir(guest.name)
     connected_at = dt.datetime.now(dt.UTC).isoformat()  # as the dump step writes started_at
-    records = await asyncio.to_thread(_running_records, directory, guest.socket, connected_at)
-    for index, (meta_path, meta) in enumerate(records):
-        dump_path = Path(meta["dump"]["path"])
+    records = await asyncio.to_thread(_unfinished_records, directory, guest.socket, connected_at)
+    for index, record in enumerate(records):
+        dump_path = Path(record.dump.path)
+        meta_path = dumps.metadata_path(dump_path)
+        if record.dump.result == "completed":  # written, recorded; its triage and alert missing
+            log.info("dump.orphan_announced", path=str(dump_path))
+            await announce(evidence, record)
+            continue
         newest = index == len(records) - 1
-        same_qemu = newest and meta.get("guest", {}).get("qemu_pid") == guest.qemu_pid
+        same_qemu = newest and record.guest.qemu_pid == guest.qemu_pid
         status: dict[str, Any] = {"status": "lost"}
         try:
             if same_qemu:
@@ -104,40 +116,31 @@ async def _finish(monitor: GuestMonitor, dumps: DumpStore, alerter: Alerter) -> 
             await asyncio.to_thread(dumps.discard, dump_path)
             log.info("dump.orphan_never_started", path=str(dump_path), qemu_status=status.get("status"))
             continue
-        if status.get("status") == "completed" and not await asyncio.to_thread(dump_path.exists):
-            status = {"status": "missing"}
+        why = None
         if status.get("status") == "completed":
-            size = await asyncio.to_thread(_size, dump_path) or 0
-            meta["dump"].update(
-                result="completed",
-                size_bytes=size,
-                guest_bytes=status.get("total"),
-                completed_while_panicd_was_away=True,
-            )
-            await asyncio.to_thread(dumps.write_metadata, dump_path, meta)
-            log.info("dump.orphan_completed", path=str(dump_path))
-            alerter.send(Alert(
-                AlertKind.DUMP_COMPLETED,
-                f"Guest {guest.name}: memory dump written to {dump_path} "
-                "(finished while panicd was away)",
-                guest,
-                {"DUMP_PATH": str(dump_path), "DUMP_FORMAT": str(meta["dump"].get("format")),
-                 "DUMP_BYTES": str(meta["dump"]["size_bytes"])},
-            ))
+            try:
+                await finish_dump(evidence, record, guest_bytes=status.get("total"), seconds=None,
+                                  away=True)
+                log.info("dump.orphan_completed", path=str(dump_path))
+                continue
+            except DumpGone:
+                why = "the dump file is gone"
         elif status.get("status") == "active":
             log.warning("dump.orphan_still_running", path=str(dump_path))
-        else:
-            why = ("the QEMU that was writing it is gone" if not same_qemu
-                   else "the dump file is gone" if status.get("status") == "missing"
-                   else f"QEMU reports it {status.get('status')}")
-            await asyncio.to_thread(dumps.discard, dump_path)
-            log.warning("dump.orphan_failed", path=str(dump_path), reason=why)
-            alerter.send(Alert(
-                AlertKind.DUMP_FAILED,
-                f"Guest {guest.name}: memory dump failed: interrupted while panicd was away; {why}",
-                guest,
-                {"STEP": "dump", "ERROR": why, "DUMP_PATH": str(dump_path)},
-            ))
+            continue
+        why = why or ("the QEMU that was writing it is gone" if not same_qemu
+                      else f"QEMU reports it {status.get('status')}")
+        await asyncio.to_thread(dumps.discard, dump_path)
+        log.warning("dump.orphan_failed", path=str(dump_path), reason=why)
+        fields = {"STEP": "dump", "ERROR": why, "DUMP_PATH": str(dump_path)}
+        if record.incident.id is not None:
+            fields["INCIDENT_ID"] = record.incident.id
+        evidence.alerter.send(Alert(
+            AlertKind.DUMP_FAILED,
+            f"Guest {guest.name}: memory dump failed: interrupted while panicd was away; {why}",
+            guest,
+            fields,
+        ))
 
 
 def _still_running(meta_path: Path, dump: Path) -> bool:

@@ -9,20 +9,24 @@ restarted sitting paused.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
-from panicd.actions import GuestHandle, RestartBudget, Step, StepContext, registry
+from panicd.actions import GuestHandle, Spawn, Step, StepContext, registry, spawn_detached
 from panicd.alerts import Alert, Alerter, AlertKind
 from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, Incident, IncidentKind
+from panicd.evidence import Evidence
 from panicd.metrics import Metrics
+from panicd.qmp import QmpCommandError
+from panicd.records import IncidentRecord, StepResult, jsonable
+from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.respond")
 
@@ -36,13 +40,6 @@ TAKE_OVER_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    step: str
-    ok: bool
-    detail: Mapping[str, Any]
-
-
 def panic_alert(incident: Incident, policy: Policy) -> Alert:
     guest = incident.guest
     steps = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
@@ -51,6 +48,7 @@ def panic_alert(incident: Incident, policy: Policy) -> Alert:
         "PANIC_ACTION": incident.action or "pause",
         "PANIC_DETECTION": incident.detection.value,
         "POLICY_STEPS": " ".join(steps),
+        "INCIDENT_ID": incident.id,
     }
     if incident.info is not None:
         fields["PANIC_INFO"] = incident.info.model_dump_json()
@@ -81,6 +79,7 @@ class PanicResponder:
         dumps: DumpStore,
         dump_slots: DumpSlots,
         alerter: Alerter,
+        store: IncidentStore | None = None,
         steps: Mapping[str, Step] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -89,11 +88,24 @@ class PanicResponder:
         self.dumps = dumps
         self.dump_slots = dump_slots
         self.alerter = alerter
+        #: The incident history (a memory-only one when none is given, as in unit tests).
+        self.store = store or IncidentStore(None)
         self.steps = dict(steps) if steps is not None else registry()
-        #: Per guest name, so that a reconnect or a reload does not reset the crash-loop guard.
-        self.restart_budgets: dict[str, RestartBudget] = {}
+        #: Who owns work that outlives a step (a dump's triage): the daemon sets its TaskGroup.
+        self.spawn: Spawn = spawn_detached
 
-    async def handle(self, incident: Incident, guest: GuestHandle) -> list[StepOutcome]:
+    @property
+    def evidence(self) -> Evidence:
+        """What finishing a dump needs (evidence.py), for the dump step and orphans.py."""
+        return Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
+
+    async def handle(self, incident: Incident, guest: GuestHandle, record: IncidentRecord | None = None,
+                     durable: Awaitable[None] | None = None) -> list[StepResult]:
+        """Run the policy's steps for `incident`; each one's result goes into `record` (saved
+        after every step). A resumed incident's record already holds the steps that ran to
+        completion before panicd stopped: those are not run again. `durable` is awaited before
+        the first command that changes the guest."""
+        record = record or IncidentRecord.of(incident, None)
         # The policy is looked up now, not at event time: a reload applies to the next panic.
         policy = self.policy_for(incident.guest.name)
         names = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
@@ -104,41 +116,58 @@ class PanicResponder:
             dumps=self.dumps,
             dump_slots=self.dump_slots,
             alerter=self.alerter,
-            restarts=self.restart_budgets.setdefault(incident.guest.name, RestartBudget()),
+            store=self.store,
             metrics=self.metrics,
+            durable=durable,
+            spawn=self.spawn,
         )
-        outcomes = []
+        done_before = [step.name for step in record.steps if step.ok]
         for name in names:
+            if name in done_before:
+                done_before.remove(name)  # ran before panicd stopped: not again
+                log.info("step.already_done", step=name)
+                continue
             if incident.qemu_exiting and name in _NEEDS_QEMU:
                 log.warning("step.skipped", step=name, reason="QEMU is powering the guest off")
-                outcomes.append(StepOutcome(name, ok=False, detail={"skipped": True}))
-                continue
-            outcomes.append(await self._run_step(name, ctx))
+                result = StepResult(name=name, ok=False, started_at=_now(), seconds=0.0,
+                                    error="QEMU is powering the guest off",
+                                    detail={"skipped": True})
+            else:
+                result = await self._run_step(name, ctx)
+            record.steps.append(result)
+            self.store.save(record)
         log.info(
             "incident.handled",
             kind=incident.kind.value,
-            steps=[f"{o.step}:{'ok' if o.ok else 'failed'}" for o in outcomes],
+            steps=[f"{r.name}:{'ok' if r.ok else 'failed'}" for r in record.steps],
         )
-        return outcomes
+        return record.steps
 
-    async def _run_step(self, name: str, ctx: StepContext) -> StepOutcome:
+    async def _run_step(self, name: str, ctx: StepContext) -> StepResult:
         log.info("step.started", step=name)
+        started_at = _now()
         begun = time.monotonic()
+
+        def result(ok: bool, **fields: Any) -> StepResult:
+            return StepResult(name=name, ok=ok, started_at=started_at,
+                              seconds=round(time.monotonic() - begun, 3), **fields)
+
         try:
             detail = await self.steps[name](ctx)
         except StepFailed as exc:
             if isinstance(exc, DumpFailed):
                 self.metrics.dumps.labels(result="failed").inc()
             self._alert_failure(ctx, exc)
-            return StepOutcome(name, ok=False, detail={"error": exc.reason})
+            return result(False, error=exc.reason, command=jsonable(exc.command),
+                          reply=jsonable(exc.reply), detail={"guest_gone": guest_gone(exc)})
         except Exception as exc:
             # A bug in a step must cost that step only, never the guest's worker or the daemon.
             log.exception("step.crashed", step=name)
             failure = StepFailed(ctx.guest.identity.name, name, f"internal error: {exc!r}")
             self._alert_failure(ctx, failure)
-            return StepOutcome(name, ok=False, detail={"error": repr(exc)})
+            return result(False, error=failure.reason)
         log.info("step.done", step=name, took=round(time.monotonic() - begun, 3), result=detail)
-        return StepOutcome(name, ok=True, detail=detail)
+        return result(True, detail=jsonable(detail))
 
     def _alert_failure(self, ctx: StepContext, exc: StepFailed) -> None:
         log.error("step.failed", step=exc.step, error=exc.reason, command=exc.command,
@@ -154,3 +183,18 @@ class PanicResponder:
         else:
             kind, text = AlertKind.STEP_FAILED, f"Guest {guest.name}: step {exc.step!r} failed: {exc.reason}"
         self.alerter.send(Alert(kind, text, guest, fields))
+
+
+def guest_gone(exc: BaseException) -> bool:
+    """Whether a step failed because the guest's connection was gone (it did not run at all:
+    the incident stays open and is resumed when the guest is connected again)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, QmpCommandError) and cause.kind == QmpCommandError.DISCONNECTED:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -134,9 +134,10 @@ def metadata(dump: Path) -> dict[str, Any]:
 
 async def completed_dumps(tmp: Path, name: str, count: int = 1, timeout: float = 30) -> list[Path]:
     def done() -> list[Path]:
+        # Finished: written, triage read, DUMP_COMPLETED sent (`announced`, evidence.py).
         found = [d for d in dumps_of(tmp, name)
                  if d.with_name(d.name + ".json").exists()
-                 and metadata(d)["dump"]["result"] == "completed"]
+                 and metadata(d)["dump"]["result"] == "completed" and metadata(d).get("announced")]
         return found if len(found) >= count else []
 
     return await wait_for(done, timeout=timeout, what=f"{count} completed dump(s) of {name}")

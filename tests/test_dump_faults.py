@@ -33,8 +33,10 @@ import pytest
 from panicd.alerts import Alert, AlertKind
 from panicd.dumps import DumpSlots, DumpStore, safe_name
 from panicd.events import GuestIdentity
-from panicd.ledger import qemu_instance
+from panicd.evidence import Evidence
+from panicd.metrics import Metrics
 from panicd.orphans import finish_orphaned_dumps
+from panicd.records import qemu_instance
 from tests.daemon_process import (
     PanicdProcess,
     completed_dumps,
@@ -178,7 +180,8 @@ async def test_a_dump_qemu_never_began_is_removed_quietly_and_made_again(
     assert await guest.status() == "guest-panicked"
 
     # What a panicd killed between writing the dump's record and dump-guest-memory leaves:
-    # its ledger says the panic is pending, and an empty dump file with a "running" record.
+    # the panic pending (in the ledger file of earlier versions, imported into the incident
+    # store at start), and an empty dump file with a "running" record.
     instance = qemu_instance(str(guest.qmp_path), guest.proc.pid)
     assert instance is not None
     (short_tmp / "state").mkdir()
@@ -468,13 +471,16 @@ async def test_an_orphan_record_the_dump_step_settled_meanwhile_is_left_alone(tm
     os.close(stale.fd)
     store.write_metadata(stale.path, {
         "guest": guest.as_dict(),
+        "incident": {"kind": "panic", "detection": "resumed", "received_at": started_at},
         "dump": {"path": str(stale.path), "format": "elf", "started_at": started_at,
                  "result": "running"},
     })
+    queried: list[str] = []
 
     class Session:
         async def execute(self, command: str, arguments: object = None) -> dict[str, object]:
             assert command == "query-dump"
+            queried.append(command)  # the record was taken for an orphan
             # Before the first query-dump, the resumed panic's dump step removed the record
             # (QEMU never began it) and made a new dump, the one query-dump now reports.
             store.discard(stale.path)
@@ -487,5 +493,7 @@ async def test_an_orphan_record_the_dump_step_settled_meanwhile_is_left_alone(tm
             return Session()
 
     alerts = RecordingAlerter()
-    await finish_orphaned_dumps(Monitor(), store, alerts)  # type: ignore[arg-type]
+    evidence = Evidence(store, alerts, Metrics())
+    await finish_orphaned_dumps(Monitor(), evidence)  # type: ignore[arg-type]
+    assert queried == ["query-dump"]
     assert alerts.alerts == []

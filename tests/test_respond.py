@@ -119,8 +119,8 @@ async def test_when_qemu_powers_off_only_hooks_run(tmp_path: Path) -> None:
 
     r, alerts = responder(tmp_path, config, registry())
     outcomes = await r.handle(incident("poweroff"), NoGuest())
-    assert [(o.step, o.ok) for o in outcomes] == [("dump", False), ("exec", True), ("restart", False)]
-    assert outcomes[0].detail == {"skipped": True}
+    assert [(o.name, o.ok) for o in outcomes] == [("dump", False), ("exec", True), ("restart", False)]
+    assert outcomes[0].skipped
     assert json.loads(out.read_text())["data"]["action"] == "poweroff"
     assert alerts.alerts == []
 

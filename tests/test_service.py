@@ -189,11 +189,12 @@ async def test_status_table_json_and_garbage_on_the_control_socket(
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST", "PANIC",
-                                "LAST", "DUMP", "RESTARTS"]
+                                "LAST", "DUMP", "RESTARTS", "LAST", "INCIDENT"]
     row = next(line for line in lines if line.startswith(sick.name))
     assert "connected" in row
     assert "running" in row
-    assert row.rstrip().endswith("1")  # one restart
+    assert row.split()[-3:-1][0] == "1"  # one restart; then the last incident, "ID ok"
+    assert row.rstrip().endswith(" ok")
     assert "completed" in row
     assert re.search(r"gone\s+\S*gone.qmp\s+(disconnected|connecting)", table.stdout)
 

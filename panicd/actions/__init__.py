@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,12 +30,14 @@ from typing import Any, Protocol
 import structlog
 
 from panicd.alerts import Alerter
-from panicd.config import Policy, RestartLimit
+from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import DumpCompletedData, GuestIdentity, Incident
+from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError, QmpSession
+from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.actions")
 
@@ -60,21 +62,15 @@ class GuestHandle(Protocol):
         ...
 
 
-class RestartBudget:
-    """When one guest was restarted by panicd lately: the crash-loop guard's memory."""
+Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
+_detached: set[asyncio.Task[Any]] = set()
 
-    def __init__(self) -> None:
-        self._times: list[float] = []
 
-    def allow(self, limit: RestartLimit | None, now: float) -> bool:
-        """Whether one more restart fits `limit`; recent ones are counted, old ones forgotten."""
-        if limit is None:
-            return True
-        self._times = [t for t in self._times if now - t < limit.within]
-        return len(self._times) < limit.max
-
-    def spent(self, now: float) -> None:
-        self._times.append(now)
+def spawn_detached(coro: Coroutine[Any, Any, Any], name: str) -> None:
+    """A task with no other owner (unit tests): kept referenced until it ends."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
 
 
 @dataclass
@@ -86,12 +82,37 @@ class StepContext:
     #: Host-wide limit on dumps running at once (max_concurrent_dumps).
     dump_slots: DumpSlots
     alerter: Alerter
-    #: This guest's restarts, for the crash-loop guard (policy `restart`).
-    restarts: RestartBudget = field(default_factory=RestartBudget)
+    #: The incident history: the crash-loop guard (policy `restart`) counts restarts from it.
+    store: IncidentStore = field(default_factory=lambda: IncidentStore(None))
     metrics: Metrics = field(default_factory=Metrics)
+    #: Done once the incident is on disk: nothing changes the guest before (`changes_guest`).
+    durable: Awaitable[None] | None = None
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: Runs work that outlives the step (a dump's triage and alert), owned by the daemon.
+    spawn: Spawn = spawn_detached
+
+    @property
+    def evidence(self) -> Evidence:
+        """What finishing a dump needs (evidence.py)."""
+        return Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
+
+    async def restarts_since(self, since: float) -> list[float]:
+        """When panicd restarted this guest since `since` (epoch seconds), whatever incident."""
+        return await self.store.restarts(self.guest.identity.name, since)
+
+    async def before_changing_guest(self) -> None:
+        """Wait until the incident is durable: a panicd killed from here on finds it on restart."""
+        if self.durable is not None:
+            await self.durable
+            self.durable = None
+
+
+#: QMP commands that change the guest (or hand QEMU a file): sent only once the incident is
+#: durable. Queries go first, unhindered: a panic's first command leaves at once.
+CHANGES_GUEST = frozenset({"stop", "cont", "system_reset", "quit", "system_powerdown", "getfd",
+                           "dump-guest-memory", "inject-nmi"})
 
 
 Step = Callable[[StepContext], Awaitable[dict[str, Any]]]
@@ -122,6 +143,8 @@ async def run_command(
 ) -> Any:
     """Run one QMP command for `step`: its "return" value, or the step's error with what was
     sent and what came back. A QEMU slow to answer is waited for (see the module docstring)."""
+    if command in CHANGES_GUEST:
+        await ctx.before_changing_guest()
     try:
         return await patient_execute(guest_session(ctx, step), command, arguments, step=step,
                                      give_up_after=give_up_after)

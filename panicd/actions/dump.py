@@ -39,12 +39,12 @@ import structlog
 from panicd import __version__
 from panicd.actions import StepContext, guest_session, run_command
 from panicd.actions.qemu_dump import POLL_SECONDS, Detached, Progress, time_left, write_dump
-from panicd.alerts import Alert, AlertKind
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData
+from panicd.evidence import DumpGone, announce, lost_file_reason, os_error_text, record_completed
 from panicd.orphans import qemu_never_began
-from panicd.triage.run import triage_in_child
+from panicd.records import DumpIncident, DumpInfo, DumpRecord, GuestRecord, jsonable
 
 log = structlog.get_logger("panicd.dump")
 
@@ -70,9 +70,27 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
         await _check_space(ctx, need)
         slots.reserved_bytes += need
         try:
-            return await _dump_in_slot(ctx, fmt, waited, slot, deadline)
+            written = await _dump_in_slot(ctx, fmt, waited, slot, deadline)
         finally:
             slots.reserved_bytes -= need
+    if isinstance(written, dict):
+        return written  # detached: QEMU goes on without panicd, orphans.py finishes it
+    # The turn is given back: the next guest's dump may start while this one is finished.
+    record, result, seconds = written
+    try:
+        not_recorded = await record_completed(ctx.evidence, record, guest_bytes=result.result.total,
+                                              seconds=seconds)
+    except DumpGone as exc:
+        raise DumpFailed(ctx.guest.identity.name, str(exc)) from exc
+    ctx.dump_path = Path(record.dump.path)
+    # Triage reads the file while the policy goes on (a restart needs only the file written);
+    # DUMP_COMPLETED goes out when triage is done or gives up (evidence.py).
+    ctx.spawn(announce(ctx.evidence, record, not_recorded), f"announce:{ctx.dump_path.name}")
+    done: dict[str, Any] = {"path": record.dump.path, "format": fmt, "bytes": record.dump.size_bytes,
+                            "seconds": record.dump.duration_seconds}
+    if not_recorded:
+        done["not_recorded"] = not_recorded
+    return done
 
 
 async def _dump_of_resumed_panic(ctx: StepContext) -> dict[str, Any] | None:
@@ -143,7 +161,9 @@ async def _check_space(ctx: StepContext, need: int) -> None:
 
 async def _dump_in_slot(
     ctx: StepContext, fmt: str, waited: float, slot: DumpSlot, deadline: float
-) -> dict[str, Any]:
+) -> dict[str, Any] | tuple[DumpRecord, DumpCompletedData, float]:
+    """QEMU writes the dump: (its record, QEMU's result, seconds), or, when the connection
+    dropped meanwhile, the step's result saying it is left running."""
     guest = ctx.guest.identity
     settings = ctx.policy.dump
     started_at = dt.datetime.now(dt.UTC)
@@ -156,11 +176,10 @@ async def _dump_in_slot(
     if fmt != "elf":
         args["format"] = fmt
     progress = Progress()
+    record = _record(ctx, path, fmt, started_at, waited)
     try:
         # Written before QEMU is asked: a dump QEMU may be writing always has its record.
-        await asyncio.to_thread(
-            ctx.dumps.write_metadata, path, _metadata(ctx, path, fmt, started_at, waited)
-        )
+        await asyncio.to_thread(ctx.dumps.write_metadata, path, record.model_dump(mode="json"))
         # Re-read the session: the guest may have reconnected while this task waited.
         result = await write_dump(ctx, guest_session(ctx, "dump"), fd=dump_file.fd, args=args,
                                  deadline=deadline, progress=progress, slot=slot)
@@ -180,7 +199,7 @@ async def _dump_in_slot(
     except OSError as exc:
         # The file or its directory went away, or the disk refused the first metadata (full).
         # Said before the file is discarded: afterwards every file would look "removed".
-        reason = await asyncio.to_thread(_lost_file_reason, path, exc, progress.qemu_may_write)
+        reason = await asyncio.to_thread(lost_file_reason, path, exc, progress.qemu_may_write)
         await asyncio.to_thread(ctx.dumps.discard, path)
         raise DumpFailed(guest.name, reason) from exc
     except BaseException:
@@ -188,150 +207,24 @@ async def _dump_in_slot(
         raise
     finally:
         os.close(dump_file.fd)
-    return await _record_completed(ctx, path, fmt, started_at=started_at, waited=waited,
-                                   result=result, seconds=time.monotonic() - progress.begun)
+    return record, result, time.monotonic() - progress.begun
 
 
-def os_error_text(exc: OSError) -> str:
-    """What went wrong, and on which file: `/x/y.json: No space left on device`."""
-    what = os.strerror(exc.errno) if exc.errno else str(exc)
-    return f"{exc.filename}: {what}" if exc.filename else what
-
-
-def _lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
-    when = "while QEMU wrote the dump" if qemu_may_write else "before QEMU could write the dump"
-    if not path.parent.is_dir():
-        return f"the dump directory {path.parent} was removed {when}"
-    if not path.exists():
-        return f"the dump file {path} was removed {when}"
-    return f"cannot record the dump {path}: {os_error_text(exc)}"
-
-
-async def _record_completed(
-    ctx: StepContext, path: Path, fmt: str, *, started_at: dt.datetime, waited: float,
-    result: DumpCompletedData, seconds: float,
-) -> dict[str, Any]:
-    """QEMU has written the dump: its metadata, triage, metrics, retention and alert.
-
-    From here on the dump is kept, whatever fails: it is complete, and it is the evidence.
-    Only a dump file that is gone (or its directory) makes a DUMP_FAILED now. Metadata that
-    cannot be written (a full disk), a triage or a retention that fails, is logged and said
-    in the DUMP_COMPLETED alert (METADATA_ERROR, TRIAGE_ERROR, RETENTION_ERROR). A record not
-    rewritten keeps saying "running"; the next connection to this QEMU settles it (orphans.py).
-    """
-    guest = ctx.guest.identity
-    not_recorded: dict[str, str] = {}
-    size: int | None = None
-    try:
-        size = (await asyncio.to_thread(path.stat)).st_size
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        reason = await asyncio.to_thread(_lost_file_reason, path, exc, True)
-        try:
-            await asyncio.to_thread(ctx.dumps.discard, path)  # its record, if still there
-        except OSError as discard_exc:
-            log.warning("dump.discard_failed", path=str(path), error=os_error_text(discard_exc))
-        raise DumpFailed(guest.name, reason) from exc
-    except OSError as exc:
-        not_recorded["METADATA_ERROR"] = f"cannot stat the dump: {os_error_text(exc)}"
-    metadata = _metadata(ctx, path, fmt, started_at, waited)
-    metadata["dump"].update(
-        size_bytes=size,
-        guest_bytes=result.result.total,
-        duration_seconds=round(seconds, 3),
-        result="completed",
-    )
-    # Why the kernel panicked, read out of the dump (in a child process: the dump is hostile).
-    report = await _triage(path)
-    metadata["triage"] = report
-    try:
-        await asyncio.to_thread(ctx.dumps.write_metadata, path, metadata)
-    except Exception as exc:
-        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
-        not_recorded["METADATA_ERROR"] = "; ".join(filter(None, [
-            not_recorded.get("METADATA_ERROR"),
-            f"cannot write {ctx.dumps.metadata_path(path)}: {error}"]))
-    if "METADATA_ERROR" in not_recorded:
-        log.error("dump.metadata_failed", path=str(path), error=not_recorded["METADATA_ERROR"])
-    ctx.dump_path = path
-    ctx.metrics.dumps.labels(result="completed").inc()
-    ctx.metrics.dump_seconds.observe(seconds)
-    ctx.metrics.dump_bytes.inc(size or 0)
-    try:
-        removed = await asyncio.to_thread(ctx.dumps.apply_retention, None, path)
-    except Exception as exc:
-        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
-        not_recorded["RETENTION_ERROR"] = f"retention not applied: {error}"
-        log.warning("retention.failed", error=error)
-    else:
-        if removed:
-            log.info("retention.removed", dumps=[str(p) for p in removed])
-    size_text = f"{size} bytes" if size is not None else "size unknown"
-    ctx.alerter.send(
-        Alert(
-            AlertKind.DUMP_COMPLETED,
-            f"Guest {guest.name}: memory dump written to {path} ({size_text}, {fmt}, {seconds:.1f} s)"
-            + (f"; Kernel panic - not syncing: {report['panic_reason']}"
-               if report.get("panic_reason") else "")
-            + "".join(f"; {text}" for text in not_recorded.values()),
-            guest,
-            {"DUMP_PATH": str(path), "DUMP_FORMAT": fmt, "DUMP_BYTES": str(size or 0),
-             "DUMP_SECONDS": f"{seconds:.3f}", **triage_fields(report), **not_recorded},
-        )
-    )
-    done: dict[str, Any] = {"path": str(path), "format": fmt, "bytes": size,
-                            "seconds": round(seconds, 3)}
-    if not_recorded:
-        done["not_recorded"] = not_recorded
-    return done
-
-
-async def _triage(path: Path) -> dict[str, Any]:
-    # A triage that cannot run (no processes left, or a bug) costs the report, not the dump.
-    try:
-        return await triage_in_child(path)
-    except Exception as exc:
-        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
-        log.warning("dump.triage_failed", path=str(path), error=error)
-        return {"error": f"triage could not run: {error}"}
-
-
-def triage_fields(report: dict[str, Any]) -> dict[str, str]:
-    """The journal fields for what triage found (or why it found nothing)."""
-    if "error" in report:
-        return {"TRIAGE_ERROR": str(report["error"])}
-    fields = {"KERNEL_RELEASE": str(report.get("kernel_release") or ""),
-              "KERNEL_LOG": "\n".join(report.get("last_lines") or [])}
-    if report.get("panic_reason"):
-        fields["PANIC_REASON"] = str(report["panic_reason"])
-    if report.get("first_problem"):
-        fields["FIRST_PROBLEM"] = str(report["first_problem"])
-    return fields
-
-
-def _metadata(
-    ctx: StepContext, path: Any, fmt: str, started_at: dt.datetime, waited: float
-) -> dict[str, Any]:
+def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
+            waited: float) -> DumpRecord:
     settings = ctx.policy.dump
-    return {
-        "panicd_version": __version__,
-        "guest": ctx.guest.identity.as_dict(),
-        "incident": {
-            "kind": ctx.incident.kind.value,
-            "detection": ctx.incident.detection.value,
-            "action": ctx.incident.action,
-            "received_at": dt.datetime.fromtimestamp(ctx.incident.received_at, dt.UTC),
-        },
-        "event": ctx.incident.raw_event,
-        "dump": {
-            "path": str(path),
-            "format": fmt,
-            "requested_format": settings.format,
-            "paging": settings.paging,
-            "started_at": started_at,
-            "waited_for_slot_seconds": round(waited, 3),
-            "result": "running",
-        },
-    }
+    incident = ctx.incident
+    return DumpRecord(
+        panicd_version=__version__,
+        guest=GuestRecord.of(ctx.guest.identity),
+        incident=DumpIncident(id=incident.id, kind=incident.kind.value,
+                              detection=incident.detection.value, action=incident.action,
+                              received_at=dt.datetime.fromtimestamp(incident.received_at, dt.UTC)),
+        event=jsonable(incident.raw_event),  # type: ignore[arg-type]
+        dump=DumpInfo(path=str(path), format=fmt, requested_format=settings.format,
+                      paging=settings.paging, started_at=started_at,
+                      waited_for_slot_seconds=round(waited, 3)),
+    )
 
 
 async def _usable_format(ctx: StepContext, wanted: str, deadline: float) -> str:

@@ -62,12 +62,10 @@ async def resume(ctx: StepContext) -> dict[str, Any]:
 
 async def restart(ctx: StepContext) -> dict[str, Any]:
     limit = ctx.policy.restart
-    now = time.monotonic()
-    if not ctx.restarts.allow(limit, now):
-        assert limit is not None
+    # Counted from the incident history, so a restarted panicd keeps the brake on.
+    if limit is not None and len(await ctx.restarts_since(time.time() - limit.within)) >= limit.max:
         return await _crash_loop(ctx, limit.max, limit.within)
     await _wait_for_dump_to_end(ctx, "restart")
-    ctx.restarts.spent(now)
     await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.

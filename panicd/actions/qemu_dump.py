@@ -88,6 +88,7 @@ async def write_dump(
     completed = ctx.guest.expect_dump_completed()
     progress.begun = time.monotonic()
     try:
+        await ctx.before_changing_guest()
         session.send_fd(fd)
         await ask(session, "getfd", {"fdname": fdname}, slot=slot, deadline=deadline)
         progress.qemu_may_write = True

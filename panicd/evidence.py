@@ -1,0 +1,217 @@
+"""Finishing a dump: one way for every dump, however panicd saw it end.
+
+A dump is finished when QEMU has written it. Whoever saw that, the same `finish_dump` does the
+rest, in this order:
+
+1. record it: size, QEMU's byte count, duration, result "completed" in `<dump>.json`;
+2. count it (panicd_dumps_total, DUMP_SECONDS, bytes) and apply retention;
+3. read why the guest crashed out of it (triage, in a child process: the dump is hostile);
+4. record the triage, mark the record `announced`, and send DUMP_COMPLETED with the same fields
+   every time (DUMP_*, the triage's, INCIDENT_ID, and what could not be recorded);
+5. put the dump's summary (path, size, result, panic reason) into the incident's record.
+
+Who calls it:
+- the dump step, as soon as QEMU has completed the dump, in a task of its own: the dump's turn
+  in `max_concurrent_dumps` is already given back, and the policy's next steps (a restart) go on
+  at once, while triage reads the file;
+- orphans.py, for a dump QEMU finished while panicd was stopped or disconnected, and for one
+  completed but not yet announced when panicd stopped (it died during triage).
+
+From step 1 on the dump is kept, whatever fails: metadata that cannot be written (a full disk),
+a triage or a retention that fails, is logged and named in the alert (METADATA_ERROR,
+TRIAGE_ERROR, RETENTION_ERROR). Only a dump file that is gone makes it a failure (`DumpGone`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from panicd.alerts import Alert, Alerter, AlertKind
+from panicd.dumps import DumpStore
+from panicd.events import GuestIdentity
+from panicd.metrics import Metrics
+from panicd.records import DumpRecord, DumpSummary, GuestRecord, TriageResult
+from panicd.triage.run import triage_in_child
+
+log = structlog.get_logger("panicd.evidence")
+
+#: Puts a dump's summary into its incident's record (the incident store).
+RecordDump = Callable[[str, DumpSummary], Awaitable[None]]
+
+
+class DumpGone(Exception):
+    """The dump file (or its directory) is gone: there is nothing to finish."""
+
+
+@dataclass
+class Evidence:
+    """What finishing a dump needs: the same for every caller."""
+
+    dumps: DumpStore
+    alerter: Alerter
+    metrics: Metrics
+    record_dump: RecordDump | None = None
+
+
+def os_error_text(exc: OSError) -> str:
+    """What went wrong, and on which file: `/x/y.json: No space left on device`."""
+    what = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"{exc.filename}: {what}" if exc.filename else what
+
+
+def lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
+    """Why a dump's file cannot be used, said before anything is removed."""
+    when = "while QEMU wrote the dump" if qemu_may_write else "before QEMU could write the dump"
+    if not path.parent.is_dir():
+        return f"the dump directory {path.parent} was removed {when}"
+    if not path.exists():
+        return f"the dump file {path} was removed {when}"
+    return f"cannot record the dump {path}: {os_error_text(exc)}"
+
+
+async def record_completed(evidence: Evidence, record: DumpRecord, *, guest_bytes: int | None,
+                           seconds: float | None, away: bool = False) -> dict[str, str]:
+    """Step 1 and 2: the dump on record as completed, counted, retention applied.
+
+    Returns what could not be recorded (alert fields); raises DumpGone when the file is gone.
+    """
+    path = Path(record.dump.path)
+    not_recorded: dict[str, str] = {}
+    try:
+        size: int | None = (await asyncio.to_thread(path.stat)).st_size
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        reason = await asyncio.to_thread(lost_file_reason, path, exc, True)
+        try:
+            await asyncio.to_thread(evidence.dumps.discard, path)  # its record, if still there
+        except OSError as discard_exc:
+            log.warning("dump.discard_failed", path=str(path), error=os_error_text(discard_exc))
+        raise DumpGone(reason) from exc
+    except OSError as exc:
+        size = None
+        not_recorded["METADATA_ERROR"] = f"cannot stat the dump: {os_error_text(exc)}"
+    record.dump.result = "completed"
+    record.dump.size_bytes = size
+    record.dump.guest_bytes = guest_bytes
+    if seconds is not None:
+        record.dump.duration_seconds = round(seconds, 3)
+    if away:
+        record.dump.completed_while_panicd_was_away = True
+    record.announced = False
+    _write(evidence, record, not_recorded)
+    evidence.metrics.dumps.labels(result="completed").inc()
+    if seconds is not None:
+        evidence.metrics.dump_seconds.observe(seconds)
+    evidence.metrics.dump_bytes.inc(size or 0)
+    try:
+        removed = await asyncio.to_thread(evidence.dumps.apply_retention, None, path)
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        not_recorded["RETENTION_ERROR"] = f"retention not applied: {error}"
+        log.warning("retention.failed", error=error)
+    else:
+        if removed:
+            log.info("retention.removed", dumps=[str(p) for p in removed])
+    return not_recorded
+
+
+async def announce(evidence: Evidence, record: DumpRecord,
+                   not_recorded: dict[str, str] | None = None) -> TriageResult:
+    """Steps 3 to 5: triage, the record rewritten, DUMP_COMPLETED sent, the incident told.
+
+    Cancelled (panicd stopping) during triage, it still records and alerts, without triage.
+    """
+    not_recorded = dict(not_recorded or {})
+    path = Path(record.dump.path)
+    try:
+        report = await _triage(path)
+    except asyncio.CancelledError:
+        record.triage = TriageResult(error="panicd stopped while triage ran")
+        _finish(evidence, record, not_recorded)
+        raise
+    record.triage = report
+    await asyncio.to_thread(_finish, evidence, record, not_recorded)
+    if evidence.record_dump is not None and record.incident.id is not None:
+        try:
+            await evidence.record_dump(record.incident.id, summary(record))
+        except Exception:
+            log.exception("dump.incident_not_updated", incident=record.incident.id)
+    return report
+
+
+async def finish_dump(evidence: Evidence, record: DumpRecord, *, guest_bytes: int | None,
+                      seconds: float | None, away: bool = False) -> TriageResult:
+    """All five steps, one after the other (orphans.py; the dump step runs `announce` apart)."""
+    not_recorded = await record_completed(evidence, record, guest_bytes=guest_bytes,
+                                          seconds=seconds, away=away)
+    return await announce(evidence, record, not_recorded)
+
+
+def summary(record: DumpRecord) -> DumpSummary:
+    triage = record.triage
+    return DumpSummary(path=record.dump.path, format=record.dump.format, bytes=record.dump.size_bytes,
+                       seconds=record.dump.duration_seconds, result=record.dump.result,
+                       panic_reason=triage.panic_reason if triage is not None else None,
+                       error=triage.error if triage is not None else None)
+
+
+def _finish(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:
+    # In a thread; or right here when cancelled (panicd stopping: a moment's blocking is fine).
+    record.announced = True
+    _write(evidence, record, not_recorded)
+    evidence.alerter.send(dump_completed_alert(record, not_recorded))
+
+
+def _write(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:
+    path = Path(record.dump.path)
+    try:
+        evidence.dumps.write_metadata(path, record.model_dump(mode="json"))
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        not_recorded["METADATA_ERROR"] = "; ".join(filter(None, [
+            not_recorded.get("METADATA_ERROR"),
+            f"cannot write {evidence.dumps.metadata_path(path)}: {error}"]))
+        log.error("dump.metadata_failed", path=str(path),  # noqa: TRY400 - said, not a bug
+                  error=not_recorded["METADATA_ERROR"])
+
+
+def dump_completed_alert(record: DumpRecord, not_recorded: dict[str, str]) -> Alert:
+    dump, triage = record.dump, record.triage or TriageResult(error="triage did not run")
+    size = f"{dump.size_bytes} bytes" if dump.size_bytes is not None else "size unknown"
+    seconds = dump.duration_seconds
+    took = f", {seconds:.1f} s" if seconds is not None else ""
+    away = " (finished while panicd was away)" if dump.completed_while_panicd_was_away else ""
+    text = (f"Guest {record.guest.name}: memory dump written to {dump.path} ({size}, "
+            f"{dump.format}{took}){away}")
+    if triage.panic_reason:
+        text += f"; Kernel panic - not syncing: {triage.panic_reason}"
+    text += "".join(f"; {why}" for why in not_recorded.values())
+    fields = {"DUMP_PATH": dump.path, "DUMP_FORMAT": dump.format,
+              "DUMP_BYTES": str(dump.size_bytes or 0),
+              "DUMP_SECONDS": f"{seconds:.3f}" if seconds is not None else "",
+              **triage.journal_fields(), **not_recorded}
+    if record.incident.id is not None:
+        fields["INCIDENT_ID"] = record.incident.id
+    return Alert(AlertKind.DUMP_COMPLETED, text, _identity(record.guest), fields)
+
+
+def _identity(guest: GuestRecord) -> GuestIdentity:
+    return GuestIdentity(name=guest.name, socket=guest.socket, uuid=guest.uuid,
+                         qemu_version=guest.qemu_version, qemu_pid=guest.qemu_pid)
+
+
+async def _triage(path: Path) -> TriageResult:
+    # A triage that cannot run (no processes left, or a bug) costs the report, not the dump.
+    try:
+        return TriageResult.model_validate(await triage_in_child(path))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        log.warning("dump.triage_failed", path=str(path), error=error)
+        return TriageResult(error=f"triage could not run: {error}")

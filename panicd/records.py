@@ -1,0 +1,222 @@
+"""The incident record: one typed account of a panic, from the event to the evidence.
+
+An incident is created when panicd detects a panic (or a crash-loaded report), is made durable
+in the store (store.py) before its first step changes the guest, gains one `StepResult` per
+policy step as the steps run, and is `done` once they all have. It is what `panicd incidents`
+lists, what `panicd status` shows as a guest's last incident, what the crash-loop budget counts
+restarts from, and what a restarted panicd resumes an interrupted panic from.
+
+    IncidentRecord
+    ├── id, guest (GuestRecord), instance (the QEMU process), kind, detection, action, seen_at
+    ├── state: open ──(every step has run)──> done
+    ├── steps: [StepResult]         name, ok, started_at, seconds, error, command, reply, detail
+    └── dump: DumpSummary | None    path, format, bytes, seconds, result, panic_reason
+
+Models are pydantic: they are validated where they enter (a row read back from the store, a
+step's outcome), and passed as models inside panicd, never as dicts read by key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
+
+
+class IncidentState(StrEnum):
+    #: Seen; its steps have not all run (panicd may have stopped half way: it is resumed).
+    OPEN = "open"
+    #: Every step of its policy has run (whatever each one's outcome).
+    DONE = "done"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GuestRecord(_Record):
+    name: str
+    socket: str
+    uuid: str | None = None
+    qemu_version: str | None = None
+    qemu_pid: int | None = None
+
+    @classmethod
+    def of(cls, identity: GuestIdentity) -> GuestRecord:
+        return cls(**identity.as_dict())
+
+
+class StepResult(_Record):
+    """One policy step of one incident, as it ran."""
+
+    name: str
+    ok: bool
+    started_at: dt.datetime
+    seconds: float
+    #: Why it failed, for an operator.
+    error: str | None = None
+    #: The QMP command sent and QEMU's reply, when QEMU is what failed.
+    command: dict[str, JsonValue] | None = None
+    reply: JsonValue = None
+    #: What the step reports it did (its `step.done` fields).
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.detail.get("skipped"))
+
+
+class TriageResult(BaseModel):
+    """What triage read out of a dump (triage/report.py), or why it could not (`error`).
+
+    It comes from a child process reading guest-written memory: validated here, and every
+    field optional, so that a strange report costs its fields, never the dump's record.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    kernel_release: str | None = None
+    panic_line: str | None = None
+    panic_reason: str | None = None
+    first_problem: str | None = None
+    call_trace: list[str] = Field(default_factory=list)
+    last_lines: list[str] = Field(default_factory=list)
+    records: int = 0
+    error: str | None = None
+
+    def journal_fields(self) -> dict[str, str]:
+        """The dump alert's fields for what triage found (or why it found nothing)."""
+        if self.error is not None:
+            return {"TRIAGE_ERROR": self.error}
+        fields = {"KERNEL_RELEASE": self.kernel_release or "", "KERNEL_LOG": "\n".join(self.last_lines)}
+        if self.panic_reason:
+            fields["PANIC_REASON"] = self.panic_reason
+        if self.first_problem:
+            fields["FIRST_PROBLEM"] = self.first_problem
+        return fields
+
+
+class DumpInfo(BaseModel):
+    """The `dump` part of `<dump>.json`."""
+
+    model_config = ConfigDict(extra="allow")
+    path: str
+    format: str
+    requested_format: str | None = None
+    paging: bool = False
+    started_at: dt.datetime
+    waited_for_slot_seconds: float = 0.0
+    #: running (QEMU may be writing), then completed.
+    result: str = "running"
+    size_bytes: int | None = None
+    guest_bytes: int | None = None
+    duration_seconds: float | None = None
+    #: QEMU finished it while panicd was stopped or disconnected (settled on reconnect).
+    completed_while_panicd_was_away: bool | None = None
+
+
+class DumpIncident(BaseModel):
+    """The `incident` part of `<dump>.json`: which incident the dump is the evidence of."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    kind: str
+    detection: str
+    action: str | None = None
+    received_at: dt.datetime
+
+
+class DumpRecord(BaseModel):
+    """`<dump>.json`, beside every dump: what is known of it, written before QEMU is asked
+    (result "running") and again once it is finished (completed, triage, announced)."""
+
+    model_config = ConfigDict(extra="allow")
+    panicd_version: str | None = None
+    guest: GuestRecord
+    incident: DumpIncident
+    event: dict[str, JsonValue] | None = None
+    dump: DumpInfo
+    triage: TriageResult | None = None
+    #: Triage ran (or gave up) and DUMP_COMPLETED went out: nothing left to do for this dump.
+    announced: bool = False
+
+
+class DumpSummary(_Record):
+    """The incident's dump, as `panicd incidents` shows it (the whole record is `<dump>.json`)."""
+
+    path: str | None = None
+    format: str | None = None
+    bytes: int | None = None
+    seconds: float | None = None
+    result: str
+    error: str | None = None
+    panic_reason: str | None = None
+
+
+class IncidentRecord(_Record):
+    id: str
+    guest: GuestRecord
+    #: The QEMU process that reported it (socket, pid, pid start time); None when unknown.
+    instance: str | None = None
+    kind: IncidentKind
+    detection: Detection
+    #: QEMU's panic action as reported (pause, poweroff, run); None when found on connect.
+    action: str | None = None
+    #: When panicd first saw it (seconds since the epoch).
+    seen_at: float
+    state: IncidentState = IncidentState.OPEN
+    #: The guest ran again since (RESUME or RESET): a guest-panicked one now is a new panic.
+    cleared: bool = False
+    steps: list[StepResult] = Field(default_factory=list)
+    dump: DumpSummary | None = None
+    event: dict[str, JsonValue] | None = None
+
+    @classmethod
+    def of(cls, incident: Incident, instance: str | None) -> IncidentRecord:
+        return cls(id=incident.id, guest=GuestRecord.of(incident.guest), instance=instance,
+                   kind=incident.kind, detection=incident.detection, action=incident.action,
+                   seen_at=incident.received_at, event=incident.raw_event)
+
+    @property
+    def outcome(self) -> str:
+        """One word for `panicd status`: open, ok, or failed (some step failed)."""
+        if self.state is IncidentState.OPEN:
+            return "open"
+        return "ok" if all(step.ok for step in self.steps) else "failed"
+
+    def restarts(self) -> list[float]:
+        """When panicd restarted the guest for this incident (epoch seconds), for the budget."""
+        return [step.started_at.timestamp() for step in self.steps
+                if step.name == "restart" and step.ok and not step.skipped]
+
+
+def qemu_instance(socket: str, pid: int | None) -> str | None:
+    """A key for one run of one QEMU: its socket, pid and the pid's start time; None if unknown.
+
+    A panic belongs to the QEMU process that reported it: a recycled pid does not match (its
+    start time differs), and a guest restarted by its orchestrator is a new instance.
+    """
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22 (starttime) counts from after the parenthesised command name.
+        start = stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{socket}|{pid}|{start}"
+
+
+def jsonable(value: Any) -> JsonValue:
+    """A step's detail or QEMU's reply made JSON-safe (paths and such as strings)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)

@@ -1,0 +1,391 @@
+"""The incident store: every incident panicd has seen on this host, in SQLite.
+
+`<state_dir>/incidents.db`, in WAL mode (readers, such as `panicd incidents`, never wait for
+the daemon, nor it for them), with a schema version and migrations (`MIGRATIONS`). One row per
+incident: a few columns to search on (guest, kind, time, state, the QEMU process) and the whole
+`IncidentRecord` as JSON, validated back into the model whenever it is read.
+
+Who waits for what:
+- The daemon's connection lives in one thread of its own (an executor with one worker): no
+  SQLite call ever runs on the event loop, and each one runs in order.
+- `create` is awaited by the steps before the first one that changes the guest (a dump, a reset,
+  a power change): an incident is durable before anything is done about it, so a panicd killed
+  at any moment finds it on restart (synchronous=NORMAL in WAL mode survives a killed process;
+  a power cut may lose the last commits, never corrupt the file).
+- `save` (a step finished, the incident is done) is queued and returns at once.
+- The answers the event path needs without waiting (is there an incident for this QEMU process?
+  the guest's last incident?) come from a cache kept beside the writes.
+
+A store that cannot be opened (a truncated file, garbage, a disk that refuses) is moved aside as
+`incidents.db.broken-<time>`, alerted (STORE_FAILED), and replaced by a fresh one; a write that
+fails (a full or read-only disk) is alerted once and retried with the next one. Neither ever
+stops panicd from watching guests: the cache goes on answering.
+
+The JSON ledger of earlier versions (`handled-panics.json`) is imported once, then renamed
+`handled-panics.json.imported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from panicd.events import Detection, IncidentKind
+from panicd.records import DumpSummary, GuestRecord, IncidentRecord, IncidentState
+
+log = structlog.get_logger("panicd.store")
+
+FILE_NAME = "incidents.db"
+LEDGER_FILE = "handled-panics.json"
+
+#: Schema version N is reached by running MIGRATIONS[N - 1]; PRAGMA user_version holds N.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        guest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        instance TEXT,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX incidents_by_guest ON incidents (guest, seen_at);
+    CREATE INDEX incidents_by_time ON incidents (seen_at);
+    CREATE INDEX incidents_by_instance ON incidents (instance, seen_at);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+StoreFailed = Callable[[str, str], None]
+
+
+class StoreError(Exception):
+    """The store file cannot be used (not SQLite, corrupt, newer than this panicd)."""
+
+
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to the store at `path`, migrated to SCHEMA_VERSION (read-only: as it is)."""
+    if read_only:
+        # mode=ro still needs the -shm file of a WAL database; a stopped daemon left it (or
+        # the directory is writable for SQLite to make it). No write ever happens here.
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {version} is newer than this panicd's "
+                             f"({SCHEMA_VERSION})")
+        if read_only:
+            return db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise StoreError(f"{path}: the database is damaged (quick_check)")
+        for number in range(version, SCHEMA_VERSION):
+            # One transaction per step (executescript commits whatever is open first, so the
+            # BEGIN is part of the script): a migration is applied whole or not at all.
+            db.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                             f"PRAGMA user_version = {number + 1};\nCOMMIT;")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"{path}: {exc}") from exc
+    except StoreError:
+        db.close()
+        raise
+    return db
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _row(record: IncidentRecord) -> tuple[str, str, str, float, str, str | None, str]:
+    return (record.id, record.guest.name, record.kind.value, record.seen_at, record.state.value,
+            record.instance, record.model_dump_json())
+
+
+def _read(text: str) -> IncidentRecord | None:
+    try:
+        return IncidentRecord.model_validate_json(text)
+    except ValidationError as exc:
+        log.warning("store.bad_row", error=str(exc)[:300])
+        return None
+
+
+class IncidentQueries:
+    """Read-only questions to a store (the CLI's `panicd incidents`, the daemon's budget)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def incidents(self, *, guest: str | None = None, since: float | None = None,
+                  kind: str | None = None, limit: int | None = None) -> list[IncidentRecord]:
+        """Newest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        if guest is not None:
+            where.append("guest = ?")
+            args.append(guest)
+        if since is not None:
+            where.append("seen_at >= ?")
+            args.append(since)
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT record FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seen_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.db.execute(sql, args).fetchall()
+        return [r for r in (_read(text) for (text,) in rows) if r is not None]
+
+    def incident(self, incident_id: str) -> IncidentRecord | None:
+        row = self.db.execute("SELECT record FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return _read(row[0]) if row else None
+
+    def restarts(self, guest: str, since: float) -> list[float]:
+        """When panicd restarted `guest` since `since` (epoch seconds), from every incident."""
+        found = []
+        # An incident seen before `since` can hold a restart after it: look a day further back.
+        for record in self.incidents(guest=guest, since=since - 86400):
+            found += [t for t in record.restarts() if t >= since]
+        return sorted(found)
+
+
+class IncidentStore:
+    """The daemon's side: durable creates, queued saves, a cache for the event path."""
+
+    def __init__(self, state_dir: Path | None, *, on_failure: StoreFailed | None = None) -> None:
+        self.path = state_dir / FILE_NAME if state_dir is not None else None
+        self._on_failure = on_failure or (lambda _what, _why: None)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+        #: Latest incident per QEMU process, and per guest name (what the event path asks).
+        self._by_instance: dict[str, IncidentRecord] = {}
+        self._by_guest: dict[str, IncidentRecord] = {}
+        #: Incidents not written yet (a failed write keeps them here for the next try).
+        self._unsaved: dict[str, IncidentRecord] = {}
+        self._failing = False
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = self._connect_or_replace(self.path)
+        except OSError as exc:
+            self._fail("open", f"cannot create {self.path}: {exc}; incidents are kept in memory only")
+            return
+        self._import_ledger()
+        self._load_cache()
+
+    def _connect_or_replace(self, path: Path) -> sqlite3.Connection:
+        try:
+            return connect(path)
+        except StoreError as exc:
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+            self._fail("open", f"{exc}; moved aside as {aside}, starting a fresh store")
+            return connect(path)
+
+    def _load_cache(self) -> None:
+        assert self._db is not None
+        # The newest incident of each QEMU process still running, and of each guest name.
+        rows = self._db.execute(
+            "SELECT record FROM incidents WHERE id IN (SELECT id FROM incidents AS i WHERE "
+            "i.seen_at = (SELECT MAX(seen_at) FROM incidents AS j WHERE j.guest = i.guest) "
+            "UNION SELECT id FROM incidents WHERE state = 'open' OR instance IS NOT NULL "
+            "AND seen_at > ?)", (time.time() - 7 * 86400,)).fetchall()
+        for (text,) in rows:
+            record = _read(text)
+            if record is not None:
+                self._remember(record)
+
+    def _import_ledger(self) -> None:
+        """Bring the JSON ledger of earlier versions in, once."""
+        assert self.path is not None and self._db is not None
+        ledger = self.path.with_name(LEDGER_FILE)
+        try:
+            entries = json.loads(ledger.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("store.ledger_unreadable", path=str(ledger), error=str(exc))
+            entries = {}
+        records = []
+        for instance, entry in (entries.items() if isinstance(entries, dict) else []):
+            if not isinstance(entry, dict) or entry.get("state") not in ("pending", "done"):
+                continue
+            socket = str(instance).rsplit("|", 2)[0]
+            at = float(entry.get("at") or 0)
+            records.append(IncidentRecord(
+                id=f"ledger-{int(at)}-{abs(hash(instance)) % 0xffffff:06x}",
+                guest=GuestRecord(name=Path(socket).stem, socket=socket),
+                instance=str(instance), kind=IncidentKind.PANIC, detection=Detection.EVENT,
+                seen_at=at,
+                state=IncidentState.OPEN if entry["state"] == "pending" else IncidentState.DONE))
+        with _transaction(self._db):
+            self._db.executemany("INSERT OR IGNORE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [_row(r) for r in records])
+        with contextlib.suppress(OSError):
+            ledger.rename(ledger.with_name(LEDGER_FILE + ".imported"))
+        log.info("store.ledger_imported", incidents=len(records))
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._call(self._close)
+        self._executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- the event path: no I/O ---------------------------------------------------------------
+
+    def latest_for_instance(self, instance: str | None) -> IncidentRecord | None:
+        return self._by_instance.get(instance) if instance is not None else None
+
+    def last_incident(self, guest: str) -> IncidentRecord | None:
+        return self._by_guest.get(guest)
+
+    async def record_dump(self, incident_id: str, dump: DumpSummary) -> None:
+        """The dump of incident `incident_id` is finished (evidence.py): into its record."""
+        record = next((r for r in (*self._by_instance.values(), *self._by_guest.values())
+                       if r.id == incident_id), None)
+        if record is None:
+            def read() -> IncidentRecord | None:
+                return IncidentQueries(self._db).incident(incident_id) if self._db else None
+
+            record = await self._call(read)
+        if record is None:
+            log.warning("store.no_such_incident", incident=incident_id)
+            return
+        record.dump = dump
+        self.save(record)
+
+    def guest_ran_again(self, instance: str | None) -> None:
+        """The guest of this QEMU process runs again: its last incident is behind it."""
+        latest = self.latest_for_instance(instance)
+        if latest is not None and not latest.cleared:
+            latest.cleared = True
+            self.save(latest)
+
+    def _remember(self, record: IncidentRecord) -> None:
+        if record.instance is not None:
+            known = self._by_instance.get(record.instance)
+            if known is None or (known.seen_at, known.id) <= (record.seen_at, record.id):
+                self._by_instance[record.instance] = record
+        known = self._by_guest.get(record.guest.name)
+        if known is None or (known.seen_at, known.id) <= (record.seen_at, record.id):
+            self._by_guest[record.guest.name] = record
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def create(self, record: IncidentRecord) -> asyncio.Future[None]:
+        """Record a new incident; the future is done once it is on disk (it never fails)."""
+        self._remember(record)
+        return self._write(record)
+
+    def save(self, record: IncidentRecord) -> asyncio.Future[None]:
+        """Record what happened to an incident since; nobody needs to wait for it."""
+        self._remember(record)
+        return self._write(record)
+
+    def _write(self, record: IncidentRecord) -> asyncio.Future[None]:
+        # A copy: the caller goes on changing its record while the thread writes this one.
+        self._unsaved[record.id] = record.model_copy(deep=True)
+        return asyncio.ensure_future(self._call(self._write_unsaved))
+
+    def _write_unsaved(self) -> None:
+        if self._db is None or not self._unsaved:
+            return
+        batch = list(self._unsaved.values())
+        try:
+            with _transaction(self._db):
+                self._db.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [_row(r) for r in batch])
+        except sqlite3.Error as exc:
+            if not self._failing:
+                self._failing = True
+                self._fail("write", f"cannot write {self.path}: {exc}; kept in memory and "
+                           "written with the next change")
+            return
+        for record in batch:
+            if self._unsaved.get(record.id) is record:
+                del self._unsaved[record.id]
+        if self._failing:
+            self._failing = False
+            log.info("store.writable_again", path=str(self.path))
+
+    async def flush(self) -> None:
+        await self._call(self._write_unsaved)
+
+    # -- reads that may wait --------------------------------------------------------------------
+
+    async def restarts(self, guest: str, since: float) -> list[float]:
+        """When panicd restarted `guest` since `since`, counted from the whole history."""
+        def query() -> list[float]:
+            if self._db is None:
+                return []
+            return IncidentQueries(self._db).restarts(guest, since)
+
+        stored = await self._call(query)
+        # What is not on disk yet (a failing disk) still counts.
+        pending = [t for r in self._unsaved.values() if r.guest.name == guest
+                   for t in r.restarts() if t >= since]
+        return sorted(set(stored) | set(pending))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            # Unexpected here (each function handles its own): logged, never raised to a step.
+            log.exception("store.failed")
+            self._fail("store", str(exc))
+            return None
+
+    def _fail(self, what: str, why: str) -> None:
+        log.error("store.failed", what=what, error=why)
+        with contextlib.suppress(Exception):
+            self._on_failure(what, why)
+
+
+def when(text: str) -> float:
+    """`--since` as epoch seconds: a date (2026-11-01) or an ISO time, UTC unless it says."""
+    stamp = dt.datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
