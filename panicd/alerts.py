@@ -1,10 +1,13 @@
-"""Alerts: structured journald entries with fixed MESSAGE_IDs.
+"""Alerts: structured journald entries with fixed MESSAGE_IDs, all built here.
 
 An alert is what an operator (or a log shipper matching on MESSAGE_ID) acts on; panicd's
 ordinary log lines are for following what it does. Every alert carries
 SYSLOG_IDENTIFIER=panicd, its kind's MESSAGE_ID (explained in systemd/panicd.catalog, shown by
 `journalctl -x`), and GUEST_NAME, GUEST_UUID, QMP_SOCKET, plus the kind's own fields
-(PANIC_ACTION, DUMP_PATH, STEP, ...). The MESSAGE_IDs never change: they are public.
+(PANIC_ACTION, DUMP_PATH, STEP, ...), and INCIDENT_ID when it is about an incident, so that a
+journal entry leads to its record (`panicd incidents show ID`). The MESSAGE_IDs never change:
+they are public. Each kind is built by one function below (`panic`, `dump_completed`, ...),
+so its text and fields are the same wherever it is sent from.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Protocol
 import structlog
 
 from panicd import journal
-from panicd.events import GuestIdentity
+from panicd.errors import DumpFailed, StepFailed
+from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
+from panicd.records import DumpRecord, GuestRecord, TriageResult
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -65,6 +70,118 @@ class Alert:
                 out["QEMU_PID"] = str(self.guest.qemu_pid)
         out.update(self.fields)
         return out
+
+
+TAKE_OVER_HINT = (
+    "QEMU's panic action is 'shutdown' (its default), so the guest is gone and cannot be "
+    "dumped. Start QEMU with '-action panic=pause' (QEMU >= 6.0; '-no-shutdown' before), or set "
+    "take_over_panic_action = true in panicd's [daemon] section."
+)
+
+
+def panic(incident: Incident, steps: list[str]) -> Alert:
+    """PANIC or CRASH_LOADED: an incident seen, and the steps its policy will take."""
+    guest = incident.guest
+    plan = ", ".join(steps) if steps else "nothing (alert only)"
+    fields = {
+        "PANIC_ACTION": incident.action or "pause",
+        "PANIC_DETECTION": incident.detection.value,
+        "POLICY_STEPS": " ".join(steps),
+        "INCIDENT_ID": incident.id,
+    }
+    if incident.info is not None:
+        fields["PANIC_INFO"] = incident.info.model_dump_json()
+    if incident.kind is IncidentKind.CRASH_LOADED:
+        return Alert(
+            AlertKind.CRASH_LOADED,
+            f"Guest {guest.name} panicked and its own crash kernel (kdump) took over; steps: {plan}",
+            guest,
+            fields,
+        )
+    if incident.qemu_exiting:
+        text = f"Guest {guest.name} panicked and QEMU is powering it off: no dump possible. "
+        text += TAKE_OVER_HINT
+    elif incident.detection is Detection.ON_CONNECT:
+        text = f"Guest {guest.name} panicked while panicd was not connected; steps: {plan}"
+    else:
+        text = f"Guest {guest.name} panicked (QEMU action: {incident.action}); steps: {plan}"
+    return Alert(AlertKind.PANIC, text, guest, fields)
+
+
+def step_failed(guest: GuestIdentity, incident_id: str | None, exc: StepFailed) -> Alert:
+    """DUMP_FAILED for the dump step, STEP_FAILED for any other: what was sent, what came back."""
+    fields = {"STEP": exc.step, "ERROR": exc.reason}
+    if exc.command is not None:
+        fields["QMP_COMMAND"] = str(exc.command.get("execute", ""))
+    if exc.reply is not None:
+        fields["QMP_REPLY"] = str(exc.reply)[:2000]
+    if incident_id is not None:
+        fields["INCIDENT_ID"] = incident_id
+    if isinstance(exc, DumpFailed):
+        return Alert(AlertKind.DUMP_FAILED, f"Guest {guest.name}: memory dump failed: {exc.reason}",
+                     guest, fields)
+    return Alert(AlertKind.STEP_FAILED, f"Guest {guest.name}: step {exc.step!r} failed: {exc.reason}",
+                 guest, fields)
+
+
+def orphan_failed(guest: GuestIdentity, incident_id: str | None, dump_path: str, why: str) -> Alert:
+    """DUMP_FAILED for a dump left to QEMU while panicd was away, that did not make it."""
+    failure = DumpFailed(guest.name, f"interrupted while panicd was away; {why}")
+    alert = step_failed(guest, incident_id, failure)
+    alert.fields.update(ERROR=why, DUMP_PATH=dump_path)
+    return alert
+
+
+def dump_completed(record: DumpRecord, not_recorded: dict[str, str]) -> Alert:
+    """DUMP_COMPLETED: the dump, what triage read out of it, what could not be recorded."""
+    dump, triage = record.dump, record.triage or TriageResult(error="triage did not run")
+    size = f"{dump.size_bytes} bytes" if dump.size_bytes is not None else "size unknown"
+    seconds = dump.duration_seconds
+    took = f", {seconds:.1f} s" if seconds is not None else ""
+    away = " (finished while panicd was away)" if dump.completed_while_panicd_was_away else ""
+    text = (f"Guest {record.guest.name}: memory dump written to {dump.path} ({size}, "
+            f"{dump.format}{took}){away}")
+    if triage.panic_reason:
+        text += f"; Kernel panic - not syncing: {triage.panic_reason}"
+    text += "".join(f"; {why}" for why in not_recorded.values())
+    fields = {"DUMP_PATH": dump.path, "DUMP_FORMAT": dump.format,
+              "DUMP_BYTES": str(dump.size_bytes or 0),
+              "DUMP_SECONDS": f"{seconds:.3f}" if seconds is not None else "",
+              **triage.journal_fields(), **not_recorded}
+    if record.incident.id is not None:
+        fields["INCIDENT_ID"] = record.incident.id
+    return Alert(AlertKind.DUMP_COMPLETED, text, _identity(record.guest), fields)
+
+
+def crash_loop(guest: GuestIdentity, incident_id: str, restarts: int, within: float) -> Alert:
+    """CRASH_LOOP: the restart budget is spent; the guest is left paused for a person."""
+    return Alert(
+        AlertKind.CRASH_LOOP,
+        f"Guest {guest.name} is in a crash loop: it panicked again after {restarts} restarts "
+        f"within {within:g} s; left paused instead of restarted. Look at its dumps "
+        f"(panicd incidents --guest {guest.name}), then resume it with QMP cont",
+        guest,
+        {"RESTARTS": str(restarts), "WITHIN_SECONDS": f"{within:g}", "INCIDENT_ID": incident_id},
+    )
+
+
+def config_rejected(path: str, error: str) -> Alert:
+    """CONFIG_REJECTED: a reload was refused; the configuration in force stays."""
+    return Alert(AlertKind.CONFIG_REJECTED,
+                 f"panicd kept its configuration: {path} is invalid: {error}", None,
+                 {"CONFIG_FILE": path, "ERROR": error})
+
+
+def store_failed(path: str, operation: str, why: str) -> Alert:
+    """STORE_FAILED: the incident store was replaced or could not be written."""
+    return Alert(AlertKind.STORE_FAILED,
+                 f"panicd's incident store failed ({operation}): {why}; guests are still watched",
+                 None, {"STORE_PATH": path, "STORE_OPERATION": operation, "ERROR": why})
+
+
+def _identity(guest: GuestRecord) -> GuestIdentity:
+    return GuestIdentity(name=guest.name, socket=guest.socket, uuid=guest.uuid,
+                         qemu_version=guest.qemu_version, qemu_pid=guest.qemu_pid)
 
 
 class Alerter(Protocol):

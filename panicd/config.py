@@ -142,6 +142,9 @@ class DaemonConfig(_Strict):
     #: A dump is skipped (and alerted) unless the dump directory keeps this much free after it.
     min_free_bytes: int = Field(default=1 << 30, ge=0)
     retention: Retention = Retention()
+    #: Incidents older than this whose dumps are gone (retention, or removed by hand) are
+    #: dropped from the incident store, so it stays small on a host that runs for years.
+    history_days: float = Field(default=90, gt=0)
     #: "host:port" for Prometheus metrics (GET /metrics); None: not served.
     metrics_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
     take_over_panic_action: bool = True

@@ -29,8 +29,8 @@ from typing import Any
 
 import structlog
 
-from panicd import __version__, metrics
-from panicd.alerts import Alert, Alerter, AlertKind, JournalAlerter
+from panicd import __version__, alerts, metrics
+from panicd.alerts import Alerter, JournalAlerter
 from panicd.config import Config, GuestConfig, load
 from panicd.control import ControlServer
 from panicd.discovery import SocketWatcher
@@ -46,6 +46,8 @@ log = structlog.get_logger("panicd.daemon")
 
 #: STATUS= is sent at most this often while guests keep changing.
 STATUS_DEBOUNCE_SECONDS = 0.2
+#: How often incidents past `history_days` are pruned from the store.
+HISTORY_PRUNE_SECONDS = 24 * 3600.0
 
 
 class Daemon:
@@ -124,12 +126,7 @@ class Daemon:
 
     def _store_failed(self, what: str, why: str) -> None:
         # Called from the store's thread: the alert is only queued (journal.py).
-        self.alerter.send(Alert(
-            AlertKind.STORE_FAILED,
-            f"panicd's incident store failed ({what}): {why}; guests are still watched",
-            None,
-            {"STORE_PATH": str(self.store.path), "STORE_OPERATION": what, "ERROR": why},
-        ))
+        self.alerter.send(alerts.store_failed(str(self.store.path), what, why))
 
     def _guest_changed(self) -> None:
         self._changed.set()
@@ -183,6 +180,7 @@ class Daemon:
                 self.notifier.status(self.summary())
                 log.info("daemon.ready", summary=self.summary())
                 tasks.create_task(self._report_status(), name="status")
+                tasks.create_task(self._prune_history(), name="history")
                 if self.notifier.watchdog_seconds:
                     tasks.create_task(self._watchdog(self.notifier.watchdog_seconds), name="watchdog")
                 await self._serve_reloads()
@@ -225,6 +223,12 @@ class Daemon:
             await asyncio.sleep(STATUS_DEBOUNCE_SECONDS)
             self._changed.clear()
             self.notifier.status(self.summary())
+
+    async def _prune_history(self) -> None:
+        """`history_days`: old incidents whose dumps are gone leave the store, now and daily."""
+        while True:
+            await self.store.prune(self.config.daemon.history_days)
+            await asyncio.sleep(HISTORY_PRUNE_SECONDS)
 
     async def _watchdog(self, interval: float) -> None:
         # Sent from the loop itself: if the loop is stuck, systemd stops hearing it and restarts us.
@@ -351,12 +355,7 @@ class Daemon:
             new = await asyncio.to_thread(load, self.config_path)
         except ConfigError as exc:
             log.error("reload.rejected", error=str(exc))  # noqa: TRY400 - a user error, no traceback
-            self.alerter.send(Alert(
-                AlertKind.CONFIG_REJECTED,
-                f"panicd kept its configuration: {self.config_path} is invalid: {exc}",
-                None,
-                {"CONFIG_FILE": str(self.config_path), "ERROR": str(exc)},
-            ))
+            self.alerter.send(alerts.config_rejected(str(self.config_path), str(exc)))
             self.notifier.ready()
             return False
         old = {g.socket: g for g in self.config.guest}

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import structlog
 
-from panicd.alerts import Alert, Alerter, AlertKind
+from panicd import alerts
+from panicd.alerts import Alerter
 from panicd.dumps import DumpStore
-from panicd.events import GuestIdentity
 from panicd.metrics import Metrics
-from panicd.records import DumpRecord, DumpSummary, GuestRecord, TriageResult
+from panicd.records import DumpRecord, DumpSummary, TriageResult
 from panicd.triage.run import triage_in_child
 
 log = structlog.get_logger("panicd.evidence")
@@ -164,7 +164,7 @@ def _finish(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]
     # In a thread; or right here when cancelled (panicd stopping: a moment's blocking is fine).
     record.announced = True
     _write(evidence, record, not_recorded)
-    evidence.alerter.send(dump_completed_alert(record, not_recorded))
+    evidence.alerter.send(alerts.dump_completed(record, not_recorded))
 
 
 def _write(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:
@@ -178,31 +178,6 @@ def _write(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str])
             f"cannot write {evidence.dumps.metadata_path(path)}: {error}"]))
         log.error("dump.metadata_failed", path=str(path),  # noqa: TRY400 - said, not a bug
                   error=not_recorded["METADATA_ERROR"])
-
-
-def dump_completed_alert(record: DumpRecord, not_recorded: dict[str, str]) -> Alert:
-    dump, triage = record.dump, record.triage or TriageResult(error="triage did not run")
-    size = f"{dump.size_bytes} bytes" if dump.size_bytes is not None else "size unknown"
-    seconds = dump.duration_seconds
-    took = f", {seconds:.1f} s" if seconds is not None else ""
-    away = " (finished while panicd was away)" if dump.completed_while_panicd_was_away else ""
-    text = (f"Guest {record.guest.name}: memory dump written to {dump.path} ({size}, "
-            f"{dump.format}{took}){away}")
-    if triage.panic_reason:
-        text += f"; Kernel panic - not syncing: {triage.panic_reason}"
-    text += "".join(f"; {why}" for why in not_recorded.values())
-    fields = {"DUMP_PATH": dump.path, "DUMP_FORMAT": dump.format,
-              "DUMP_BYTES": str(dump.size_bytes or 0),
-              "DUMP_SECONDS": f"{seconds:.3f}" if seconds is not None else "",
-              **triage.journal_fields(), **not_recorded}
-    if record.incident.id is not None:
-        fields["INCIDENT_ID"] = record.incident.id
-    return Alert(AlertKind.DUMP_COMPLETED, text, _identity(record.guest), fields)
-
-
-def _identity(guest: GuestRecord) -> GuestIdentity:
-    return GuestIdentity(name=guest.name, socket=guest.socket, uuid=guest.uuid,
-                         qemu_version=guest.qemu_version, qemu_pid=guest.qemu_pid)
 
 
 async def _triage(path: Path) -> TriageResult:

@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from panicd import alerts
 from panicd.alerts import Alerter
 from panicd.config import DaemonConfig, GuestConfig
 from panicd.errors import GuestUnreachable
@@ -50,7 +51,7 @@ from panicd.events import (
 from panicd.orphans import finish_orphaned_dumps
 from panicd.qmp import QmpCommandError, QmpSession
 from panicd.records import IncidentRecord, IncidentState, StepResult, qemu_instance
-from panicd.respond import PanicResponder, panic_alert
+from panicd.respond import PanicResponder, planned_steps
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.monitor")
@@ -450,7 +451,8 @@ class GuestMonitor:
 
     def _alert(self, incident: Incident) -> None:
         try:
-            self.alerter.send(panic_alert(incident, self.responder.policy_for(incident.guest.name)))
+            policy = self.responder.policy_for(incident.guest.name)
+            self.alerter.send(alerts.panic(incident, planned_steps(incident, policy)))
         except Exception:
             log.exception("alert.failed", kind=incident.kind.value)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from panicd.alerts import Alert, AlertKind
+from panicd import alerts
 from panicd.evidence import DumpGone, Evidence, announce, finish_dump
 from panicd.qmp import QmpCommandError
 from panicd.records import DumpRecord
@@ -132,15 +132,7 @@ async def _finish(monitor: GuestMonitor, evidence: Evidence) -> None:
                       else f"QEMU reports it {status.get('status')}")
         await asyncio.to_thread(dumps.discard, dump_path)
         log.warning("dump.orphan_failed", path=str(dump_path), reason=why)
-        fields = {"STEP": "dump", "ERROR": why, "DUMP_PATH": str(dump_path)}
-        if record.incident.id is not None:
-            fields["INCIDENT_ID"] = record.incident.id
-        evidence.alerter.send(Alert(
-            AlertKind.DUMP_FAILED,
-            f"Guest {guest.name}: memory dump failed: interrupted while panicd was away; {why}",
-            guest,
-            fields,
-        ))
+        evidence.alerter.send(alerts.orphan_failed(guest, record.incident.id, str(dump_path), why))
 
 
 def _still_running(meta_path: Path, dump: Path) -> bool:

@@ -1,6 +1,6 @@
 """From an incident to the policy's steps, in order, with alerts.
 
-The monitor calls `panic_alert` on the event path (an alert is one datagram) and queues the
+The monitor sends `alerts.panic` on the event path (an alert is only queued) and queues the
 incident; `PanicResponder.handle` then runs in the guest's own worker task, so slow steps
 (dumps, hooks) never hold up reading events from this or any other guest. A step that fails is
 alerted and the next step still runs: a failed dump must not leave a guest that should be
@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 
+from panicd import alerts
 from panicd.actions import GuestHandle, Spawn, Step, StepContext, registry, spawn_detached
-from panicd.alerts import Alert, Alerter, AlertKind
+from panicd.alerts import Alerter
 from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
-from panicd.events import Detection, Incident, IncidentKind
+from panicd.events import Incident, IncidentKind
 from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError
@@ -33,40 +34,9 @@ log = structlog.get_logger("panicd.respond")
 #: Steps that need QEMU; when QEMU is about to exit (panic action poweroff) they are skipped.
 _NEEDS_QEMU = frozenset({"dump", "pause", "resume", "restart", "poweroff"})
 
-TAKE_OVER_HINT = (
-    "QEMU's panic action is 'shutdown' (its default), so the guest is gone and cannot be "
-    "dumped. Start QEMU with '-action panic=pause' (QEMU >= 6.0; '-no-shutdown' before), or set "
-    "take_over_panic_action = true in panicd's [daemon] section."
-)
-
-
-def panic_alert(incident: Incident, policy: Policy) -> Alert:
-    guest = incident.guest
-    steps = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
-    plan = ", ".join(steps) if steps else "nothing (alert only)"
-    fields = {
-        "PANIC_ACTION": incident.action or "pause",
-        "PANIC_DETECTION": incident.detection.value,
-        "POLICY_STEPS": " ".join(steps),
-        "INCIDENT_ID": incident.id,
-    }
-    if incident.info is not None:
-        fields["PANIC_INFO"] = incident.info.model_dump_json()
-    if incident.kind is IncidentKind.CRASH_LOADED:
-        return Alert(
-            AlertKind.CRASH_LOADED,
-            f"Guest {guest.name} panicked and its own crash kernel (kdump) took over; steps: {plan}",
-            guest,
-            fields,
-        )
-    if incident.qemu_exiting:
-        text = f"Guest {guest.name} panicked and QEMU is powering it off: no dump possible. "
-        text += TAKE_OVER_HINT
-    elif incident.detection is Detection.ON_CONNECT:
-        text = f"Guest {guest.name} panicked while panicd was not connected; steps: {plan}"
-    else:
-        text = f"Guest {guest.name} panicked (QEMU action: {incident.action}); steps: {plan}"
-    return Alert(AlertKind.PANIC, text, guest, fields)
+def planned_steps(incident: Incident, policy: Policy) -> list[str]:
+    """The steps `policy` takes for this kind of incident, in order."""
+    return list(policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded)
 
 
 class PanicResponder:
@@ -108,7 +78,7 @@ class PanicResponder:
         record = record or IncidentRecord.of(incident, None)
         # The policy is looked up now, not at event time: a reload applies to the next panic.
         policy = self.policy_for(incident.guest.name)
-        names = policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded
+        names = planned_steps(incident, policy)
         ctx = StepContext(
             incident=incident,
             policy=policy,
@@ -172,17 +142,7 @@ class PanicResponder:
     def _alert_failure(self, ctx: StepContext, exc: StepFailed) -> None:
         log.error("step.failed", step=exc.step, error=exc.reason, command=exc.command,
                   reply=exc.reply)
-        guest = ctx.guest.identity
-        fields = {"STEP": exc.step, "ERROR": exc.reason}
-        if exc.command is not None:
-            fields["QMP_COMMAND"] = str(exc.command.get("execute", ""))
-        if exc.reply is not None:
-            fields["QMP_REPLY"] = str(exc.reply)[:2000]
-        if isinstance(exc, DumpFailed):
-            kind, text = AlertKind.DUMP_FAILED, f"Guest {guest.name}: memory dump failed: {exc.reason}"
-        else:
-            kind, text = AlertKind.STEP_FAILED, f"Guest {guest.name}: step {exc.step!r} failed: {exc.reason}"
-        self.alerter.send(Alert(kind, text, guest, fields))
+        self.alerter.send(alerts.step_failed(ctx.guest.identity, ctx.incident.id, exc))
 
 
 def guest_gone(exc: BaseException) -> bool:

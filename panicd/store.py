@@ -278,6 +278,33 @@ class IncidentStore:
     def last_incident(self, guest: str) -> IncidentRecord | None:
         return self._by_guest.get(guest)
 
+    async def prune(self, older_than_days: float) -> int:
+        """Drop incidents seen more than `older_than_days` ago whose dump is gone (or that had
+        none); return how many. Incidents still open are kept, whatever their age."""
+        cutoff = time.time() - older_than_days * 86400
+
+        def prune() -> int:
+            if self._db is None:
+                return 0
+            doomed = []
+            rows = self._db.execute("SELECT record FROM incidents WHERE seen_at < ? AND state = ?",
+                                    (cutoff, IncidentState.DONE.value)).fetchall()
+            for (text,) in rows:
+                record = _read(text)
+                if record is None:
+                    continue
+                path = record.dump.path if record.dump is not None else None
+                if path is None or not Path(path).exists():
+                    doomed.append((record.id,))
+            with _transaction(self._db):
+                self._db.executemany("DELETE FROM incidents WHERE id = ?", doomed)
+            return len(doomed)
+
+        removed = await self._call(prune) or 0
+        if removed:
+            log.info("store.pruned", incidents=removed, older_than_days=older_than_days)
+        return int(removed)
+
     async def record_dump(self, incident_id: str, dump: DumpSummary) -> None:
         """The dump of incident `incident_id` is finished (evidence.py): into its record."""
         record = next((r for r in (*self._by_instance.values(), *self._by_guest.values())

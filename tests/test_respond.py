@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from panicd import alerts
 from panicd.actions import StepContext
 from panicd.alerts import Alert, AlertKind
 from panicd.config import parse
@@ -17,7 +18,7 @@ from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData, GuestIdentity, Incident, IncidentKind
 from panicd.qmp import QmpSession
-from panicd.respond import PanicResponder, panic_alert
+from panicd.respond import PanicResponder, planned_steps
 
 GUEST = GuestIdentity(name="web-01", socket="/run/qemu/web-01.qmp", uuid="u-1")
 
@@ -127,7 +128,7 @@ async def test_when_qemu_powers_off_only_hooks_run(tmp_path: Path) -> None:
 
 def test_poweroff_panic_alert_says_how_to_make_it_dumpable() -> None:
     cfg = parse("")
-    alert = panic_alert(incident("poweroff"), cfg.policy_for("web-01"))
+    alert = alerts.panic(incident("poweroff"), planned_steps(incident("poweroff"), cfg.policy_for("web-01")))
     assert alert.kind is AlertKind.PANIC
     assert alert.kind.priority == 2
     assert "-action panic=pause" in alert.message

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
-from panicd.records import IncidentRecord, IncidentState, StepResult
+from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
 from panicd.store import FILE_NAME, SCHEMA_VERSION, IncidentQueries, IncidentStore, connect
 
 
@@ -163,3 +163,26 @@ async def test_without_a_state_dir_incidents_live_in_memory(tmp_path: Path) -> N
     assert store.latest_for_instance(incident.instance) == incident
     await store.close()
     assert not list(tmp_path.iterdir())
+
+
+async def test_old_incidents_whose_dumps_are_gone_are_pruned(tmp_path: Path) -> None:
+    day = 86400.0
+    now = dt.datetime.now(dt.UTC).timestamp()
+    kept_dump = tmp_path / "kept.elf"
+    kept_dump.write_bytes(b"\x7fELF")
+    store = IncidentStore(tmp_path)
+    await store.open()
+    old_gone, old_kept, old_open, recent = (record(guest=g, seen_at=now - d * day)
+                                            for g, d in (("gone", 100), ("kept", 100),
+                                                         ("open", 100), ("recent", 1)))
+    old_gone.dump = DumpSummary(path=str(tmp_path / "removed.elf"), result="completed")
+    old_kept.dump = DumpSummary(path=str(kept_dump), result="completed")
+    for r in (old_gone, old_kept, recent):
+        r.state = IncidentState.DONE
+    for r in (old_gone, old_kept, old_open, recent):
+        await store.create(r)
+    assert await store.prune(90) == 1
+    await store.close()
+    db = connect(tmp_path / FILE_NAME, read_only=True)
+    assert {r.guest.name for r in IncidentQueries(db).incidents()} == {"kept", "open", "recent"}
+    db.close()

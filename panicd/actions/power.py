@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from panicd import alerts
 from panicd.actions import (
     WAIT_FOR_QEMU_SECONDS,
     StepContext,
@@ -31,7 +32,6 @@ from panicd.actions import (
     run_command,
     step_error,
 )
-from panicd.alerts import Alert, AlertKind
 from panicd.qmp import QmpCommandError
 
 log = structlog.get_logger("panicd.power")
@@ -104,13 +104,7 @@ async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[st
     guest = ctx.guest.identity
     ctx.metrics.crash_loops.inc()
     state = await pause(ctx)
-    ctx.alerter.send(Alert(
-        AlertKind.CRASH_LOOP,
-        f"Guest {guest.name} is in a crash loop: it panicked again after {restarts} restarts "
-        f"within {within:g} s; left paused instead of restarted",
-        guest,
-        {"RESTARTS": str(restarts), "WITHIN_SECONDS": f"{within:g}"},
-    ))
+    ctx.alerter.send(alerts.crash_loop(guest, ctx.incident.id, restarts, within))
     return {"skipped": "crash loop: left paused", **state}
 
 
