@@ -5,7 +5,7 @@
       ├── ControlServer.serve      answers `panicd status` on the control socket
       ├── _report_status           STATUS= to systemd whenever a guest's state changes
       ├── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
-      └── GuestMonitor.run (x N)   one per [[guest]], each with its own incident worker
+      └── GuestMonitor.run (x N)   one per [[guest]], each with its own IncidentWorker
 
 Every task lives in one TaskGroup and has a name. A guest's failure stays inside its monitor
 (it reconnects). SIGHUP reloads the config: guests are matched by socket path; new ones are

@@ -15,7 +15,7 @@
   one; an incident found open there (panicd stopped half way) is resumed, same record.
 - Events are read by the session's reader and handed to `_on_event` synchronously. That path
   only classifies, alerts (one datagram) and queues: incidents are handled by this guest's
-  worker task, one at a time, so a slow dump never delays reading events.
+  worker task (incident_worker.py), one at a time, so a slow dump never delays reading events.
 - One panic is handled once: after GUEST_PANICKED, further GUEST_PANICKED events are
   duplicates until the guest runs again (RESUME or RESET). QEMU < 6.0 sends a second
   GUEST_PANICKED {action: poweroff} after the first {action: pause}.
@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,10 @@ from panicd.events import (
     PanickedData,
     QmpEvent,
 )
+from panicd.incident_worker import IncidentWorker
 from panicd.orphans import finish_orphaned_dumps
 from panicd.qmp import QmpCommandError, QmpSession
-from panicd.records import IncidentRecord, IncidentState, StepResult, qemu_instance
+from panicd.records import IncidentRecord, IncidentState, qemu_instance
 from panicd.respond import PanicResponder, planned_steps
 from panicd.store import IncidentStore
 
@@ -101,9 +101,8 @@ class GuestMonitor:
         self._identified = False
         self._early_events: list[dict[str, Any]] = []
         self._latched: set[IncidentKind] = set()
-        #: Incidents waiting for the worker: each with its record and its durable write.
-        self._incidents: asyncio.Queue[tuple[Incident, IncidentRecord, Awaitable[None] | None]] = (
-            asyncio.Queue())
+        #: Runs this guest's incidents through its policy, one at a time.
+        self.worker = IncidentWorker(responder, store, self, on_change)
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
         self._tasks: asyncio.TaskGroup | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -111,10 +110,7 @@ class GuestMonitor:
         self._state = ConnectionState.DISCONNECTED
         self._runstate: str | None = None
         self.last_incident: Incident | None = None
-        self.last_dump: dict[str, Any] | None = None
-        self.restarts = 0
         self.connections = 0
-        self.handling = False
         #: Set once the first connection attempt has ended, whichever way (READY=1 waits for it).
         self.first_attempt = asyncio.Event()
         #: Called each time a connection's guest has been identified (the listener frees the
@@ -158,10 +154,10 @@ class GuestMonitor:
                 if incident else None
             ),
             "last_panic_kind": incident.kind.value if incident else None,
-            "handling": self.handling,
+            "handling": self.worker.handling,
             "last_incident": self._last_incident_summary(),
-            "last_dump": self.last_dump,
-            "restarts": self.restarts,
+            "last_dump": self.worker.last_dump,
+            "restarts": self.worker.restarts,
         }
 
     def _last_incident_summary(self) -> dict[str, Any] | None:
@@ -197,7 +193,7 @@ class GuestMonitor:
         structlog.contextvars.bind_contextvars(guest=self._identity.name, socket=str(self.spec.socket))
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            worker = tasks.create_task(self._work_incidents(), name=f"incidents:{self._identity.name}")
+            worker = tasks.create_task(self.worker.run(), name=f"incidents:{self._identity.name}")
             await self._keep_connected()
             # Only an accepted connection ends: its QEMU dials again, and the new connection's
             # monitor takes over (what was left undone is resumed from the incident store).
@@ -435,7 +431,7 @@ class GuestMonitor:
             detection=incident.detection.value,
             incident=incident.id,
         )
-        self._incidents.put_nowait((incident, record, durable))  # first: whatever the alert does
+        self.worker.submit(incident, record, durable)  # first: whatever the alert does
         if incident.kind is IncidentKind.PANIC:
             self.responder.metrics.panics.inc()
         else:
@@ -466,44 +462,3 @@ class GuestMonitor:
         for future in waiters:
             if not future.done():
                 future.set_result(data)
-
-    # -- the worker: incidents, one at a time ----------------------------------------------
-
-    async def _work_incidents(self) -> None:
-        while True:
-            incident, record, durable = await self._incidents.get()
-            begun = time.monotonic()
-            self.handling = True
-            self._on_change()
-            try:
-                ran_before = len(record.steps)
-                with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
-                    steps = await self.responder.handle(incident, self, record, durable)
-                self._record(steps[ran_before:])
-                if any(not step.ok and step.detail.get("guest_gone") for step in steps):
-                    # A step that could not reach the guest did not run: the incident stays
-                    # open, and is resumed when the guest is connected again.
-                    log.warning("incident.left_open", incident=record.id,
-                                reason="the guest's connection was lost during its steps")
-                else:
-                    record.state = IncidentState.DONE
-                    self.store.save(record)
-            except Exception:
-                # A bug must cost this incident's remaining steps, not the guest's connection.
-                log.exception("incident.crashed", kind=incident.kind.value)
-            finally:
-                self.handling = False
-                self._on_change()
-            log.debug("incident.finished", seconds=round(time.monotonic() - begun, 3))
-
-    def _record(self, steps: list[StepResult]) -> None:
-        for step in steps:
-            if step.name == "dump" and not step.skipped:
-                self.last_dump = {
-                    "path": step.detail.get("path"),
-                    "bytes": step.detail.get("bytes"),
-                    "result": step.detail.get("result", "completed" if step.ok else "failed"),
-                    "error": step.error,
-                }
-            elif step.name == "restart" and step.ok and not step.skipped:
-                self.restarts += 1
