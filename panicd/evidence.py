@@ -75,6 +75,26 @@ def lost_file_reason(path: Path, exc: OSError, qemu_may_write: bool) -> str:
     return f"cannot record the dump {path}: {os_error_text(exc)}"
 
 
+def qemu_never_began(status: str | None, dump: Path) -> bool:
+    """Whether QEMU never began writing `dump`, judged by query-dump's `status` and the file.
+
+    query-dump reports QEMU's latest dump only, which may be another one (an earlier panic's,
+    or one started since). "none": this QEMU has made no dump at all. A finished one
+    ("completed", "failed") while this file is still empty was another dump: QEMU writes a
+    dump's header first. A missing file, or an unknown status (None), proves nothing.
+    """
+    if status == "none":
+        return True
+    return status in ("completed", "failed") and _size(dump) == 0
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 async def record_completed(evidence: Evidence, record: DumpRecord, *, guest_bytes: int | None,
                            seconds: float | None, away: bool = False) -> dict[str, str]:
     """Step 1 and 2: the dump on record as completed, counted, retention applied.

@@ -29,36 +29,21 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from panicd import alerts
-from panicd.evidence import DumpGone, Evidence, announce, finish_dump
+from panicd.actions import GuestHandle
+from panicd.evidence import DumpGone, Evidence, announce, finish_dump, qemu_never_began
 from panicd.qmp import QmpCommandError
 from panicd.records import DumpRecord
-
-if TYPE_CHECKING:
-    from panicd.monitor import GuestMonitor
 
 log = structlog.get_logger("panicd.orphans")
 
 POLL_SECONDS = 1.0
 #: An orphan still "active" after this long is left alone (and said so).
 FOLLOW_LIMIT_SECONDS = 24 * 3600
-
-
-def qemu_never_began(status: str | None, dump: Path) -> bool:
-    """Whether QEMU never began writing `dump`, judged by query-dump's `status` and the file.
-
-    query-dump reports QEMU's latest dump only, which may be another one (an earlier panic's,
-    or one started since). "none": this QEMU has made no dump at all. A finished one
-    ("completed", "failed") while this file is still empty was another dump: QEMU writes a
-    dump's header first. A missing file, or an unknown status (None), proves nothing.
-    """
-    if status == "none":
-        return True
-    return status in ("completed", "failed") and _size(dump) == 0
 
 
 def _unfinished_records(directory: Path, socket: str, before: str) -> list[DumpRecord]:
@@ -76,7 +61,7 @@ def _unfinished_records(directory: Path, socket: str, before: str) -> list[DumpR
     return sorted(found, key=lambda r: r.dump.started_at)
 
 
-async def finish_orphaned_dumps(monitor: GuestMonitor, evidence: Evidence) -> None:
+async def finish_orphaned_dumps(monitor: GuestHandle, evidence: Evidence) -> None:
     """Settle this guest's dumps left unfinished; a failure here is logged, never raised."""
     try:
         await _finish(monitor, evidence)
@@ -85,7 +70,7 @@ async def finish_orphaned_dumps(monitor: GuestMonitor, evidence: Evidence) -> No
         log.exception("dump.orphans_failed")
 
 
-async def _finish(monitor: GuestMonitor, evidence: Evidence) -> None:
+async def _finish(monitor: GuestHandle, evidence: Evidence) -> None:
     guest = monitor.identity
     dumps = evidence.dumps
     directory = dumps.guest_dir(guest.name)
@@ -146,14 +131,7 @@ def _still_running(meta_path: Path, dump: Path) -> bool:
             and info.get("path") == str(dump))
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-
-
-async def _follow(monitor: GuestMonitor) -> dict[str, Any]:
+async def _follow(monitor: GuestHandle) -> dict[str, Any]:
     waited = 0.0
     while True:
         reply = await monitor.session().execute("query-dump")

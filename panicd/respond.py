@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -92,6 +93,8 @@ class PanicResponder:
             spawn=self.spawn,
         )
         done_before = [step.name for step in record.steps if step.ok]
+        # A resumed incident's later steps (exec's PANICD_DUMP) still see the dump made before.
+        ctx.dump_path = _dump_made(record.steps)
         for name in names:
             if name in done_before:
                 done_before.remove(name)  # ran before panicd stopped: not again
@@ -104,6 +107,8 @@ class PanicResponder:
                                     detail={"skipped": True})
             else:
                 result = await self._run_step(name, ctx)
+                # The dump a resumed incident's dump step found already made counts too.
+                ctx.dump_path = ctx.dump_path or _dump_made([result])
             record.steps.append(result)
             self.store.save(record)
         log.info(
@@ -143,6 +148,15 @@ class PanicResponder:
         log.error("step.failed", step=exc.step, error=exc.reason, command=exc.command,
                   reply=exc.reply)
         self.alerter.send(alerts.step_failed(ctx.guest.identity, ctx.incident.id, exc))
+
+
+def _dump_made(steps: list[StepResult]) -> Path | None:
+    """The dump file an incident's `dump` step made or found, if any."""
+    for step in reversed(steps):
+        path = step.detail.get("path")
+        if step.name == "dump" and step.ok and isinstance(path, str):
+            return Path(path)
+    return None
 
 
 def guest_gone(exc: BaseException) -> bool:

@@ -42,8 +42,14 @@ from panicd.actions.qemu_dump import POLL_SECONDS, Detached, Progress, time_left
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData
-from panicd.evidence import DumpGone, announce, lost_file_reason, os_error_text, record_completed
-from panicd.orphans import qemu_never_began
+from panicd.evidence import (
+    DumpGone,
+    announce,
+    lost_file_reason,
+    os_error_text,
+    qemu_never_began,
+    record_completed,
+)
 from panicd.records import DumpIncident, DumpInfo, DumpRecord, GuestRecord, jsonable
 
 log = structlog.get_logger("panicd.dump")
