@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -57,6 +57,9 @@ class Evidence:
     alerter: Alerter
     metrics: Metrics
     record_dump: RecordDump | None = None
+    #: Dumps being announced right now (their triage runs): orphans.py leaves them alone, or
+    #: a reconnect during a triage would announce the same dump twice.
+    announcing: set[str] = field(default_factory=set)
 
 
 def os_error_text(exc: OSError) -> str:
@@ -123,7 +126,8 @@ async def record_completed(evidence: Evidence, record: DumpRecord, *, guest_byte
     if away:
         record.dump.completed_while_panicd_was_away = True
     record.announced = False
-    _write(evidence, record, not_recorded)
+    # In a thread: write_metadata fsyncs, and the event loop serves every other guest.
+    await asyncio.to_thread(_write, evidence, record, not_recorded)
     evidence.metrics.dumps.labels(result="completed").inc()
     if seconds is not None:
         evidence.metrics.dump_seconds.observe(seconds)
@@ -148,12 +152,15 @@ async def announce(evidence: Evidence, record: DumpRecord,
     """
     not_recorded = dict(not_recorded or {})
     path = Path(record.dump.path)
+    evidence.announcing.add(record.dump.path)
     try:
         report = await _triage(path)
     except asyncio.CancelledError:
         record.triage = TriageResult(error="panicd stopped while triage ran")
         _finish(evidence, record, not_recorded)
         raise
+    finally:
+        evidence.announcing.discard(record.dump.path)
     record.triage = report
     await asyncio.to_thread(_finish, evidence, record, not_recorded)
     if evidence.record_dump is not None and record.incident.id is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -34,7 +34,7 @@ class IncidentWorker:
         self.guest = guest
         self._on_change = on_change
         #: Incidents waiting: each with its record and its durable write.
-        self._queue: asyncio.Queue[tuple[Incident, IncidentRecord, Awaitable[None] | None]] = (
+        self._queue: asyncio.Queue[tuple[Incident, IncidentRecord, asyncio.Future[None] | None]] = (
             asyncio.Queue())
         # What `panicd status` shows.
         self.handling = False
@@ -42,7 +42,7 @@ class IncidentWorker:
         self.restarts = 0
 
     def submit(self, incident: Incident, record: IncidentRecord,
-               durable: Awaitable[None] | None) -> None:
+               durable: asyncio.Future[None] | None) -> None:
         self._queue.put_nowait((incident, record, durable))
 
     async def run(self) -> None:

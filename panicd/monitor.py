@@ -35,6 +35,7 @@ import structlog
 from pydantic import ValidationError
 
 from panicd import alerts
+from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alerter
 from panicd.config import DaemonConfig, GuestConfig
 from panicd.errors import GuestUnreachable
@@ -443,7 +444,17 @@ class GuestMonitor:
         else:
             # Alerted once durable (the store's write ends either way, never raising): the
             # alert names an incident that a panicd killed right after will find on restart.
-            durable.add_done_callback(lambda _: self._alert(incident))
+            # A state disk that hangs delays the alert DURABLE_WAIT_SECONDS at most.
+            alerted = False
+
+            def alert_once(*_: object) -> None:
+                nonlocal alerted
+                if not alerted:
+                    alerted = True
+                    self._alert(incident)
+
+            durable.add_done_callback(alert_once)
+            asyncio.get_running_loop().call_later(DURABLE_WAIT_SECONDS, alert_once)
 
     def _alert(self, incident: Incident) -> None:
         try:

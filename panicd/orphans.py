@@ -79,6 +79,8 @@ async def _finish(monitor: GuestHandle, evidence: Evidence) -> None:
     for index, record in enumerate(records):
         dump_path = Path(record.dump.path)
         meta_path = dumps.metadata_path(dump_path)
+        if record.dump.path in evidence.announcing:
+            continue  # this panicd is announcing it (a reconnect during its triage)
         if record.dump.result == "completed":  # written, recorded; its triage and alert missing
             log.info("dump.orphan_announced", path=str(dump_path))
             await announce(evidence, record)

@@ -9,10 +9,11 @@ restarted sitting paused.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -65,13 +66,12 @@ class PanicResponder:
         #: Who owns work that outlives a step (a dump's triage): the daemon sets its TaskGroup.
         self.spawn: Spawn = spawn_detached
 
-    @property
-    def evidence(self) -> Evidence:
-        """What finishing a dump needs (evidence.py), for the dump step and orphans.py."""
-        return Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
+        #: What finishing a dump needs (evidence.py), for the dump step and orphans.py: one,
+        #: so that both know which dumps are being announced.
+        self.evidence = Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
 
     async def handle(self, incident: Incident, guest: GuestHandle, record: IncidentRecord | None = None,
-                     durable: Awaitable[None] | None = None) -> list[StepResult]:
+                     durable: asyncio.Future[None] | None = None) -> list[StepResult]:
         """Run the policy's steps for `incident`; each one's result goes into `record` (saved
         after every step). A resumed incident's record already holds the steps that ran to
         completion before panicd stopped: those are not run again. `durable` is awaited before
@@ -91,6 +91,7 @@ class PanicResponder:
             metrics=self.metrics,
             durable=durable,
             spawn=self.spawn,
+            evidence=self.evidence,
         )
         done_before = [step.name for step in record.steps if step.ok]
         # A resumed incident's later steps (exec's PANICD_DUMP) still see the dump made before.

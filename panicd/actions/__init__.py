@@ -82,32 +82,40 @@ class StepContext:
     #: Host-wide limit on dumps running at once (max_concurrent_dumps).
     dump_slots: DumpSlots
     alerter: Alerter
+    #: What finishing a dump needs (evidence.py): the responder's, shared with orphans.py.
+    evidence: Evidence
     #: The incident history: the crash-loop guard (policy `restart`) counts restarts from it.
     store: IncidentStore = field(default_factory=lambda: IncidentStore(None))
     metrics: Metrics = field(default_factory=Metrics)
     #: Done once the incident is on disk: nothing changes the guest before (`changes_guest`).
-    durable: Awaitable[None] | None = None
+    durable: asyncio.Future[None] | None = None
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     #: Runs work that outlives the step (a dump's triage and alert), owned by the daemon.
     spawn: Spawn = spawn_detached
 
-    @property
-    def evidence(self) -> Evidence:
-        """What finishing a dump needs (evidence.py)."""
-        return Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
 
     async def restarts_since(self, since: float) -> list[float]:
         """When panicd restarted this guest since `since` (epoch seconds), whatever incident."""
         return await self.store.restarts(self.guest.identity.name, since)
 
     async def before_changing_guest(self) -> None:
-        """Wait until the incident is durable: a panicd killed from here on finds it on restart."""
-        if self.durable is not None:
-            await self.durable
-            self.durable = None
+        """Wait until the incident is durable: a panicd killed from here on finds it on restart.
 
+        Bounded: a state disk that stops answering costs the guest DURABLE_WAIT_SECONDS, never
+        its steps (the write goes on, and lands when the disk does)."""
+        if self.durable is not None:
+            durable, self.durable = self.durable, None
+            try:
+                await asyncio.wait_for(asyncio.shield(durable), DURABLE_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("incident.not_durable", incident=self.incident.id,
+                            waited=DURABLE_WAIT_SECONDS)
+
+
+#: The longest a step waits for its incident to be on disk before it changes the guest anyway.
+DURABLE_WAIT_SECONDS = 5.0
 
 #: QMP commands that change the guest (or hand QEMU a file): sent only once the incident is
 #: durable. Queries go first, unhindered: a panic's first command leaves at once.
