@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +70,53 @@ async def test_an_orphaned_dump_is_finished_with_the_same_record_and_alert_as_a_
                                                             alert_fields(orphan_alert))
     assert orphan_alert["INCIDENT_ID"] == orphan_meta["incident"]["id"]
     assert await second.stop() == 0
+
+
+async def test_a_dump_completed_but_not_announced_is_announced_on_the_next_connection(
+    tmp_path: Path,
+) -> None:
+    # What a panicd killed (-9) during a dump's triage leaves: the dump written and recorded
+    # "completed", never announced. The next connection's orphan pass finishes it.
+    from panicd.dumps import DumpStore
+    from panicd.events import GuestIdentity
+    from panicd.evidence import Evidence
+    from panicd.metrics import Metrics
+    from panicd.orphans import finish_orphaned_dumps
+    from panicd.records import DumpIncident, DumpInfo, DumpRecord, GuestRecord
+
+    store = DumpStore(tmp_path)
+    guest = GuestIdentity(name="web", socket="/run/web.qmp", qemu_pid=4242)
+    started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    dump = store.create(guest.name, "elf", started_at)
+    os.write(dump.fd, b"\x7fELF" + b"\0" * 4096)
+    os.close(dump.fd)
+    record = DumpRecord(guest=GuestRecord.of(guest),
+                        incident=DumpIncident(id="20261126-000000-abcdef", kind="panic",
+                                              detection="event", received_at=started_at),
+                        dump=DumpInfo(path=str(dump.path), format="elf", started_at=started_at,
+                                      result="completed", size_bytes=4100, duration_seconds=0.2),
+                        announced=False)
+    store.write_metadata(dump.path, record.model_dump(mode="json"))
+
+    class Monitor:
+        identity = guest
+
+        def session(self) -> object:
+            raise AssertionError("a completed dump needs no question to QEMU")
+
+    sent: list[Any] = []
+
+    class Alerter:
+        def send(self, alert: Any) -> None:
+            sent.append(alert)
+
+    await finish_orphaned_dumps(Monitor(), Evidence(store, Alerter(), Metrics()))  # type: ignore[arg-type]
+    (alert,) = sent
+    assert alert.kind is AlertKind.DUMP_COMPLETED
+    assert alert.fields["INCIDENT_ID"] == "20261126-000000-abcdef"
+    assert "TRIAGE_ERROR" in alert.fields  # triage ran (this file has no ELF notes to read)
+    finished = metadata(dump.path)
+    assert finished["announced"] is True and finished["triage"]["error"]
+    # Announced once: a second pass finds nothing left to do.
+    await finish_orphaned_dumps(Monitor(), Evidence(store, Alerter(), Metrics()))  # type: ignore[arg-type]
+    assert len(sent) == 1
