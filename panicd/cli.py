@@ -331,8 +331,12 @@ def _print_incidents(args: argparse.Namespace, queries: IncidentQueries, path: P
         print(incidents_view.as_json(record) if args.json
               else incidents_view.format_incident(record))
         return 0
-    records = queries.incidents(guest=args.guest, since=args.since, kind=args.kind)
-    print(incidents_view.as_json(records) if args.json else incidents_view.format_table(records))
+    if args.json:
+        print(incidents_view.as_json(queries.incidents(guest=args.guest, since=args.since,
+                                                        kind=args.kind)))
+    else:
+        print(incidents_view.format_table(queries.listing(guest=args.guest, since=args.since,
+                                                          kind=args.kind)))
     return 0
 
 

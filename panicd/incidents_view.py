@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 
 from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
+from panicd.store import IncidentListing
 from panicd.table import cell, human_size, render
 
 _RECORDS = TypeAdapter(list[IncidentRecord])
@@ -27,16 +28,15 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 COLUMNS = ("ID", "TIME (UTC)", "GUEST", "KIND", "DETECTION", "STEPS", "DUMP", "PANIC REASON")
 
 
-def format_table(records: Sequence[IncidentRecord]) -> str:
+def format_table(listed: Sequence[IncidentListing]) -> str:
     """One line per incident, in the order given (the store's: newest first)."""
-    rows = [
-        (
-            cell(r.id), utc_time(r.seen_at), cell(r.guest.name), cell(r.kind.value),
-            cell(r.detection.value), _steps_cell(r), _dump_cell(dump_of(r)),
-            cell(_panic_reason(r)),
-        )
-        for r in records
-    ]
+    rows = []
+    for r in listed:
+        dump = r.dump if r.dump is not None else dump_from_step(r.dump_step)
+        steps = r.steps + (" (open)" if r.state is IncidentState.OPEN else "")
+        rows.append((cell(r.id), utc_time(r.seen_at), cell(r.guest), cell(r.kind),
+                     cell(r.detection), cell(steps.strip() or "-"), _dump_cell(dump),
+                     cell(dump.panic_reason if dump is not None else None)))
     return "\n".join(render(COLUMNS, rows))
 
 
@@ -91,7 +91,11 @@ def dump_of(record: IncidentRecord) -> DumpSummary | None:
     """The incident's dump: `record.dump`, else what its (last) `dump` step reported."""
     if record.dump is not None:
         return record.dump
-    step = next((s for s in reversed(record.steps) if s.name == "dump"), None)
+    return dump_from_step(next((s for s in reversed(record.steps) if s.name == "dump"), None))
+
+
+def dump_from_step(step: StepResult | None) -> DumpSummary | None:
+    """A dump summary from what a `dump` step reported (its detail and error)."""
     if step is None:
         return None
     detail = step.detail
@@ -117,23 +121,10 @@ def utc_time(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _panic_reason(record: IncidentRecord) -> str | None:
-    dump = dump_of(record)
-    return dump.panic_reason if dump is not None else None
-
-
 def _step_word(step: StepResult) -> str:
     if step.skipped:
         return "skipped"
     return "ok" if step.ok else "failed"
-
-
-def _steps_cell(record: IncidentRecord) -> str:
-    """`dump:ok restart:failed`; an incident whose steps have not all run says `(open)`."""
-    words = [f"{cell(step.name)}:{_step_word(step)}" for step in record.steps]
-    if record.state is IncidentState.OPEN:
-        words.append("(open)")
-    return " ".join(words) or "-"
 
 
 def _dump_cell(dump: DumpSummary | None) -> str:

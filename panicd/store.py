@@ -35,6 +35,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import structlog
 from pydantic import ValidationError
 
 from panicd.events import Detection, IncidentKind
-from panicd.records import DumpSummary, GuestRecord, IncidentRecord, IncidentState
+from panicd.records import DumpSummary, GuestRecord, IncidentRecord, IncidentState, StepResult
 
 log = structlog.get_logger("panicd.store")
 
@@ -132,6 +133,39 @@ def _read(text: str) -> IncidentRecord | None:
         return None
 
 
+@dataclass(frozen=True)
+class IncidentListing:
+    """One incident as `panicd incidents` lists it: computed by SQLite from the stored record
+    (`IncidentQueries.listing`), without validating the whole record in Python, so that a
+    history of tens of thousands of incidents lists in well under a second."""
+
+    id: str
+    seen_at: float
+    guest: str
+    kind: str
+    detection: str
+    state: IncidentState
+    #: `dump:ok restart:failed`, in step order (`skipped` for a skipped step).
+    steps: str
+    #: The incident's dump summary, or else its last `dump` step (to make one from).
+    dump: DumpSummary | None
+    dump_step: StepResult | None
+
+
+#: The listing's columns, straight out of the JSON records (SQLite's JSON functions).
+_LISTING_SQL = """
+SELECT id, seen_at, guest, kind, json_extract(record, '$.detection'), state,
+  (SELECT group_concat(json_extract(s.value, '$.name') || ':' || CASE
+      WHEN json_type(s.value, '$.detail.skipped') IN ('true', 'text', 'integer') THEN 'skipped'
+      WHEN json_extract(s.value, '$.ok') THEN 'ok' ELSE 'failed' END, ' ')
+   FROM json_each(record, '$.steps') AS s),
+  json_extract(record, '$.dump'),
+  CASE WHEN json_type(record, '$.dump') IS NOT 'object' THEN
+    (SELECT s.value FROM json_each(record, '$.steps') AS s
+     WHERE json_extract(s.value, '$.name') = 'dump' ORDER BY s.key DESC LIMIT 1) END
+FROM incidents"""
+
+
 class IncidentQueries:
     """Read-only questions to a store (the CLI's `panicd incidents`, the daemon's budget)."""
 
@@ -140,7 +174,30 @@ class IncidentQueries:
 
     def incidents(self, *, guest: str | None = None, since: float | None = None,
                   kind: str | None = None, limit: int | None = None) -> list[IncidentRecord]:
-        """Newest first."""
+        """Whole records, newest first."""
+        sql, args = self._select("SELECT record FROM incidents", guest, since, kind, limit)
+        rows = self.db.execute(sql, args).fetchall()
+        return [r for r in (_read(text) for (text,) in rows) if r is not None]
+
+    def listing(self, *, guest: str | None = None, since: float | None = None,
+                kind: str | None = None, limit: int | None = None) -> list[IncidentListing]:
+        """What the incidents table shows, newest first (see IncidentListing)."""
+        sql, args = self._select(_LISTING_SQL, guest, since, kind, limit)
+        listed = []
+        for row in self.db.execute(sql, args):
+            try:
+                listed.append(IncidentListing(
+                    id=row[0], seen_at=float(row[1]), guest=row[2], kind=row[3],
+                    detection=str(row[4]), state=IncidentState(row[5]), steps=row[6] or "",
+                    dump=DumpSummary.model_validate_json(row[7]) if row[7] else None,
+                    dump_step=StepResult.model_validate_json(row[8]) if row[8] else None))
+            except (ValidationError, ValueError, TypeError) as exc:
+                log.warning("store.bad_row", incident=str(row[0])[:64], error=str(exc)[:300])
+        return listed
+
+    @staticmethod
+    def _select(select: str, guest: str | None, since: float | None, kind: str | None,
+                limit: int | None) -> tuple[str, list[Any]]:
         where: list[str] = []
         args: list[Any] = []
         if guest is not None:
@@ -152,14 +209,13 @@ class IncidentQueries:
         if kind is not None:
             where.append("kind = ?")
             args.append(kind)
-        sql = "SELECT record FROM incidents"
+        sql = select
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seen_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = self.db.execute(sql, args).fetchall()
-        return [r for r in (_read(text) for (text,) in rows) if r is not None]
+        return sql, args
 
     def incident(self, incident_id: str) -> IncidentRecord | None:
         row = self.db.execute("SELECT record FROM incidents WHERE id = ?", (incident_id,)).fetchone()
