@@ -23,17 +23,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from panicd.alerts import AlertKind
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.records import IncidentRecord, IncidentState
 from panicd.store import FILE_NAME, IncidentQueries, IncidentStore, connect
-from tests.daemon_process import PanicdProcess, completed_dumps, dumps_of, unique, wait_for
+from tests.daemon_process import (
+    PanicdProcess,
+    completed_dumps,
+    daemon_section,
+    dumps_of,
+    unique,
+    wait_for,
+)
 from tests.journal import Journald
 from tests.qemu_harness import QemuGuest, Qemus
 from tests.test_dump_faults import (
@@ -515,3 +526,34 @@ async def test_a_store_on_a_full_disk_is_alerted_once_and_panics_are_still_handl
     assert [step_names(r) for r in records] == [["dump:ok", "restart:ok"]] * 3
     no_tracebacks(daemon)
     assert await daemon.stop() == 0
+
+
+async def test_incidents_lists_a_real_panic_with_its_steps_and_dump_after_panicd_restarts(
+    short_tmp: Path, panicd: Any, journal: Journald, qemus: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from panicd.cli import main
+
+    guest = await qemus(unique("hist"))
+    text = (daemon_section(short_tmp) + f'[[guest]]\nsocket = "{guest.qmp_path}"\n'
+            '[[policy]]\non_panic = ["dump", "restart"]\n')
+    first = panicd(text)
+    await first.wait_event("qmp.connected", guest=guest.name)
+    await guest.panic()
+    (dump,) = await completed_dumps(short_tmp, guest.name)
+    await first.wait_event("incident.handled", guest=guest.name)
+    assert await first.stop() == 0
+
+    second = panicd(text)  # a restarted panicd: the history is still there
+    await second.wait_event("qmp.connected", guest=guest.name)
+    capsys.readouterr()
+    assert main(["incidents", "-c", str(second.config_path), "--guest", guest.name, "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["guest"]["name"] == guest.name
+    assert listed["state"] == "done" and listed["detection"] == "event"
+    assert [(s["name"], s["ok"]) for s in listed["steps"]] == [("dump", True), ("restart", True)]
+    assert listed["dump"]["path"] == str(dump) and listed["dump"]["result"] == "completed"
+    assert main(["incidents", "-c", str(second.config_path), "--guest", guest.name]) == 0
+    table = capsys.readouterr().out
+    assert f"{listed['id']}  " in table and "dump:ok restart:ok" in table
+    assert await second.stop() == 0
