@@ -5,6 +5,7 @@ reported failure from a bug::
 
     PanicdError
     ├── ConfigError          the config file is missing, not TOML, or fails validation
+    ├── StoreError           the incident store file cannot be used (store.py)
     ├── GuestError           something about one guest went wrong (carries the guest name)
     │   ├── GuestUnreachable     its QMP socket is absent, refuses, or never greets
     │   └── StepFailed           a policy step failed (carries the step, command and reply)

@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from panicd.errors import PanicdError
 from panicd.events import Detection, IncidentKind
 from panicd.records import DumpSummary, GuestRecord, IncidentRecord, IncidentState, StepResult
 
@@ -72,7 +74,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 StoreFailed = Callable[[str, str], None]
 
 
-class StoreError(Exception):
+class StoreError(PanicdError):
     """The store file cannot be used (not SQLite, corrupt, newer than this panicd)."""
 
 
@@ -81,7 +83,8 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
         # mode=ro still needs the -shm file of a WAL database; a stopped daemon left it (or
         # the directory is writable for SQLite to make it). No write ever happens here.
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a `?` or `#` in the path stays its own
+        db = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
     else:
         db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
     try:
