@@ -71,6 +71,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+#: A new write waits this long: the guests' first commands (queries) leave first, and the
+#: thread's GIL-holding work does not delay them; the first command that changes a guest
+#: waits for the write anyway (actions.CHANGES_GUEST).
+WRITE_DELAY_SECONDS = 0.002
+
 StoreFailed = Callable[[str, str], None]
 
 
@@ -246,6 +251,9 @@ class IncidentStore:
         self._by_guest: dict[str, IncidentRecord] = {}
         #: Incidents not written yet (a failed write keeps them here for the next try).
         self._unsaved: dict[str, IncidentRecord] = {}
+        #: Done once the writes asked for so far have been made (or have failed).
+        self._waiting: list[asyncio.Future[None]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._failing = False
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -410,7 +418,25 @@ class IncidentStore:
     def _write(self, record: IncidentRecord) -> asyncio.Future[None]:
         # A copy: the caller goes on changing its record while the thread writes this one.
         self._unsaved[record.id] = record.model_copy(deep=True)
-        return asyncio.ensure_future(self._call(self._write_unsaved))
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(written)
+        if self._writer is None or self._writer.done():
+            # One writer at a time, writing every record changed since in one transaction: a
+            # storm of panics is a few commits, not one thread hand-over per panic (each of
+            # which takes the GIL from the event loop). It starts on the loop's next turn, so
+            # the guests' first commands of this turn leave before it.
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches(),
+                                                                  name="store-writer")
+        return written
+
+    async def _write_batches(self) -> None:
+        await asyncio.sleep(WRITE_DELAY_SECONDS)
+        while self._waiting:
+            waiting, self._waiting = self._waiting, []
+            await self._call(self._write_unsaved)
+            for written in waiting:
+                if not written.done():
+                    written.set_result(None)
 
     def _write_unsaved(self) -> None:
         if self._db is None or not self._unsaved:
@@ -434,6 +460,8 @@ class IncidentStore:
             log.info("store.writable_again", path=str(self.path))
 
     async def flush(self) -> None:
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
         await self._call(self._write_unsaved)
 
     # -- reads that may wait --------------------------------------------------------------------
