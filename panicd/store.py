@@ -250,7 +250,12 @@ class IncidentStore:
         self._by_instance: dict[str, IncidentRecord] = {}
         self._by_guest: dict[str, IncidentRecord] = {}
         #: Incidents not written yet (a failed write keeps them here for the next try).
-        self._unsaved: dict[str, IncidentRecord] = {}
+        #: Each with the number of its latest change, so that a write made before a change
+        #: does not count for it. The records are the live ones (no copies): the writer thread
+        #: serialises each with one call into pydantic-core, which holds the GIL throughout,
+        #: so it always sees a record whole, between two of the event loop's changes.
+        self._unsaved: dict[str, tuple[IncidentRecord, int]] = {}
+        self._changes = 0
         #: Done once the writes asked for so far have been made (or have failed).
         self._waiting: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -416,8 +421,8 @@ class IncidentStore:
         return self._write(record)
 
     def _write(self, record: IncidentRecord) -> asyncio.Future[None]:
-        # A copy: the caller goes on changing its record while the thread writes this one.
-        self._unsaved[record.id] = record.model_copy(deep=True)
+        self._changes += 1
+        self._unsaved[record.id] = (record, self._changes)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(written)
         if self._writer is None or self._writer.done():
@@ -441,20 +446,21 @@ class IncidentStore:
     def _write_unsaved(self) -> None:
         if self._db is None or not self._unsaved:
             return
-        batch = list(self._unsaved.values())
+        batch = list(self._unsaved.items())
+        rows = [_row(record) for _, (record, _) in batch]
         try:
             with _transaction(self._db):
                 self._db.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [_row(r) for r in batch])
+                                     rows)
         except sqlite3.Error as exc:
             if not self._failing:
                 self._failing = True
                 self._fail("write", f"cannot write {self.path}: {exc}; kept in memory and "
                            "written with the next change")
             return
-        for record in batch:
-            if self._unsaved.get(record.id) is record:
-                del self._unsaved[record.id]
+        for incident_id, written in batch:
+            if self._unsaved.get(incident_id) == written:  # not changed again meanwhile
+                del self._unsaved[incident_id]
         if self._failing:
             self._failing = False
             log.info("store.writable_again", path=str(self.path))
@@ -475,7 +481,7 @@ class IncidentStore:
 
         stored = await self._call(query)
         # What is not on disk yet (a failing disk) still counts.
-        pending = [t for r in self._unsaved.values() if r.guest.name == guest
+        pending = [t for r, _ in list(self._unsaved.values()) if r.guest.name == guest
                    for t in r.restarts() if t >= since]
         return sorted(set(stored) | set(pending))
 

@@ -557,3 +557,43 @@ async def test_incidents_lists_a_real_panic_with_its_steps_and_dump_after_panicd
     table = capsys.readouterr().out
     assert f"{listed['id']}  " in table and "dump:ok restart:ok" in table
     assert await second.stop() == 0
+
+
+def state_read_only(tmp: Path) -> list[str]:
+    """A wrapper running panicd with its state_dir mounted read-only, in its own mount namespace."""
+    state = tmp / "state"
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            f'mount --bind "{state}" "{state}" && mount -o remount,bind,ro "{state}" '
+            '&& exec "$@"', "sh"]
+
+
+async def test_a_read_only_store_is_alerted_and_panics_are_still_handled(
+    short_tmp: Path, panicd: Any, journal: Journald, qemus: Qemus
+) -> None:
+    path = store_path(short_tmp)
+    path.parent.mkdir()
+    store = IncidentStore(path.parent)
+    await store.open()
+    earlier = IncidentRecord.of(Incident(kind=IncidentKind.PANIC, detection=Detection.EVENT,
+                                         guest=GuestIdentity(name="earlier", socket="/x.qmp"),
+                                         action="pause"), None)
+    await store.create(earlier)
+    await store.close()
+    before = path.read_bytes()
+
+    guest = await qemus(unique("rostore"))
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]', "min_free_bytes = 0"),
+                    wrapper=state_read_only(short_tmp))
+    await daemon.wait_event("qmp.connected", guest=guest.name)
+    (failed,) = await journal.find(timeout=20, MESSAGE_ID=AlertKind.STORE_FAILED.message_id,
+                                   STORE_PATH=str(path))
+    assert "read" in str(failed["ERROR"]).lower(), failed["ERROR"]
+
+    await guest.panic()
+    (dump,) = await completed_dumps(short_tmp, guest.name)
+    await wait_for_status(guest, "running")  # dumped and restarted, the store notwithstanding
+    assert dump.stat().st_size > 0
+    no_tracebacks(daemon)
+    assert await daemon.stop() == 0
+    assert path.read_bytes() == before  # nothing was moved aside or changed
+    assert not list(path.parent.glob(f"{FILE_NAME}.broken-*"))
