@@ -156,6 +156,7 @@ async def _demo(work: Path, use_qemu: bool) -> int:
         expected = 2 if qemu else 1
         dumps = await _wait_for_dumps(config.daemon.dump_dir, expected, timeout=60)
         await asyncio.sleep(0.5)  # let the restart step finish
+        await daemon.store.flush()
         _show(work, config.daemon.dump_dir, dumps, daemon)
         return 0 if len(dumps) == expected else 1
     finally:
@@ -202,6 +203,11 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
         print(f"  {entry['MESSAGE']}\n      {fields}")
     if not shown:
         print("  (no journald here: the alerts are held for it, see journal.unavailable above)")
+    state_dir = work / "state"
+    _banner(f"Incident history (panicd incidents --state-dir {state_dir})")
+    from panicd.cli import main as cli  # noqa: PLC0415 - the command an operator would run
+
+    cli(["incidents", "--state-dir", str(state_dir)])
     print("\nExplained: journalctl -x SYSLOG_IDENTIFIER=panicd (after installing "
           "systemd/panicd.catalog and journalctl --update-catalog)")
 

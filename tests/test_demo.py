@@ -22,6 +22,9 @@ def test_demo_dumps_every_panicked_guest(
     shown = capsys.readouterr().out
     assert "Guest demo-qemu-01 panicked" in shown  # read back from the journal
     assert "demo-db-01     connected  runstate=running    panicked=no" in shown
+    history = shown[shown.index("Incident history"):]
+    assert "demo-qemu-01" in history and "demo-web-01" in history
+    assert history.count("dump:ok restart:ok") == 2
 
 
 def test_a_socket_left_by_a_journald_that_is_gone_is_not_a_journald(
