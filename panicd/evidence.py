@@ -184,7 +184,7 @@ def summary(record: DumpRecord) -> DumpSummary:
     return DumpSummary(path=record.dump.path, format=record.dump.format, bytes=record.dump.size_bytes,
                        seconds=record.dump.duration_seconds, result=record.dump.result,
                        panic_reason=triage.panic_reason if triage is not None else None,
-                       error=triage.error if triage is not None else None)
+                       triage_error=triage.error if triage is not None else None)
 
 
 def _finish(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:

@@ -153,8 +153,11 @@ class DumpSummary(_Record):
     bytes: int | None = None
     seconds: float | None = None
     result: str
+    #: Why the dump failed (a dump that failed).
     error: str | None = None
     panic_reason: str | None = None
+    #: Why triage read nothing out of a dump that was written (no VMCOREINFO, say).
+    triage_error: str | None = None
 
 
 class IncidentRecord(_Record):
