@@ -358,6 +358,14 @@ class Daemon:
             self.alerter.send(alerts.config_rejected(str(self.config_path), str(exc)))
             self.notifier.ready()
             return False
+        if new.daemon.state_dir != self.config.daemon.state_dir:
+            # The incident store stays open where it is: open incidents and the crash-loop
+            # budget must not vanish with a reload. A restart moves it.
+            log.warning("reload.state_dir_kept", state_dir=str(self.config.daemon.state_dir),
+                        asked=str(new.daemon.state_dir),
+                        hint="restart panicd to move its incident store")
+            new = new.model_copy(update={"daemon": new.daemon.model_copy(
+                update={"state_dir": self.config.daemon.state_dir})})
         old = {g.socket: g for g in self.config.guest}
         wanted = {g.socket: g for g in new.guest}
         daemon_changed = new.daemon != self.config.daemon

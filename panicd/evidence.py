@@ -106,9 +106,13 @@ async def record_completed(evidence: Evidence, record: DumpRecord, *, guest_byte
     """
     path = Path(record.dump.path)
     not_recorded: dict[str, str] = {}
+    # Being announced from now on (announce() lets go): an orphan pass of a reconnect that
+    # reads "completed, not announced" meanwhile must leave it to this panicd.
+    evidence.announcing.add(record.dump.path)
     try:
         size: int | None = (await asyncio.to_thread(path.stat)).st_size
     except (FileNotFoundError, NotADirectoryError) as exc:
+        evidence.announcing.discard(record.dump.path)
         reason = await asyncio.to_thread(lost_file_reason, path, exc, True)
         try:
             await asyncio.to_thread(evidence.dumps.discard, path)  # its record, if still there

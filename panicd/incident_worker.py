@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from panicd.actions import GuestHandle
 from panicd.events import Incident
-from panicd.records import IncidentRecord, IncidentState, StepResult
+from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
 from panicd.respond import PanicResponder
 from panicd.store import IncidentStore
 
@@ -36,14 +35,22 @@ class IncidentWorker:
         #: Incidents waiting: each with its record and its durable write.
         self._queue: asyncio.Queue[tuple[Incident, IncidentRecord, asyncio.Future[None] | None]] = (
             asyncio.Queue())
+        #: Ids of the incidents queued or being handled.
+        self._in_hand: set[str] = set()
         # What `panicd status` shows.
         self.handling = False
-        self.last_dump: dict[str, Any] | None = None
+        self.last_dump: DumpSummary | None = None
         self.restarts = 0
 
     def submit(self, incident: Incident, record: IncidentRecord,
                durable: asyncio.Future[None] | None) -> None:
+        self._in_hand.add(record.id)
         self._queue.put_nowait((incident, record, durable))
+
+    def holds(self, incident_id: str) -> bool:
+        """Whether this incident is queued or being handled now (a reconnect during its steps
+        must not resume it a second time)."""
+        return incident_id in self._in_hand
 
     async def run(self) -> None:
         while True:
@@ -55,8 +62,10 @@ class IncidentWorker:
                 ran_before = len(record.steps)
                 with structlog.contextvars.bound_contextvars(guest=incident.guest.name):
                     steps = await self.responder.handle(incident, self.guest, record, durable)
-                self._record(steps[ran_before:])
-                if any(not step.ok and step.detail.get("guest_gone") for step in steps):
+                ran_now = steps[ran_before:]
+                self._record(ran_now)
+                # Only this run's steps: an earlier run's "not connected" is what this resumed.
+                if any(not step.ok and step.guest_gone for step in ran_now):
                     # A step that could not reach the guest did not run: the incident stays
                     # open, and is resumed when the guest is connected again.
                     log.warning("incident.left_open", incident=record.id,
@@ -68,6 +77,7 @@ class IncidentWorker:
                 # A bug must cost this incident's remaining steps, not the guest's connection.
                 log.exception("incident.crashed", kind=incident.kind.value)
             finally:
+                self._in_hand.discard(record.id)
                 self.handling = False
                 self._on_change()
             log.debug("incident.finished", seconds=round(time.monotonic() - begun, 3))
@@ -75,11 +85,6 @@ class IncidentWorker:
     def _record(self, steps: list[StepResult]) -> None:
         for step in steps:
             if step.name == "dump" and not step.skipped:
-                self.last_dump = {
-                    "path": step.detail.get("path"),
-                    "bytes": step.detail.get("bytes"),
-                    "result": step.detail.get("result", "completed" if step.ok else "failed"),
-                    "error": step.error,
-                }
+                self.last_dump = step.dump_summary()
             elif step.name == "restart" and step.ok and not step.skipped:
                 self.restarts += 1

@@ -5,8 +5,8 @@ every value from a guest, QEMU or a config file is escaped (`table.cell`). `--js
 `record.model_dump(mode="json")` (`as_json`): names exact, in ASCII JSON.
 
 The dump of an incident is `record.dump` once the daemon fills it in; until then (and for
-records written before it did) it is read from the `dump` step's result: its `detail`
-({path, format, bytes, seconds, result}) and its `error`.
+records written before it did) it is read from the `dump` step's result: its `dump` detail
+(path, format, bytes, seconds, result) and its `error`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
+from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
 from panicd.store import IncidentListing
@@ -95,26 +95,8 @@ def dump_of(record: IncidentRecord) -> DumpSummary | None:
 
 
 def dump_from_step(step: StepResult | None) -> DumpSummary | None:
-    """A dump summary from what a `dump` step reported (its detail and error)."""
-    if step is None:
-        return None
-    detail = step.detail
-    reported = detail.get("result")
-    if isinstance(reported, str):
-        result = reported
-    elif step.skipped:
-        result = "skipped"
-    else:
-        result = "completed" if step.ok else "failed"
-    try:
-        return DumpSummary.model_validate({
-            **{key: detail.get(key) for key in ("path", "format", "bytes", "seconds",
-                                                 "panic_reason")},
-            "result": result, "error": step.error,
-        })
-    except ValidationError:
-        # A detail of another shape (an older panicd's): what is certain is the outcome.
-        return DumpSummary(result=result, error=step.error)
+    """A dump summary from what a `dump` step reported (its `dump` detail and error)."""
+    return step.dump_summary() if step is not None else None
 
 
 def utc_time(epoch: float) -> str:
@@ -150,7 +132,16 @@ def _step_lines(number: int, step: StepResult) -> list[str]:
         facts.append(("qmp command", _value(step.command)))
     if step.reply is not None:
         facts.append(("qmp reply", _value(step.reply)))
-    facts += [(_label(key), _value(value)) for key, value in step.detail.items()]
+    if step.skipped is not None:
+        facts.append(("skipped", cell(step.skipped)))
+    if step.guest_gone:
+        facts.append(("guest gone", "yes"))
+    for detail in (step.dump, step.power, step.hook):
+        if detail is not None:
+            facts += [(_label(name), _value(value)) for name, value in detail
+                      if value is not None and value != {}]
+    # A step stored by an earlier panicd, whose detail fitted none of the models: shown as is.
+    facts += [(_label(key), _value(value)) for key, value in (step.detail or {}).items()]
     if facts:
         width = max(len(label) for label, _ in facts)
         lines += [f"       {label.ljust(width)}  {text}" for label, text in facts]

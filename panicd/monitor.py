@@ -157,7 +157,8 @@ class GuestMonitor:
             "last_panic_kind": incident.kind.value if incident else None,
             "handling": self.worker.handling,
             "last_incident": self._last_incident_summary(),
-            "last_dump": self.worker.last_dump,
+            "last_dump": (self.worker.last_dump.model_dump(mode="json")
+                          if self.worker.last_dump is not None else None),
             "restarts": self.worker.restarts,
         }
 
@@ -399,6 +400,11 @@ class GuestMonitor:
             return  # the GUEST_PANICKED event itself arrived while connecting
         latest = self.store.latest_for_instance(self._instance)
         if latest is not None and latest.kind is IncidentKind.PANIC and not latest.cleared:
+            if self.worker.holds(latest.id):
+                # Reconnected while its steps run: the worker carries on with it.
+                log.info("panic.still_handled", incident=latest.id)
+                self._latched.add(IncidentKind.PANIC)
+                return
             if latest.state is IncidentState.DONE:
                 log.info("panic.already_handled", status=self.runstate, incident=latest.id)
                 self._latched.add(IncidentKind.PANIC)

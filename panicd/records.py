@@ -9,7 +9,8 @@ restarts from, and what a restarted panicd resumes an interrupted panic from.
     IncidentRecord
     ├── id, guest (GuestRecord), instance (the QEMU process), kind, detection, action, seen_at
     ├── state: open ──(every step has run)──> done
-    ├── steps: [StepResult]         name, ok, started_at, seconds, error, command, reply, detail
+    ├── steps: [StepResult]         name, ok, started_at, seconds, error, command, reply,
+    │                               skipped, guest_gone, and what it did: dump | power | hook
     └── dump: DumpSummary | None    path, format, bytes, seconds, result, panic_reason
 
 Models are pydantic: they are validated where they enter (a row read back from the store, a
@@ -21,9 +22,9 @@ from __future__ import annotations
 import datetime as dt
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 
@@ -51,6 +52,55 @@ class GuestRecord(_Record):
         return cls(**identity.as_dict())
 
 
+class StepDetail(_Record):
+    """What a step reports it did (its `step.done` fields): one model per kind of step."""
+
+    #: The `StepResult` field that holds this kind of detail.
+    field_name: ClassVar[str]
+    #: Why the step did not do its job (still ok: it did what the situation allowed). Set by
+    #: the step, moved to `StepResult.skipped` by the responder: never stored here.
+    skipped: str | None = Field(default=None, exclude=True)
+
+
+class DumpStepDetail(StepDetail):
+    """The `dump` step's file: written (completed), or left for QEMU to finish (running)."""
+
+    field_name: ClassVar[str] = "dump"
+    path: str
+    format: str | None = None
+    bytes: int | None = None
+    seconds: float | None = None
+    #: completed: the file is whole; running: QEMU may still be writing it (orphans.py settles it).
+    result: Literal["completed", "running"] = "completed"
+    #: What could not be recorded of a completed dump (alert fields: a full disk, say).
+    not_recorded: dict[str, str] = Field(default_factory=dict)
+
+
+class PowerStepDetail(StepDetail):
+    """A power step's (pause, resume, restart, poweroff) view of the guest's runstate."""
+
+    field_name: ClassVar[str] = "power"
+    status_before: str | None = None
+    #: The runstate after the step; None for poweroff (QEMU is gone).
+    status: str | None = None
+
+
+class HookStepDetail(StepDetail):
+    """The `exec` step's command, as it exited (the head of each output stream)."""
+
+    field_name: ClassVar[str] = "hook"
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+#: Which detail model a (legacy) step's `detail` dict is, by step name.
+_DETAIL_OF_STEP: dict[str, type[StepDetail]] = {
+    "dump": DumpStepDetail, "exec": HookStepDetail,
+    **dict.fromkeys(("pause", "resume", "restart", "poweroff"), PowerStepDetail),
+}
+
+
 class StepResult(_Record):
     """One policy step of one incident, as it ran."""
 
@@ -63,12 +113,53 @@ class StepResult(_Record):
     #: The QMP command sent and QEMU's reply, when QEMU is what failed.
     command: dict[str, JsonValue] | None = None
     reply: JsonValue = None
-    #: What the step reports it did (its `step.done` fields).
-    detail: dict[str, JsonValue] = Field(default_factory=dict)
+    #: Why the step was skipped (QEMU powering the guest off, a crash loop, a dump already made).
+    skipped: str | None = None
+    #: It failed because the guest's connection was gone: it did not run at all, and the
+    #: incident stays open to be resumed.
+    guest_gone: bool = False
+    #: What the step did, by kind of step (at most one is set).
+    dump: DumpStepDetail | None = None
+    power: PowerStepDetail | None = None
+    hook: HookStepDetail | None = None
+    #: A record stored before these fields existed, whose `detail` did not fit them: kept as is,
+    #: to be shown, never read by key. Left out of the JSON when there is none.
+    detail: dict[str, JsonValue] | None = Field(default=None, exclude_if=lambda v: v is None)
 
-    @property
-    def skipped(self) -> bool:
-        return bool(self.detail.get("skipped"))
+    @model_validator(mode="before")
+    @classmethod
+    def _from_legacy_detail(cls, data: Any) -> Any:
+        """A stored step of an earlier panicd: its `detail` dict into the typed fields."""
+        if not isinstance(data, dict) or not isinstance(data.get("detail"), dict):
+            return data
+        data = dict(data)
+        detail = dict(data.pop("detail"))
+        skipped = detail.pop("skipped", None)
+        if skipped:
+            # `True` once meant "QEMU is powering the guest off", said in `error`.
+            data.setdefault("skipped", skipped if isinstance(skipped, str)
+                            else str(data.get("error") or "skipped"))
+        data.setdefault("guest_gone", bool(detail.pop("guest_gone", False)))
+        model = _DETAIL_OF_STEP.get(str(data.get("name")))
+        known = {k: v for k, v in detail.items() if model is not None and k in model.model_fields}
+        if model is not None and known and model.field_name not in data:
+            try:
+                data[model.field_name] = model.model_validate(known)
+            except ValidationError:
+                known = {}  # of another shape: all of it is kept in `detail`, as it was
+        # What fits no field is kept, not lost.
+        rest = {k: v for k, v in detail.items() if k not in known}
+        if rest:
+            data["detail"] = rest
+        return data
+
+    def dump_summary(self) -> DumpSummary:
+        """The dump this (`dump`) step reports: its file and result, or why there is none."""
+        if self.dump is not None:
+            return DumpSummary(path=self.dump.path, format=self.dump.format, bytes=self.dump.bytes,
+                               seconds=self.dump.seconds, result=self.dump.result, error=self.error)
+        return DumpSummary(result="skipped" if self.skipped else "completed" if self.ok else "failed",
+                           error=self.error)
 
 
 class TriageResult(BaseModel):

@@ -28,7 +28,7 @@ from panicd.events import Incident, IncidentKind
 from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError
-from panicd.records import IncidentRecord, StepResult, jsonable
+from panicd.records import IncidentRecord, StepDetail, StepResult, jsonable
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.respond")
@@ -105,7 +105,7 @@ class PanicResponder:
                 log.warning("step.skipped", step=name, reason="QEMU is powering the guest off")
                 result = StepResult(name=name, ok=False, started_at=_now(), seconds=0.0,
                                     error="QEMU is powering the guest off",
-                                    detail={"skipped": True})
+                                    skipped="QEMU is powering the guest off")
             else:
                 result = await self._run_step(name, ctx)
                 # The dump a resumed incident's dump step found already made counts too.
@@ -135,15 +135,16 @@ class PanicResponder:
                 self.metrics.dumps.labels(result="failed").inc()
             self._alert_failure(ctx, exc)
             return result(False, error=exc.reason, command=jsonable(exc.command),
-                          reply=jsonable(exc.reply), detail={"guest_gone": guest_gone(exc)})
+                          reply=jsonable(exc.reply), guest_gone=guest_gone(exc))
         except Exception as exc:
             # A bug in a step must cost that step only, never the guest's worker or the daemon.
             log.exception("step.crashed", step=name)
             failure = StepFailed(ctx.guest.identity.name, name, f"internal error: {exc!r}")
             self._alert_failure(ctx, failure)
             return result(False, error=failure.reason)
-        log.info("step.done", step=name, took=round(time.monotonic() - begun, 3), result=detail)
-        return result(True, detail=jsonable(detail))
+        log.info("step.done", step=name, took=round(time.monotonic() - begun, 3),
+                 skipped=detail.skipped, result=detail.model_dump(mode="json"))
+        return result(True, **_detail_fields(detail))
 
     def _alert_failure(self, ctx: StepContext, exc: StepFailed) -> None:
         log.error("step.failed", step=exc.step, error=exc.reason, command=exc.command,
@@ -151,12 +152,18 @@ class PanicResponder:
         self.alerter.send(alerts.step_failed(ctx.guest.identity, ctx.incident.id, exc))
 
 
+def _detail_fields(detail: StepDetail) -> dict[str, Any]:
+    """A step's StepResult fields from what it returned: its detail in the field for its kind
+    (`dump`, `power`, `hook`), and its skip reason in `skipped`."""
+    return {"skipped": detail.skipped,
+            detail.field_name: detail.model_copy(update={"skipped": None})}
+
+
 def _dump_made(steps: list[StepResult]) -> Path | None:
     """The dump file an incident's `dump` step made or found, if any."""
     for step in reversed(steps):
-        path = step.detail.get("path")
-        if step.name == "dump" and step.ok and isinstance(path, str):
-            return Path(path)
+        if step.name == "dump" and step.ok and step.dump is not None:
+            return Path(step.dump.path)
     return None
 
 

@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import time
@@ -70,6 +71,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: A store that could not be opened (a full disk, an I/O error) is tried again this often, at
+#: the next write.
+REOPEN_SECONDS = 30.0
+#: How long a statement waits for a lock another process holds (a sqlite3 shell, a backup).
+BUSY_TIMEOUT_SECONDS = 5.0
 
 #: A new write waits this long: the guests' first commands (queries) leave first, and the
 #: thread's GIL-holding work does not delay them; the first command that changes a guest
@@ -80,7 +86,19 @@ StoreFailed = Callable[[str, str], None]
 
 
 class StoreError(PanicdError):
-    """The store file cannot be used (not SQLite, corrupt, newer than this panicd)."""
+    """The store file cannot be used now.
+
+    `damaged`: it never will be (not SQLite, corrupt, of a newer schema), so it is moved aside;
+    otherwise (a full disk, an I/O error, a lock held elsewhere) it is kept and tried again.
+    """
+
+    def __init__(self, message: str, *, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
+#: SQLite's words for a file that is not a database of any use, whatever is retried.
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
@@ -89,20 +107,23 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
         # mode=ro still needs the -shm file of a WAL database; a stopped daemon left it (or
         # the directory is writable for SQLite to make it). No write ever happens here.
         uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a `?` or `#` in the path stays its own
-        db = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
     else:
-        db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
+                             isolation_level=None)
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            # Moved aside too: a downgraded panicd keeps a durable history of its own (the
+            # newer one's is kept beside it, for an upgrade or a person).
             raise StoreError(f"{path}: schema version {version} is newer than this panicd's "
-                             f"({SCHEMA_VERSION})")
+                             f"({SCHEMA_VERSION})", damaged=True)
         if read_only:
             return db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise StoreError(f"{path}: the database is damaged (quick_check)")
+            raise StoreError(f"{path}: the database is damaged (quick_check)", damaged=True)
         for number in range(version, SCHEMA_VERSION):
             # One transaction per step (executescript commits whatever is open first, so the
             # BEGIN is part of the script): a migration is applied whole or not at all.
@@ -110,7 +131,8 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
                              f"PRAGMA user_version = {number + 1};\nCOMMIT;")
     except sqlite3.DatabaseError as exc:
         db.close()
-        raise StoreError(f"{path}: {exc}") from exc
+        damaged = str(getattr(exc, "sqlite_errorname", "")).startswith(_DAMAGED)
+        raise StoreError(f"{path}: {exc}", damaged=damaged) from exc
     except StoreError:
         db.close()
         raise
@@ -164,6 +186,8 @@ class IncidentListing:
 _LISTING_SQL = """
 SELECT id, seen_at, guest, kind, json_extract(record, '$.detection'), state,
   (SELECT group_concat(json_extract(s.value, '$.name') || ':' || CASE
+      WHEN json_type(s.value, '$.skipped') = 'text' THEN 'skipped'
+      -- A step stored before `skipped` was a field: `detail.skipped` (true or a reason).
       WHEN json_type(s.value, '$.detail.skipped') IN ('true', 'text', 'integer') THEN 'skipped'
       WHEN json_extract(s.value, '$.ok') THEN 'ok' ELSE 'failed' END, ' ')
    FROM json_each(record, '$.steps') AS s),
@@ -252,14 +276,15 @@ class IncidentStore:
         #: Incidents not written yet (a failed write keeps them here for the next try).
         #: Each with the number of its latest change, so that a write made before a change
         #: does not count for it. The records are the live ones (no copies): the writer thread
-        #: serialises each with one call into pydantic-core, which holds the GIL throughout,
-        #: so it always sees a record whole, between two of the event loop's changes.
+        #: serialises each with model_dump_json; a change the loop makes meanwhile bumps its
+        #: number, so the record is written again with the next batch (never lost).
         self._unsaved: dict[str, tuple[IncidentRecord, int]] = {}
         self._changes = 0
         #: Done once the writes asked for so far have been made (or have failed).
         self._waiting: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._failing = False
+        self._opened_at = 0.0
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -272,16 +297,30 @@ class IncidentStore:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._db = self._connect_or_replace(self.path)
-        except OSError as exc:
-            self._fail("open", f"cannot create {self.path}: {exc}; incidents are kept in memory only")
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            self._fail("open", f"cannot create {self.path}: {exc}; incidents are kept in memory "
+                       "and written once it can be opened")
+            self._db = None
+        self._opened_at = time.monotonic()
+        if self._db is None:
             return
         self._import_ledger()
         self._load_cache()
 
-    def _connect_or_replace(self, path: Path) -> sqlite3.Connection:
+    def _connect_or_replace(self, path: Path) -> sqlite3.Connection | None:
+        """The store at `path`; a damaged one moved aside and replaced; None (in memory for
+        now, tried again with the next write) when it cannot be opened at the moment."""
         try:
             return connect(path)
+        except sqlite3.Error as exc:  # from sqlite3.connect itself: cannot open the file
+            self._fail("open", f"cannot open {path}: {exc}; incidents are kept in memory and "
+                       "written once it can be opened")
+            return None
         except StoreError as exc:
+            if not exc.damaged:
+                self._fail("open", f"{exc}; the file is kept, incidents are kept in memory and "
+                           "written once it can be opened")
+                return None
             aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
@@ -297,9 +336,11 @@ class IncidentStore:
             "i.seen_at = (SELECT MAX(seen_at) FROM incidents AS j WHERE j.guest = i.guest) "
             "UNION SELECT id FROM incidents WHERE state = 'open' OR instance IS NOT NULL "
             "AND seen_at > ?)", (time.time() - 7 * 86400,)).fetchall()
+        held = {r.id for r in (*self._by_instance.values(), *self._by_guest.values())}
         for (text,) in rows:
             record = _read(text)
-            if record is not None:
+            # What the loop already holds (reopened after a failure) is newer than the file.
+            if record is not None and record.id not in held and record.id not in self._unsaved:
                 self._remember(record)
 
     def _import_ledger(self) -> None:
@@ -320,7 +361,8 @@ class IncidentStore:
             socket = str(instance).rsplit("|", 2)[0]
             at = float(entry.get("at") or 0)
             records.append(IncidentRecord(
-                id=f"ledger-{int(at)}-{abs(hash(instance)) % 0xffffff:06x}",
+                # Stable: imported twice (a rename that failed), it is the same row.
+                id=f"ledger-{int(at)}-{hashlib.sha256(str(instance).encode()).hexdigest()[:12]}",
                 guest=GuestRecord(name=Path(socket).stem, socket=socket),
                 instance=str(instance), kind=IncidentKind.PANIC, detection=Detection.EVENT,
                 seen_at=at,
@@ -365,7 +407,10 @@ class IncidentStore:
                 record = _read(text)
                 if record is None:
                     continue
-                path = record.dump.path if record.dump is not None else None
+                # Its summary, else its last dump step (an announce cut short never wrote one).
+                dump = record.dump or next((step.dump_summary() for step in reversed(record.steps)
+                                            if step.name == "dump"), None)
+                path = dump.path if dump is not None else None
                 if path is None or not Path(path).exists():
                     doomed.append((record.id,))
             with _transaction(self._db):
@@ -438,14 +483,19 @@ class IncidentStore:
         await asyncio.sleep(WRITE_DELAY_SECONDS)
         while self._waiting:
             waiting, self._waiting = self._waiting, []
-            await self._call(self._write_unsaved)
+            self._forget(await self._call(self._write_unsaved))
             for written in waiting:
                 if not written.done():
                     written.set_result(None)
 
-    def _write_unsaved(self) -> None:
+    def _write_unsaved(self) -> list[tuple[str, int]]:
+        """Write what is unsaved; return what was written (the loop forgets it, not this
+        thread: a change made meanwhile must not be forgotten with it)."""
+        if self._db is None and self.path is not None and self._unsaved \
+                and time.monotonic() - self._opened_at >= REOPEN_SECONDS:
+            self._open()  # it could not be opened before: the disk may take it now
         if self._db is None or not self._unsaved:
-            return
+            return []
         batch = list(self._unsaved.items())
         rows = [_row(record) for _, (record, _) in batch]
         try:
@@ -457,18 +507,23 @@ class IncidentStore:
                 self._failing = True
                 self._fail("write", f"cannot write {self.path}: {exc}; kept in memory and "
                            "written with the next change")
-            return
-        for incident_id, written in batch:
-            if self._unsaved.get(incident_id) == written:  # not changed again meanwhile
-                del self._unsaved[incident_id]
+            return []
         if self._failing:
             self._failing = False
             log.info("store.writable_again", path=str(self.path))
+        return [(incident_id, change) for incident_id, (_, change) in batch]
+
+    def _forget(self, written: list[tuple[str, int]] | None) -> None:
+        """On the loop: what was written is saved, unless it changed again since."""
+        for incident_id, change in written or []:
+            unsaved = self._unsaved.get(incident_id)
+            if unsaved is not None and unsaved[1] == change:
+                del self._unsaved[incident_id]
 
     async def flush(self) -> None:
         if self._writer is not None:
             await asyncio.wait({self._writer})
-        await self._call(self._write_unsaved)
+        self._forget(await self._call(self._write_unsaved))
 
     # -- reads that may wait --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import pytest
 from panicd.cli import main
 from panicd.events import Detection, IncidentKind
 from panicd.records import (
+    DumpStepDetail,
     DumpSummary,
     GuestRecord,
     IncidentRecord,
@@ -61,8 +62,8 @@ def history() -> list[IncidentRecord]:
             steps=[
                 StepResult(name="dump", ok=True, started_at=at(BASE - 2 * DAY + 0.01),
                            seconds=0.52,
-                           detail={"path": "/var/lib/panicd/dumps/web1/1.elf", "format": "elf",
-                                   "bytes": 268435456, "seconds": 0.29}),
+                           dump=DumpStepDetail(path="/var/lib/panicd/dumps/web1/1.elf",
+                                               format="elf", bytes=268435456, seconds=0.29)),
                 StepResult(name="restart", ok=True, started_at=at(BASE - 2 * DAY + 0.6),
                            seconds=0.01),
             ],
@@ -83,8 +84,7 @@ def history() -> list[IncidentRecord]:
             detection=Detection.EVENT, action="pause", seen_at=BASE, state=IncidentState.DONE,
             steps=[
                 StepResult(name="dump", ok=False, started_at=at(BASE + 0.01), seconds=0.004,
-                           error="skipped: not enough space under /var/lib/panicd/dumps",
-                           detail={"guest_gone": False}),
+                           error="skipped: not enough space under /var/lib/panicd/dumps"),
             ],
             dump=None,
         ),
@@ -95,7 +95,8 @@ def history() -> list[IncidentRecord]:
                              bytes=1024, seconds=0.3, result="completed",
                              panic_reason="sysrq triggered crash"),
             steps=[StepResult(name="dump", ok=True, started_at=at(BASE + 3600.01),
-                              seconds=0.31, detail={"path": "/var/lib/panicd/dumps/web1/2.elf"})],
+                              seconds=0.31,
+                              dump=DumpStepDetail(path="/var/lib/panicd/dumps/web1/2.elf"))],
         ),
     ]
 

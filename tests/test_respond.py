@@ -18,6 +18,7 @@ from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData, GuestIdentity, Incident, IncidentKind
 from panicd.qmp import QmpSession
+from panicd.records import PowerStepDetail, StepDetail
 from panicd.respond import PanicResponder, planned_steps
 
 GUEST = GuestIdentity(name="web-01", socket="/run/qemu/web-01.qmp", uuid="u-1")
@@ -69,18 +70,18 @@ def responder(tmp_path: Path, config: str, steps: dict[str, Any]) -> tuple[Panic
 async def test_a_failed_step_is_alerted_and_the_next_still_runs(tmp_path: Path) -> None:
     ran: list[str] = []
 
-    async def failing_dump(ctx: StepContext) -> dict[str, Any]:
+    async def failing_dump(ctx: StepContext) -> StepDetail:
         ran.append("dump")
         raise DumpFailed(ctx.guest.identity.name, "disk full", command={"execute": "dump-guest-memory"})
 
-    async def failing_pause(ctx: StepContext) -> dict[str, Any]:
+    async def failing_pause(ctx: StepContext) -> StepDetail:
         ran.append("pause")
         raise StepFailed(ctx.guest.identity.name, "pause", "no", command={"execute": "stop"},
                          reply={"error": {"class": "GenericError", "desc": "no"}})
 
-    async def restart(ctx: StepContext) -> dict[str, Any]:
+    async def restart(ctx: StepContext) -> StepDetail:
         ran.append("restart")
-        return {}
+        return PowerStepDetail(status="running")
 
     r, alerts = responder(tmp_path, '[[policy]]\non_panic = ["dump", "pause", "restart"]\n',
                           {"dump": failing_dump, "pause": failing_pause, "restart": restart})
@@ -95,11 +96,11 @@ async def test_a_failed_step_is_alerted_and_the_next_still_runs(tmp_path: Path) 
 
 
 async def test_a_crashing_step_costs_only_itself(tmp_path: Path) -> None:
-    async def buggy(ctx: StepContext) -> dict[str, Any]:
+    async def buggy(ctx: StepContext) -> StepDetail:
         raise KeyError("oops")
 
-    async def fine(ctx: StepContext) -> dict[str, Any]:
-        return {"ok": True}
+    async def fine(ctx: StepContext) -> StepDetail:
+        return PowerStepDetail(status="paused", skipped="crash loop: left paused")
 
     r, alerts = responder(tmp_path, '[[policy]]\non_panic = ["pause", "restart"]\n',
                           {"pause": buggy, "restart": fine})
@@ -107,6 +108,10 @@ async def test_a_crashing_step_costs_only_itself(tmp_path: Path) -> None:
     assert [o.ok for o in outcomes] == [False, True]
     assert alerts.alerts[0].kind is AlertKind.STEP_FAILED
     assert "internal error" in alerts.alerts[0].message
+    # A step's skip reason is the result's `skipped`; its detail goes in the field of its kind.
+    assert outcomes[1].skipped == "crash loop: left paused"
+    assert outcomes[1].power == PowerStepDetail(status="paused")
+    assert (outcomes[1].dump, outcomes[1].hook) == (None, None)
 
 
 async def test_when_qemu_powers_off_only_hooks_run(tmp_path: Path) -> None:
@@ -175,6 +180,7 @@ async def test_a_hook_that_leaves_a_child_behind_is_done_when_it_exits(tmp_path:
               'exec = { command = ["sh", "-c", "sleep 30 & echo started"], timeout = 10 }\n')
     r, alerts = responder(tmp_path, config, registry())
     outcomes = await asyncio.wait_for(r.handle(incident(), NoGuest()), 5)
-    assert outcomes[0].ok, outcomes[0].detail
-    assert outcomes[0].detail["stdout"] == "started\n"
+    assert outcomes[0].ok, outcomes[0].error
+    assert outcomes[0].hook is not None
+    assert outcomes[0].hook.stdout == "started\n"
     assert alerts.alerts == []

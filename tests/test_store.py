@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
-from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
+from panicd.records import (
+    DumpSummary,
+    IncidentRecord,
+    IncidentState,
+    PowerStepDetail,
+    StepResult,
+)
 from panicd.store import FILE_NAME, SCHEMA_VERSION, IncidentQueries, IncidentStore, connect
 
 
@@ -24,7 +30,7 @@ def record(guest: str = "web-01", instance: str | None = "/run/q.qmp|42|1000",
 
 def restart_step(at: dt.datetime) -> StepResult:
     return StepResult(name="restart", ok=True, started_at=at, seconds=0.01,
-                      detail={"status": "running"})
+                      power=PowerStepDetail(status="running"))
 
 
 class Failures:
@@ -185,4 +191,123 @@ async def test_old_incidents_whose_dumps_are_gone_are_pruned(tmp_path: Path) -> 
     await store.close()
     db = connect(tmp_path / FILE_NAME, read_only=True)
     assert {r.guest.name for r in IncidentQueries(db).incidents()} == {"kept", "open", "recent"}
+    db.close()
+
+
+async def test_steps_stored_with_an_earlier_panicds_detail_dict_load_as_typed_fields(
+    tmp_path: Path,
+) -> None:
+    # What panicd wrote before steps were typed: everything a step did in one `detail` dict,
+    # `skipped` True or a reason, `guest_gone` a key. Such a database must keep loading.
+    at = dt.datetime.now(dt.UTC)
+    legacy_steps = [
+        ("dump", True, None, {"skipped": "dump already made for this panic",
+                              "path": "/dumps/web-01/1.elf", "result": "running"}),
+        ("restart", True, None, {"skipped": "crash loop: left paused",
+                                 "status_before": "guest-panicked", "status": "guest-panicked"}),
+        ("restart", True, None, {"status": "running"}),
+        ("exec", True, None, {"returncode": 0, "stdout": "hello\n", "stderr": ""}),
+        ("poweroff", False, "QEMU is powering the guest off", {"skipped": True}),
+        ("pause", False, "not connected", {"guest_gone": True}),
+        ("resume", True, None, {"status": 7, "unknown": "kept as it was"}),
+        ("resume", True, None, {"status": "running", "unknown": "kept beside it"}),
+    ]
+    store = IncidentStore(tmp_path)
+    await store.open()
+    stored = record(seen_at=at.timestamp())
+    await store.create(stored)
+    await store.close()
+    document = json.loads(stored.model_dump_json())
+    document["steps"] = [{"name": name, "ok": ok, "started_at": at.isoformat(), "seconds": 0.1,
+                          "error": error, "command": None, "reply": None, "detail": detail}
+                         for name, ok, error, detail in legacy_steps]
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.execute("UPDATE incidents SET record = ? WHERE id = ?", (json.dumps(document), stored.id))
+    db.close()
+
+    db = connect(tmp_path / FILE_NAME, read_only=True)
+    queries = IncidentQueries(db)
+    (loaded,) = queries.incidents(guest="web-01")
+    dump, crash_loop, restart, hook, poweroff, pause, resume, resumed = loaded.steps
+    assert dump.skipped == "dump already made for this panic"
+    assert dump.dump is not None and (dump.dump.path, dump.dump.result) == ("/dumps/web-01/1.elf",
+                                                                           "running")
+    assert crash_loop.skipped == "crash loop: left paused"
+    assert crash_loop.power == PowerStepDetail(status_before="guest-panicked",
+                                               status="guest-panicked")
+    assert restart.skipped is None and restart.power == PowerStepDetail(status="running")
+    assert hook.hook is not None and hook.hook.stdout == "hello\n"
+    assert poweroff.skipped == "QEMU is powering the guest off"
+    assert pause.guest_gone and pause.power is None
+    # A detail that fits no model is kept whole (shown by `panicd incidents show`), not lost.
+    assert resume.power is None and resume.detail == {"status": 7, "unknown": "kept as it was"}
+    assert resumed.power == PowerStepDetail(status="running")
+    assert resumed.detail == {"unknown": "kept beside it"}
+    assert all(step.detail is None for step in loaded.steps[:-2])
+    # Only the restart that ran counts for the crash-loop budget.
+    assert queries.restarts("web-01", at.timestamp() - 1) == [at.timestamp()]
+    (listed,) = queries.listing(guest="web-01")
+    assert listed.steps == ("dump:skipped restart:skipped restart:ok exec:ok poweroff:skipped "
+                            "pause:failed resume:ok resume:ok")
+    assert listed.dump_step == dump
+    db.close()
+
+
+async def test_a_skipped_step_is_listed_as_skipped(tmp_path: Path) -> None:
+    at = dt.datetime.now(dt.UTC)
+    store = IncidentStore(tmp_path)
+    await store.open()
+    held = record(seen_at=at.timestamp())
+    await store.create(held)
+    held.steps.append(StepResult(name="restart", ok=True, started_at=at, seconds=0.01,
+                                 skipped="crash loop: left paused",
+                                 power=PowerStepDetail(status_before="guest-panicked",
+                                                       status="guest-panicked")))
+    store.save(held)
+    await store.close()
+    db = connect(tmp_path / FILE_NAME, read_only=True)
+    queries = IncidentQueries(db)
+    assert [listed.steps for listed in queries.listing()] == ["restart:skipped"]
+    assert queries.restarts("web-01", at.timestamp() - 1) == []
+    db.close()
+
+
+async def test_a_store_that_cannot_be_opened_now_is_kept_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not damage (a full disk, an I/O error, a lock held elsewhere): the file and its history
+    # are kept, never moved aside; incidents wait in memory until it opens.
+    import panicd.store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(store_module, "REOPEN_SECONDS", 0.0)
+    path = tmp_path / FILE_NAME
+    first = IncidentStore(tmp_path)
+    await first.open()
+    old = record(guest="old")
+    await first.create(old)
+    await first.close()
+    blocker = sqlite3.connect(path, timeout=0, isolation_level=None)
+    # In WAL mode only an exclusive locking mode keeps other connections out altogether.
+    blocker.execute("PRAGMA locking_mode = EXCLUSIVE")
+    blocker.execute("BEGIN EXCLUSIVE")
+    blocker.execute("DELETE FROM incidents WHERE id = 'none'")
+
+    failures = Failures()
+    store = IncidentStore(tmp_path, on_failure=failures)
+    await store.open()
+    assert [what for what, _ in failures.seen] == ["open"]
+    assert "the file is kept" in failures.seen[0][1]
+    assert not list(tmp_path.glob(f"{FILE_NAME}.broken-*"))
+    new = record(guest="new")
+    await store.create(new)  # still locked: kept in memory
+    assert store.last_incident("new") is new
+
+    blocker.execute("ROLLBACK")
+    blocker.close()  # the lock goes with the connection
+    store.save(new)
+    await store.flush()
+    await store.close()
+    db = connect(path, read_only=True)
+    assert {r.guest.name for r in IncidentQueries(db).incidents()} == {"old", "new"}
     db.close()

@@ -1,8 +1,9 @@
 """Policy steps: one module per kind of action, one interface for all.
 
-A step is an async function taking a `StepContext` and returning a small dict of what it did
-(logged with the step's `step.done` event). It raises `StepFailed` (or `DumpFailed`) with the
-command sent and QEMU's reply when it fails; the responder alerts and goes on to the next step.
+A step is an async function taking a `StepContext` and returning a `records.StepDetail` of what
+it did (logged with the step's `step.done` event; its `skipped` says why it did not do its job,
+when the situation did not let it). It raises `StepFailed` (or `DumpFailed`) with the command
+sent and QEMU's reply when it fails; the responder alerts and goes on to the next step.
 Steps talk to QEMU through `run_command`, which turns every QMP failure into the step's error.
 
 A QEMU that does not answer is waited for, not given up on: a frozen QEMU (SIGSTOP, a host
@@ -37,6 +38,7 @@ from panicd.events import DumpCompletedData, GuestIdentity, Incident
 from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError, QmpSession
+from panicd.records import StepDetail
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.actions")
@@ -123,7 +125,7 @@ CHANGES_GUEST = frozenset({"stop", "cont", "system_reset", "quit", "system_power
                            "dump-guest-memory", "inject-nmi"})
 
 
-Step = Callable[[StepContext], Awaitable[dict[str, Any]]]
+Step = Callable[[StepContext], Awaitable[StepDetail]]
 
 
 def step_error(

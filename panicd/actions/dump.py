@@ -50,11 +50,18 @@ from panicd.evidence import (
     qemu_never_began,
     record_completed,
 )
-from panicd.records import DumpIncident, DumpInfo, DumpRecord, GuestRecord, jsonable
+from panicd.records import (
+    DumpIncident,
+    DumpInfo,
+    DumpRecord,
+    DumpStepDetail,
+    GuestRecord,
+    jsonable,
+)
 
 log = structlog.get_logger("panicd.dump")
 
-async def dump(ctx: StepContext) -> dict[str, Any]:
+async def dump(ctx: StepContext) -> DumpStepDetail:
     settings = ctx.policy.dump
     guest_session(ctx, "dump")  # a guest not connected fails now, not after waiting for a turn
     if ctx.incident.detection is Detection.RESUMED:
@@ -79,7 +86,7 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
             written = await _dump_in_slot(ctx, fmt, waited, slot, deadline)
         finally:
             slots.reserved_bytes -= need
-    if isinstance(written, dict):
+    if isinstance(written, DumpStepDetail):
         return written  # detached: QEMU goes on without panicd, orphans.py finishes it
     # The turn is given back: the next guest's dump may start while this one is finished.
     record, result, seconds = written
@@ -92,14 +99,11 @@ async def dump(ctx: StepContext) -> dict[str, Any]:
     # Triage reads the file while the policy goes on (a restart needs only the file written);
     # DUMP_COMPLETED goes out when triage is done or gives up (evidence.py).
     ctx.spawn(announce(ctx.evidence, record, not_recorded), f"announce:{ctx.dump_path.name}")
-    done: dict[str, Any] = {"path": record.dump.path, "format": fmt, "bytes": record.dump.size_bytes,
-                            "seconds": record.dump.duration_seconds}
-    if not_recorded:
-        done["not_recorded"] = not_recorded
-    return done
+    return DumpStepDetail(path=record.dump.path, format=fmt, bytes=record.dump.size_bytes,
+                          seconds=record.dump.duration_seconds, not_recorded=not_recorded)
 
 
-async def _dump_of_resumed_panic(ctx: StepContext) -> dict[str, Any] | None:
+async def _dump_of_resumed_panic(ctx: StepContext) -> DumpStepDetail | None:
     """For a panic handled again: the dump an earlier panicd made of it, or None to make one.
 
     panicd stopped after this panic's dump record was written: orphans.py settles the record,
@@ -120,8 +124,12 @@ async def _dump_of_resumed_panic(ctx: StepContext) -> dict[str, Any] | None:
         log.info("dump.never_started", path=str(path), qemu_status=status)
         return None
     log.info("dump.already_made", path=str(path))
-    return {"skipped": "dump already made for this panic", "path": str(path),
-            "result": earlier[-1]["dump"]["result"]}
+    # Until orphans.py settles it as completed, QEMU may still be writing it.
+    info = earlier[-1]["dump"]
+    fmt = info.get("format")
+    return DumpStepDetail(skipped="dump already made for this panic", path=str(path),
+                          format=fmt if isinstance(fmt, str) else None,
+                          result="completed" if info.get("result") == "completed" else "running")
 
 
 async def _wait_until_written(ctx: StepContext, timeout: float) -> str | None:
@@ -167,7 +175,7 @@ async def _check_space(ctx: StepContext, need: int) -> None:
 
 async def _dump_in_slot(
     ctx: StepContext, fmt: str, waited: float, slot: DumpSlot, deadline: float
-) -> dict[str, Any] | tuple[DumpRecord, DumpCompletedData, float]:
+) -> DumpStepDetail | tuple[DumpRecord, DumpCompletedData, float]:
     """QEMU writes the dump: (its record, QEMU's result, seconds), or, when the connection
     dropped meanwhile, the step's result saying it is left running."""
     guest = ctx.guest.identity
@@ -194,7 +202,7 @@ async def _dump_in_slot(
         # is still there): the metadata stays "running" and orphans.py settles it, with its
         # alert, when the guest is connected again.
         log.warning("dump.detached", path=str(path), error=str(exc))
-        return {"path": str(path), "format": fmt, "result": "running"}
+        return DumpStepDetail(path=str(path), format=fmt, result="running")
     except asyncio.CancelledError:
         # panicd is stopping. Once QEMU may be writing, it goes on without us: the metadata
         # says "running" until a later panicd settles it (orphans.py). Before that, the

@@ -14,12 +14,13 @@ import json
 import os
 import signal
 import tempfile
-from typing import IO, Any
+from typing import IO
 
 import structlog
 
 from panicd.actions import StepContext
 from panicd.errors import StepFailed
+from panicd.records import HookStepDetail
 
 log = structlog.get_logger("panicd.hook")
 
@@ -47,7 +48,7 @@ def hook_environment(ctx: StepContext) -> dict[str, str]:
     }
 
 
-async def run_hook(ctx: StepContext) -> dict[str, Any]:
+async def run_hook(ctx: StepContext) -> HookStepDetail:
     settings = ctx.policy.exec
     name = ctx.guest.identity.name
     if settings is None:  # config validation forbids this; kept for direct callers
@@ -83,7 +84,7 @@ async def run_hook(ctx: StepContext) -> dict[str, Any]:
         stdout, stderr = (_head(f) for f in (out, err))
     if proc.returncode != 0:
         raise StepFailed(name, "exec", f"exited with status {proc.returncode}: {stderr.strip()}")
-    return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+    return HookStepDetail(returncode=proc.returncode, stdout=stdout, stderr=stderr)
 
 
 def _head(file: IO[bytes]) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import structlog
 
@@ -33,6 +32,7 @@ from panicd.actions import (
     step_error,
 )
 from panicd.qmp import QmpCommandError
+from panicd.records import PowerStepDetail
 
 log = structlog.get_logger("panicd.power")
 
@@ -47,20 +47,20 @@ async def _status(ctx: StepContext, step: str) -> str:
     return status if isinstance(status, str) else "unknown"
 
 
-async def pause(ctx: StepContext) -> dict[str, Any]:
+async def pause(ctx: StepContext) -> PowerStepDetail:
     """Keep the guest stopped: `stop` it unless it already is (guest-panicked usually is)."""
     before = await _status(ctx, "pause")
     if before not in _STOPPED:
         await run_command(ctx, "pause", "stop")
-    return {"status_before": before, "status": await _status(ctx, "pause")}
+    return PowerStepDetail(status_before=before, status=await _status(ctx, "pause"))
 
 
-async def resume(ctx: StepContext) -> dict[str, Any]:
+async def resume(ctx: StepContext) -> PowerStepDetail:
     await run_command(ctx, "resume", "cont")
-    return {"status": await _status(ctx, "resume")}
+    return PowerStepDetail(status=await _status(ctx, "resume"))
 
 
-async def restart(ctx: StepContext) -> dict[str, Any]:
+async def restart(ctx: StepContext) -> PowerStepDetail:
     limit = ctx.policy.restart
     # Counted from the incident history, so a restarted panicd keeps the brake on.
     if limit is not None and len(await ctx.restarts_since(time.time() - limit.within)) >= limit.max:
@@ -71,7 +71,7 @@ async def restart(ctx: StepContext) -> dict[str, Any]:
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
         await run_command(ctx, "restart", "cont")
-    return {"status": await _status(ctx, "restart")}
+    return PowerStepDetail(status=await _status(ctx, "restart"))
 
 
 async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:
@@ -99,21 +99,22 @@ async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:
         await asyncio.sleep(DUMP_POLL_SECONDS)
 
 
-async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> dict[str, Any]:
+async def _crash_loop(ctx: StepContext, restarts: int, within: float) -> PowerStepDetail:
     """Too many restarts: leave the guest paused for a person, and say so loudly."""
     guest = ctx.guest.identity
     ctx.metrics.crash_loops.inc()
     state = await pause(ctx)
     ctx.alerter.send(alerts.crash_loop(guest, ctx.incident.id, restarts, within))
-    return {"skipped": "crash loop: left paused", **state}
+    return state.model_copy(update={"skipped": "crash loop: left paused"})
 
 
-async def poweroff(ctx: StepContext) -> dict[str, Any]:
+async def poweroff(ctx: StepContext) -> PowerStepDetail:
     try:
+        await ctx.before_changing_guest()  # as run_command does for every other command
         await patient_execute(guest_session(ctx, "poweroff"), "quit", step="poweroff")
     except QmpCommandError as exc:
         # QEMU may close the socket before its reply to quit is read: that is success.
         if exc.kind != QmpCommandError.DISCONNECTED:
             raise step_error(ctx, "poweroff", exc.reason, command=exc.command,
                              reply=exc.reply) from exc
-    return {}
+    return PowerStepDetail()
