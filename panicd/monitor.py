@@ -287,8 +287,10 @@ class GuestMonitor:
             self._on_event(event)
         if self.runstate == "guest-panicked":
             self._found_panicked()
-        elif self.runstate == "running":
-            self.store.guest_ran_again(self._instance)
+        else:
+            self._settle_open_incident()
+            if self.runstate == "running":
+                self.store.guest_ran_again(self._instance)
         assert self._tasks is not None  # set by run(), which is the only caller
         orphans = self._tasks.create_task(
             finish_orphaned_dumps(self, self.responder.evidence),
@@ -421,6 +423,27 @@ class GuestMonitor:
         log.warning("panic.found_on_connect", status=self.runstate)
         self._raise_incident(Incident(kind=IncidentKind.PANIC, guest=self._identity,
                                       detection=Detection.ON_CONNECT, action="pause"))
+
+    def _settle_open_incident(self) -> None:
+        """An open incident of this QEMU whose guest is no longer guest-panicked: its steps were
+        cut short after they changed the guest. In `prelaunch` (reset, but not yet `cont`: the
+        connection dropped inside the restart step) the incident is resumed, so the guest
+        runs; otherwise (running again, shut down, paused by a person) there is nothing left
+        to act on, and it is closed as it stands."""
+        latest = self.store.latest_for_instance(self._instance)
+        if (latest is None or latest.state is not IncidentState.OPEN
+                or self.worker.holds(latest.id)):
+            return
+        if self.runstate == "prelaunch" and latest.kind is IncidentKind.PANIC:
+            log.warning("panic.resumed", status=self.runstate, incident=latest.id)
+            latest.detection = Detection.RESUMED
+            self._raise_incident(Incident(kind=latest.kind, guest=self._identity,
+                                          detection=Detection.RESUMED, action=latest.action,
+                                          received_at=latest.seen_at, id=latest.id), latest)
+            return
+        log.info("incident.closed_on_connect", incident=latest.id, status=self.runstate)
+        latest.state = IncidentState.DONE
+        self.store.save(latest)
 
     def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None) -> None:
         self._latched.add(incident.kind)

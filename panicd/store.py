@@ -270,6 +270,9 @@ class IncidentStore:
         self._on_failure = on_failure or (lambda _what, _why: None)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
+        #: Incidents not done yet, by id: the live records (their steps still run, or they
+        #: wait to be resumed), which a finished dump's summary must go into.
+        self._live: dict[str, IncidentRecord] = {}
         #: Latest incident per QEMU process, and per guest name (what the event path asks).
         self._by_instance: dict[str, IncidentRecord] = {}
         self._by_guest: dict[str, IncidentRecord] = {}
@@ -424,8 +427,11 @@ class IncidentStore:
 
     async def record_dump(self, incident_id: str, dump: DumpSummary) -> None:
         """The dump of incident `incident_id` is finished (evidence.py): into its record."""
-        record = next((r for r in (*self._by_instance.values(), *self._by_guest.values())
-                       if r.id == incident_id), None)
+        # The live record when there is one: a copy read from the file and saved would be
+        # overwritten by the live one's next save (or overwrite its unsaved changes).
+        record = self._live.get(incident_id) or next(
+            (r for r in (*self._by_instance.values(), *self._by_guest.values())
+             if r.id == incident_id), None)
         if record is None:
             def read() -> IncidentRecord | None:
                 return IncidentQueries(self._db).incident(incident_id) if self._db else None
@@ -445,6 +451,18 @@ class IncidentStore:
             self.save(latest)
 
     def _remember(self, record: IncidentRecord) -> None:
+        if record.state is IncidentState.OPEN:
+            self._live[record.id] = record
+        else:
+            self._live.pop(record.id, None)
+        if record.instance is not None and record.instance not in self._by_instance:
+            # A new QEMU process on this socket: the ones before it are gone, and their
+            # entries with them (what is done stays in the file), so that the cache holds
+            # the QEMUs of now, not of every month the host has run.
+            socket = record.instance.rsplit("|", 2)[0]
+            for instance in [i for i, r in self._by_instance.items()
+                             if i.rsplit("|", 2)[0] == socket and r.state is IncidentState.DONE]:
+                del self._by_instance[instance]
         if record.instance is not None:
             known = self._by_instance.get(record.instance)
             if known is None or (known.seen_at, known.id) <= (record.seen_at, record.id):

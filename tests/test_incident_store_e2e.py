@@ -599,3 +599,50 @@ async def test_a_read_only_store_is_alerted_and_panics_are_still_handled(
     assert await daemon.stop() == 0
     assert path.read_bytes() == before  # nothing was moved aside or changed
     assert not list(path.parent.glob(f"{FILE_NAME}.broken-*"))
+
+
+async def open_incident_for(tmp: Path, guest: QemuGuest) -> IncidentRecord:
+    """What a panicd killed inside a restart step leaves: an open incident, its dump done."""
+    from panicd.records import qemu_instance
+
+    assert guest.proc is not None
+    instance = qemu_instance(str(guest.qmp_path), guest.proc.pid)
+    assert instance is not None
+    store_path(tmp).parent.mkdir(exist_ok=True)
+    store = IncidentStore(store_path(tmp).parent)
+    await store.open()
+    record = IncidentRecord.of(Incident(kind=IncidentKind.PANIC, detection=Detection.EVENT,
+                                        guest=GuestIdentity(name=guest.name, socket=str(guest.qmp_path)),
+                                        action="pause"), instance)
+    await store.create(record)
+    await store.close()
+    return record
+
+
+async def test_an_open_incident_of_a_guest_left_in_prelaunch_is_resumed_and_the_guest_runs(
+    short_tmp: Path, panicd: Any, qemus: Qemus
+) -> None:
+    # The connection dropped inside restart, between system_reset and cont: prelaunch (-S).
+    guest = await qemus(unique("prelaunch"), extra_args=["-S"])
+    assert await guest.status() == "prelaunch"
+    record = await open_incident_for(short_tmp, guest)
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["restart"]'))
+    await daemon.wait_event("panic.resumed", incident=record.id)
+    await wait_for_status(guest, "running")
+    (done,) = await wait_for_incidents(short_tmp, guest.name)
+    assert done.id == record.id and step_names(done) == ["restart:ok"]
+    assert await daemon.stop() == 0
+
+
+async def test_an_open_incident_of_a_guest_found_running_is_closed(
+    short_tmp: Path, panicd: Any, qemus: Qemus
+) -> None:
+    guest = await qemus(unique("running"))
+    assert await guest.status() == "running"
+    record = await open_incident_for(short_tmp, guest)
+    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]'))
+    await daemon.wait_event("incident.closed_on_connect", incident=record.id)
+    (done,) = await wait_for_incidents(short_tmp, guest.name)
+    assert done.id == record.id and done.steps == []  # nothing was done to a running guest
+    assert not dumps_of(short_tmp, guest.name)
+    assert await daemon.stop() == 0
