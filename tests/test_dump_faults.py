@@ -441,14 +441,20 @@ async def test_a_qemu_frozen_past_the_dump_timeout_is_restarted_once_it_has_writ
                                    GUEST_NAME=guest.name)
     assert failed["ERROR"] == ("timed out after 2 s; QEMU may still be writing (it cannot "
                                "cancel a dump)"), failed["ERROR"]
-    assert dumps_of(short_tmp, guest.name) == []  # the partial file is removed
+    (kept,) = dumps_of(short_tmp, guest.name)  # kept, with its record: QEMU may finish it
 
-    # Thawed, QEMU goes on writing (into the removed file); the restart waits for it to end,
-    # since system_reset during a dump would abort QEMU, then resets the guest.
+    # Thawed, QEMU goes on writing; the restart waits for it to end, since system_reset
+    # during a dump would abort QEMU, then resets the guest; the dump QEMU finished late is
+    # finished like any other (the same record and DUMP_COMPLETED), not thrown away.
     thaw(guest)
     await daemon.wait_event("step.waiting_for_dump", guest=guest.name, step="restart")
     await daemon.wait_event("step.done", guest=guest.name, step="restart", timeout=30)
     await wait_for_status(guest, "running")
+    (late,) = await completed_dumps(short_tmp, guest.name, timeout=30)
+    assert late == kept and late.stat().st_size >= BIG_GUEST_MIB * MIB
+    (written,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                    GUEST_NAME=guest.name)
+    assert written["DUMP_PATH"] == str(kept)
     assert not await journal.find(timeout=0.5, MESSAGE_ID=AlertKind.STEP_FAILED.message_id,
                                   GUEST_NAME=guest.name)
     no_tracebacks(daemon)

@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 
 from panicd import __version__
-from panicd.actions import StepContext, guest_session, run_command
+from panicd.actions import WAIT_FOR_QEMU_SECONDS, StepContext, guest_session, run_command
 from panicd.actions.qemu_dump import POLL_SECONDS, Detached, Progress, time_left, write_dump
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
@@ -45,11 +45,13 @@ from panicd.events import Detection, DumpCompletedData
 from panicd.evidence import (
     DumpGone,
     announce,
+    finish_dump,
     lost_file_reason,
     os_error_text,
     qemu_never_began,
     record_completed,
 )
+from panicd.qmp import QmpCommandError
 from panicd.records import (
     DumpIncident,
     DumpInfo,
@@ -216,12 +218,47 @@ async def _dump_in_slot(
         reason = await asyncio.to_thread(lost_file_reason, path, exc, progress.qemu_may_write)
         await asyncio.to_thread(ctx.dumps.discard, path)
         raise DumpFailed(guest.name, reason) from exc
+    except DumpFailed as exc:
+        if progress.qemu_may_write and _timed_out(exc):
+            # The policy's timeout passed while QEMU may still write (frozen, or slow: it
+            # cannot cancel a dump). The file and its record stay; if QEMU finishes the dump
+            # it is finished like every other (evidence.py), only later.
+            ctx.spawn(_finish_late(ctx, record), f"late-dump:{path.name}")
+            raise
+        await asyncio.to_thread(ctx.dumps.discard, path)
+        raise
     except BaseException:
         await asyncio.to_thread(ctx.dumps.discard, path)
         raise
     finally:
         os.close(dump_file.fd)
     return record, result, time.monotonic() - progress.begun
+
+
+def _timed_out(exc: DumpFailed) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, QmpCommandError) and cause.kind == QmpCommandError.TIMEOUT
+
+
+async def _finish_late(ctx: StepContext, record: DumpRecord) -> None:
+    """A dump whose policy timeout passed: wait for QEMU to end it; finish it if complete."""
+    path = Path(record.dump.path)
+    ctx.evidence.announcing.add(record.dump.path)  # orphans.py leaves it to this task
+    try:
+        status = await _wait_until_written(ctx, WAIT_FOR_QEMU_SECONDS)
+    finally:
+        ctx.evidence.announcing.discard(record.dump.path)
+    if status is None:
+        # QEMU gone or not answering: the record stays "running" for orphans.py.
+        log.warning("dump.late_unknown", path=str(path))
+        return
+    if status == "completed" and not await asyncio.to_thread(qemu_never_began, status, path):
+        log.info("dump.late_completed", path=str(path))
+        with contextlib.suppress(DumpGone):
+            await finish_dump(ctx.evidence, record, guest_bytes=None, seconds=None)
+        return
+    log.warning("dump.late_failed", path=str(path), qemu_status=status)
+    await asyncio.to_thread(ctx.dumps.discard, path)
 
 
 def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
