@@ -74,6 +74,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 #: A store that could not be opened (a full disk, an I/O error) is tried again this often, at
 #: the next write.
 REOPEN_SECONDS = 30.0
+#: Incidents kept in memory while the store cannot be written; past it the oldest done go.
+UNSAVED_LIMIT = 10_000
 #: How long a statement waits for a lock another process holds (a sqlite3 shell, a backup).
 BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -486,6 +488,8 @@ class IncidentStore:
     def _write(self, record: IncidentRecord) -> asyncio.Future[None]:
         self._changes += 1
         self._unsaved[record.id] = (record, self._changes)
+        if len(self._unsaved) > UNSAVED_LIMIT:
+            self._drop_oldest_done()
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(written)
         if self._writer is None or self._writer.done():
@@ -496,6 +500,18 @@ class IncidentStore:
             self._writer = asyncio.get_running_loop().create_task(self._write_batches(),
                                                                   name="store-writer")
         return written
+
+    def _drop_oldest_done(self) -> None:
+        """A store that never opens (or never takes a write) must not cost unbounded memory:
+        past UNSAVED_LIMIT, the oldest incidents that are done are given up (open ones, which
+        a restart would need to resume, are kept)."""
+        done = sorted((r.seen_at, incident_id) for incident_id, (r, _) in self._unsaved.items()
+                      if r.state is IncidentState.DONE)
+        surplus = len(self._unsaved) - UNSAVED_LIMIT
+        for _, incident_id in done[:surplus]:
+            del self._unsaved[incident_id]
+        if done[:surplus]:
+            log.warning("store.unsaved_dropped", incidents=len(done[:surplus]), limit=UNSAVED_LIMIT)
 
     async def _write_batches(self) -> None:
         await asyncio.sleep(WRITE_DELAY_SECONDS)

@@ -311,3 +311,23 @@ async def test_a_store_that_cannot_be_opened_now_is_kept_and_tried_again(
     db = connect(path, read_only=True)
     assert {r.guest.name for r in IncidentQueries(db).incidents()} == {"old", "new"}
     db.close()
+
+
+async def test_incidents_kept_in_memory_are_bounded_and_open_ones_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import panicd.store as store_module
+
+    monkeypatch.setattr(store_module, "UNSAVED_LIMIT", 5)
+    store = IncidentStore(None)  # a store that never opens: everything waits in memory
+    await store.open()
+    still_open = record(guest="open", seen_at=1.0)
+    await store.create(still_open)
+    for i in range(10):
+        done = record(guest=f"g{i}", seen_at=10.0 + i)
+        done.state = IncidentState.DONE
+        await store.create(done)
+    assert len(store._unsaved) == 5
+    assert still_open.id in store._unsaved  # an open one is what a restart would resume
+    assert {r.guest.name for r, _ in store._unsaved.values()} == {"open", "g6", "g7", "g8", "g9"}
+    await store.close()
