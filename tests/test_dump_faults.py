@@ -76,6 +76,20 @@ def need_free_space(path: Path, mib: int) -> None:
     assert free > (mib + 1024) * MIB, f"{path} has {free // MIB} MiB free; this test writes {mib} MiB"
 
 
+async def big_guest_frozen_mid_dump(tmp: Path, panicd: Start, qemus: Qemus, prefix: str, *,
+                                    policy: str, daemon: str) -> tuple[QemuGuest, PanicdProcess]:
+    """A big guest panicked under a `panicd run`, its QEMU frozen (SIGSTOP) once the dump has
+    begun: it surely has not finished writing while the test acts."""
+    need_free_space(tmp, BIG_GUEST_MIB)
+    guest = await qemus(unique(prefix), memory_mib=BIG_GUEST_MIB)
+    process = panicd(config(tmp, [guest], policy, daemon))
+    await process.wait_event("qmp.connected", guest=guest.name)
+    await guest.panic()
+    await process.wait_event("dump.started", guest=guest.name)
+    freeze(guest)
+    return guest, process
+
+
 async def wait_for_status(guest: QemuGuest, status: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while (last := await guest.status()) != status:
@@ -145,15 +159,9 @@ async def test_a_frozen_qemu_keeps_its_dump_and_other_guests_dump_meanwhile(
 async def test_the_dump_directory_removed_during_a_dump_is_a_dump_failure_naming_it(
     short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
 ) -> None:
-    need_free_space(short_tmp, BIG_GUEST_MIB)
-    guest = await qemus(unique("rmdir"), memory_mib=BIG_GUEST_MIB)
-    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]',
-                           "min_free_bytes = 0"))
-    await daemon.wait_event("qmp.connected", guest=guest.name)
-
-    await guest.panic()
-    await daemon.wait_event("dump.started", guest=guest.name)
-    freeze(guest)  # QEMU surely has not finished writing while the directory goes
+    guest, daemon = await big_guest_frozen_mid_dump(
+        short_tmp, panicd, qemus, "rmdir", policy='on_panic = ["dump", "restart"]',
+        daemon="min_free_bytes = 0")
     directory = short_tmp / "dumps" / safe_name(guest.name)
     shutil.rmtree(directory)
     thaw(guest)
@@ -428,15 +436,10 @@ async def test_a_qemu_slow_to_answer_keeps_its_turn(
 async def test_a_qemu_frozen_past_the_dump_timeout_is_restarted_once_it_has_written(
     short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus
 ) -> None:
-    need_free_space(short_tmp, BIG_GUEST_MIB)
-    guest = await qemus(unique("late"), memory_mib=BIG_GUEST_MIB)
-    daemon = panicd(config(short_tmp, [guest], 'on_panic = ["dump", "restart"]\ndump = { timeout = 2 }',
-                           "command_timeout = 1\nmin_free_bytes = 0"))
-    await daemon.wait_event("qmp.connected", guest=guest.name)
-
-    await guest.panic()
-    await daemon.wait_event("dump.started", guest=guest.name)
-    freeze(guest)
+    guest, daemon = await big_guest_frozen_mid_dump(
+        short_tmp, panicd, qemus, "late",
+        policy='on_panic = ["dump", "restart"]\ndump = { timeout = 2 }',
+        daemon="command_timeout = 1\nmin_free_bytes = 0")
     (failed,) = await journal.find(timeout=30, MESSAGE_ID=AlertKind.DUMP_FAILED.message_id,
                                    GUEST_NAME=guest.name)
     assert failed["ERROR"] == ("timed out after 2 s; QEMU may still be writing (it cannot "

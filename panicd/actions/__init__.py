@@ -93,7 +93,6 @@ class StepContext:
     durable: asyncio.Future[None] | None = None
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
     #: Runs work that outlives the step (a dump's triage and alert), owned by the daemon.
     spawn: Spawn = spawn_detached
 
