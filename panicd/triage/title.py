@@ -1,0 +1,342 @@
+"""A crash title for a Linux kernel log: one normalised line that names the bug, syzkaller-style.
+
+    general protection fault in tipc_subscrb_subscrp_delete
+    KASAN: use-after-free Read in remove_wait_queue
+    kernel panic: sysrq triggered crash
+
+Two crashes with one title are one bug. The rules are data (panicd/triage/title_rules.py); this
+module applies them: find the first line of a crash report, pick the first matching crash kind,
+find the frame it blames, format and normalise the title.
+
+Input is guest-written text: lines are capped in number and length, every pattern is linear,
+and `crash_title` returns None or a title for any input; it never raises. Titles are
+normalised (pids, addresses, line numbers and numbers folded) and capped at 120 characters, so
+a hostile guest cannot mint unbounded unique titles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from panicd.triage import console, rust_demangle
+from panicd.triage.title_rules import (
+    CRASH_KINDS,
+    GENERIC_SKIP,
+    HEADER_WORDS,
+    LOCK_WRAPPER,
+    NOT_A_CRASH,
+    STALL_CROSS_CALL,
+    STALL_CROSS_CALL_NAME,
+    STALL_DISPATCH,
+    STALL_INTERRUPT,
+    STALL_SKIP,
+    STALL_WORKER,
+    Blame,
+    CrashKind,
+)
+
+MAX_TITLE = 120
+MAX_LINES_SCANNED = 20_000   # lines searched for the report's first line
+MAX_REPORT_LINES = 400       # lines of one report searched for its details and frames
+MAX_LINE = 512
+
+# A frame line, in every architecture's shape; `fn` is the function, `q` marks an unreliable one.
+#    foo+0x1f/0x280 [mod]                    x86 (ORC), arm64 (with a trailing "(T)"), riscv
+#  ? foo+0x1f/0x280                          x86, a stale return address on the stack
+#  [<ffffffff810a376f>] foo+0x1f/0x280       older x86, kmemleak backtraces
+#  [c00000003ae5b860] [c00000000016ab98] foo+0x1cc/0x534    powerpc
+#  foo mm/file.c:123 [inline]                an inlined frame (syzkaller's symbolised logs)
+_FRAME = re.compile(
+    r"^ {0,12}(?:\[<?[0-9a-f]{6,16}>?\] {1,2}){0,2}(?P<q>\? )?"
+    r"(?P<fn>[A-Za-z_][\w.$]{0,200})"
+    r"(?:\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16}(?: |$)| \S{1,200}:\d{1,6} \[inline\])")
+#  [<c010b3c8>] (foo) from [<c0106b8c>] (bar+0x10/0x14)     32-bit arm: `foo` is the frame
+_ARM_FRAME = re.compile(
+    r"^\[<[0-9a-f]{6,16}>\] \((?P<fn>[A-Za-z_][\w.$]{0,200})(?:\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16})?\) from")
+# The faulting PC of the oops, in every architecture's shape.
+_PC = re.compile(
+    r"^(?:RIP: 00\d\d:|RIP: ?\[<[0-9a-f]{6,16}>\] +\[<[0-9a-f]{6,16}>\] |RIP: |EIP: |"
+    r"IP: \[<[0-9a-f]{6,16}>\] |"
+    r"pc ?: |PC is at |NIP \[[0-9a-f]{6,16}\] |epc ?: |RIP  \[<[0-9a-f]{6,16}>\] )"
+    r"(?:\[<[0-9a-f]{6,16}>\] {1,2})?(?P<fn>[A-Za-z_][\w.$]{0,200})\+0x")
+_STACK_START = re.compile(r"^(?:Call Trace:|Call trace:|Backtrace:|stack backtrace:|  backtrace|backtrace)")
+# Where one stack ends: another task's or the allocation's stack follows, or user space.
+_STACK_END = re.compile(
+    r"^(?:Allocated by task|Freed by task|The buggy address|Memory state around|Uninit was |"
+    r"Local variable |Last potentially related work|Second to last|RIP: 0033:|---\[ end trace|"
+    r"Kernel Offset:|Showing all locks held|INFO: task |NMI backtrace for cpu|Sending NMI from|"
+    r" </TASK>|Modules linked in:)")
+_REPORT_END = re.compile(r"^(?:---\[ end trace|Kernel Offset:|---\[ end Kernel panic|Rebooting in )")
+# `Workqueue: events rtc_timer_do_work`: the work function a worker thread is running.
+_WORKQUEUE = re.compile(r"^Workqueue: \S{1,64} " + r"(?P<fn>[A-Za-z_][\w.]{0,200})")
+_IRQ_EXIT = re.compile(r"^(?: {0,4}</IRQ>| {0,4}<EOI>|RIP: 0010:|RIP: \[<|pc ?: |PC is at |NIP \[)")
+_FN_SUFFIX = re.compile(r"\.(?:constprop|isra|part|cold|llvm|lto_priv|localalias)\b.{0,64}$")
+_SYSCALL = re.compile(
+    r"^(?:SyS|SYSC|__x64_sys|__ia32_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
+    r"__sys|ksys|sys)_(?P<name>\w{1,100})$")
+_COMPAT_SYSCALL = re.compile(
+    r"^(?:compat_SyS|C_SYSC|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
+    r"__se_compat_sys|__do_compat_sys|compat_sys)_(?P<name>\w{1,100})$")
+
+# Normalisation of a title, in order. Each pattern is linear (no nested quantifiers).
+_NORMALISE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"[\x00-\x1f\x7f]"), " "),
+    (re.compile(r"syz-executor[.\d]*\d|syz-executor(?=\b)"), "syz-executor"),
+    (re.compile(r"(?P<fn>[A-Za-z_][\w.]{0,200})\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16}"), r"\g<fn>"),
+    (re.compile(r"(?P<file>\w[\w.\-/]{0,200}\.(?:c|h|S|rs|cc)):\d{1,9}(?::\d{1,9})?"), r"\g<file>:LINE"),
+    (re.compile(r"\b(?:0x)?[0-9a-fA-F]{6,}\b"), "ADDR"),
+    (re.compile(r"(?<![\w])\d+(?![A-Za-z_\d])"), "NUM"),
+    (re.compile(r"\s+"), " "),
+)
+
+
+@dataclass(frozen=True)
+class CrashTitle:
+    title: str            # normalised, whitespace-collapsed, <= 120 chars
+    kind: str             # the bug class: the title without " in <frame>"
+    frame: str | None     # the blamed function (None when the title names none)
+    corrupted: bool       # the report looked garbled or lacked the stack it needs
+    crash_type: str | None = None  # syzkaller's bug class (`HANG`, `LOCKDEP`, `KASAN-READ`, ...)
+
+    @property
+    def signature(self) -> str:
+        return signature_of(self.title)
+
+
+def signature_of(title: str) -> str:
+    """A short stable hash of a title: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(title.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def normalise(title: str) -> str:
+    for pattern, replacement in _NORMALISE:
+        title = pattern.sub(replacement, title)
+    return title.strip()[:MAX_TITLE].rstrip()
+
+
+def function_name(raw: str) -> str:
+    """A frame's symbol -> the function syzkaller names: no `.isra.N`, syscalls as `sys_x`
+    (compat ones as `x`), Rust v0 symbols demangled (`<rust_binder::process::Process>::update_ref`)."""
+    name = _FN_SUFFIX.sub("", raw)
+    if name.startswith("_R"):
+        return rust_demangle.demangle(name) or name
+    # A 32-bit compat entry point (`compat_SyS_mount`, `__ia32_compat_sys_mount`) is titled with
+    # the bare syscall name, as syzkaller titles it (`BUG: soft lockup in mount`).
+    match = _COMPAT_SYSCALL.match(name)
+    if match:
+        return match.group("name")
+    match = _SYSCALL.match(name)
+    if match:
+        return "sys_" + match.group("name")
+    return name
+
+
+def frame_of(line: str) -> str | None:
+    """The function a stack-trace line names (None for other lines and unreliable `?` frames)."""
+    match = _FRAME.match(line)
+    if match:
+        return None if match.group("q") else function_name(match.group("fn"))
+    match = _ARM_FRAME.match(line)
+    return function_name(match.group("fn")) if match else None
+
+
+class _Report:
+    """The lines of one crash report, from its header to where it ends."""
+
+    def __init__(self, lines: Sequence[str], kind: CrashKind) -> None:
+        self.lines = lines
+        self.kind = kind
+
+    def skipped(self, fn: str) -> bool:
+        extra = self.kind.skip
+        return bool(GENERIC_SKIP.match(fn) or (extra is not None and extra.search(fn))
+                    or (not self.kind.blames_lock_functions and LOCK_WRAPPER.search(fn)))
+
+    def stack(self, start: int = 1) -> list[str]:
+        """The frames of the first stack trace at or after line `start`."""
+        frames: list[str] = []
+        previous = ""
+        for line in self.lines[start:]:
+            fn = frame_of(line)
+            # `Preemption disabled at:` prints one frame of context, not the stack.
+            if fn is not None and not _CONTEXT_FRAME.match(previous):
+                frames.append(fn)
+            elif frames and _STACK_END.match(line):
+                break
+            previous = line
+        return frames
+
+    def first_unskipped(self, frames: list[str]) -> str | None:
+        for index, fn in enumerate(frames):
+            if not self.skipped(fn):
+                caller = frames[index + 1] if index + 1 < len(frames) else None
+                if self.kind.blame_api and caller is not None and fn == "do_" + caller:
+                    return caller
+                return fn
+        return None
+
+    def pc(self) -> str | None:
+        for line in self.lines:
+            match = _PC.match(line)
+            if match:
+                return function_name(match.group("fn"))
+        return None
+
+    def blame_rip(self) -> str | None:
+        fn = self.pc()
+        if fn is not None and not self.skipped(fn):
+            return fn
+        # A fault inside a generic helper blames its caller; with no caller in sight, the helper.
+        return self.first_unskipped(self.stack()) or fn
+
+    def blame_stall(self) -> str | None:
+        """The stalled code: from where the timer interrupt left it (`</IRQ>`, `<EOI>`, else the
+        interrupted PC), the first function a dispatcher called into, else the first own frame."""
+        frames = self.interrupted_frames()
+        own = [fn for fn in frames if not self.stall_skipped(fn)]
+        # A CPU stuck waiting in a cross-CPU call stalls in the call itself, whoever made it.
+        if own and STALL_CROSS_CALL.match(own[0]):
+            return STALL_CROSS_CALL_NAME
+        for callee, caller in itertools.pairwise(frames):
+            if STALL_DISPATCH.match(caller) and not self.stall_skipped(callee) \
+                    and not STALL_DISPATCH.match(callee):
+                return callee
+        # A work item whose own frames were all unreliable (`?`): the worker names it.
+        if frames and STALL_WORKER.match(frames[0] if not own else own[0]):
+            work = self.work_function()
+            if work is not None:
+                return work
+        return own[0] if own else None
+
+    def interrupted_frames(self) -> list[str]:
+        """The frames (interrupted PCs included) of the code the stall's timer interrupt found
+        running: those after the interrupt's entry frame, or after `</IRQ>` or the first PC when
+        they come first (the interrupt's own stack was not printed)."""
+        start = next((i for i, line in enumerate(self.lines) if _IRQ_EXIT.match(line)), len(self.lines))
+        for index, line in enumerate(self.lines[:start]):
+            fn = frame_of(line)
+            if fn is not None and STALL_INTERRUPT.match(fn):
+                start = index + 1
+                break
+        if start == len(self.lines):
+            start = 0
+        frames: list[str] = []
+        for line in self.lines[start:]:
+            pc = _PC.match(line)
+            fn = function_name(pc.group("fn")) if pc else frame_of(line)
+            if fn is not None:
+                frames.append(fn)
+            elif frames and _STACK_END.match(line):
+                break
+        return frames
+
+    def work_function(self) -> str | None:
+        for line in self.lines:
+            match = _WORKQUEUE.match(line)
+            if match:
+                return function_name(match.group("fn"))
+        return None
+
+    def stall_skipped(self, fn: str) -> bool:
+        return self.skipped(fn) or bool(STALL_SKIP.match(fn))
+
+    def blame_lock(self) -> str | None:
+        """Lockdep: the site taking the new lock (the first `at: f+0x..`); when that is a generic
+        helper (a workqueue flush, a lock primitive), the site of the lock already held."""
+        first = next((i for i, line in enumerate(self.lines) if _LOCK_AT.search(line)), None)
+        held = next((i + 1 for i, line in enumerate(self.lines) if _LOCK_HELD.match(line)), None)
+        for site in (first, held):
+            match = _LOCK_AT.search(self.lines[site]) if site is not None and site < len(self.lines) else None
+            if match:
+                fn = function_name(match.group("fn"))
+                if not self.skipped(fn):
+                    return fn
+        # Else the task's own backtrace; if all of it is generic, the first dependency chain.
+        start = next((i for i, line in enumerate(self.lines) if _LOCK_BACKTRACE.match(line)), 0)
+        return self.first_unskipped(self.stack(start)) or self.first_unskipped(self.stack())
+
+    def blame(self, header_fn: str | None) -> str | None:
+        strategy = self.kind.blame
+        named = function_name(header_fn) if header_fn is not None else None
+        if strategy is Blame.NONE:
+            return None
+        if named is not None and (strategy is Blame.HEADER_AS_IS or
+                                  (strategy is Blame.HEADER and not self.skipped(named))):
+            return named
+        by_strategy = {Blame.RIP: self.blame_rip, Blame.STALL: self.blame_stall, Blame.LOCK: self.blame_lock}
+        if strategy in by_strategy:
+            return by_strategy[strategy]()
+        return self.first_unskipped(self.stack()) or self.blame_rip()
+
+
+_LOCK_AT = re.compile(r"at: (?:\[<[0-9a-f]{6,16}>\] )?(?P<fn>[A-Za-z_][\w.$]{0,200})\+0x")
+_CONTEXT_FRAME = re.compile(r"^Preemption disabled at:?$")
+_LOCK_HELD = re.compile(r"^but task is already holding lock:")
+_LOCK_BACKTRACE = re.compile(r"^stack backtrace:")
+
+
+def _find_report(lines: Sequence[str]) -> tuple[int, CrashKind, dict[str, str]] | None:
+    for index, line in enumerate(lines[:MAX_LINES_SCANNED]):
+        if not HEADER_WORDS.search(line) or NOT_A_CRASH.search(line):
+            continue
+        for kind in CRASH_KINDS:
+            match = kind.header.search(line)
+            if match is None:
+                continue
+            captures = {k: v for k, v in match.groupdict().items() if v is not None}
+            if kind.details is not None:
+                details = next((m for m in map(kind.details.search, lines[index + 1:index + 40]) if m), None)
+                if details is None:
+                    continue
+                captures.update({k: v for k, v in details.groupdict().items() if v is not None})
+            return index, kind, captures
+    return None
+
+
+def _report_lines(lines: Sequence[str], start: int) -> list[str]:
+    report = [lines[start][:MAX_LINE]]
+    for line in lines[start + 1:start + MAX_REPORT_LINES]:
+        report.append(line[:MAX_LINE])
+        if _REPORT_END.match(line):
+            break
+    return report
+
+
+def crash_title(lines: Sequence[str]) -> CrashTitle | None:
+    """Kernel lines (bare printk text, no console prefixes) -> the crash's title; None: no crash."""
+    found = _find_report(lines)
+    if found is None:
+        return None
+    start, kind, captures = found
+    report = _Report(_report_lines(lines, start), kind)
+    frame = report.blame(captures.pop("fn", None))
+    corrupted = kind.corrupted
+    if "{frame}" in kind.title and frame is None:
+        corrupted = corrupted or kind.needs_frame
+    values = {name: captures.get(name, "") for name in _fields(kind.title)}
+    values["frame"] = frame or "corrupted"
+    title = normalise(kind.title.format(**values))
+    bug_class = kind.kind or normalise(kind.title.split(" in {frame}")[0].format(**values))
+    crash_type = kind.crash_type(captures) if callable(kind.crash_type) else kind.crash_type
+    return CrashTitle(title=title, kind=bug_class, frame=frame, corrupted=corrupted, crash_type=crash_type)
+
+
+def _fields(template: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", template)
+
+
+def title_of_log(text: str | bytes) -> CrashTitle | None:
+    """A raw console log (serial file, dmesg, journalctl -k, pstore) -> the title of the crash
+    of its last boot: a serial file keeps every boot, and the crash asked about is the newest.
+    (A log whose last boot did not crash gets None, not an older boot's title.)"""
+    lines = console.kernel_lines(text)
+    boot = next((i for i in range(len(lines) - 1, -1, -1) if _BOOT.match(lines[i])), 0)
+    return crash_title(lines[boot:])
+
+
+# The kernel's first line of a boot.
+_BOOT = re.compile(r"^Linux version \S")

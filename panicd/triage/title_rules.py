@@ -1,0 +1,525 @@
+"""THE TABLE: every kind of Linux crash panicd can title, in the order they are tried.
+
+How a title is made (panicd/triage/title.py applies this table):
+
+1. The first kernel line that matches some kind's `header` starts the crash report; on that
+   line the kinds are tried top to bottom and the first whose header matches wins. So a
+   specific kind (`WARNING: refcount bug`, matched on the `refcount_t:` text it prints) comes
+   before the general one (`WARNING`). Lines in `NOT_A_CRASH` never start a report.
+2. `details`, when set, is searched for in the report's next lines; its named groups join the
+   header's (KASAN prints "Read of size 8" two lines after its header). When `details` is set
+   and not found, the kind is skipped and the next one is tried.
+3. `blame` names the strategy that picks the guilty frame (see `Blame`); `skip` adds frames,
+   beyond `GENERIC_SKIP`, that are never to blame for this kind.
+4. `title` is formatted with the captures and `frame`; then title.py normalises it (pids,
+   addresses, line numbers, numbers) and caps it. When the kind needs a frame and none is
+   found, the title says "in corrupted" and the report is marked corrupted.
+
+Adding a crash kind: one `CrashKind(...)` entry here, placed before any more general entry
+its header would also match, plus a small hand-written log in tests/test_crash_titles.py.
+
+Each kind also carries `crash_type`, syzkaller's bug class for it (the `TYPE:` of its reports:
+HANG, LOCKDEP, WARNING, KASAN-READ, ...; None where syzkaller gives none), exposed as
+`CrashTitle.crash_type`.
+
+Not covered on purpose: syzkaller's "unexpected kernel reboot" (a log that just stops and
+boots again). A serial console file holds every clean reboot too, so that rule would title
+healthy guests; panicd learns of real crashes from pvpanic instead.
+
+Every pattern here runs on text a guest wrote: each is anchored or starts with a literal, and
+none nests quantifiers over overlapping characters, so matching stays linear in the line.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+
+class Blame(enum.Enum):
+    """Which frame a crash kind blames."""
+
+    NONE = "none"            # the title names no function
+    HEADER = "header"        # the function in the header line's `fn` capture, else the trace
+    HEADER_AS_IS = "header as is"  # the header's `fn`, even a generic one (KCSAN names both racers)
+    RIP = "rip"              # the faulting PC (`RIP:`, `IP:`, `pc :`, `PC is at`), else the trace
+    TRACE = "trace"          # the first frame of the report's stack trace that is not skipped
+    STALL = "stall"          # an RCU stall or soft lockup: the stalled code's entry point
+    LOCK = "lock"            # lockdep: the function at the first `at: func+0x..`, else the trace
+
+
+@dataclass(frozen=True)
+class CrashKind:
+    header: re.Pattern[str]
+    title: str                            # str.format with the header's groups and {frame}
+    blame: Blame = Blame.TRACE
+    details: re.Pattern[str] | None = None
+    skip: re.Pattern[str] | None = None   # more frames never to blame (searched in the name)
+    needs_frame: bool = True              # no frame found -> "in corrupted", corrupted
+    corrupted: bool = False               # this shape of report is always garbled
+    kind: str = ""                        # the bug class, when not the title before " in {frame}"
+    # syzkaller's bug class (its reports' `TYPE:`: HANG, LOCKDEP, KASAN-READ, ...), or a function
+    # of the captures that gives it; None for the kinds syzkaller gives no class.
+    crash_type: str | Callable[[Mapping[str, str]], str | None] | None = None
+    # A task blocked inside an API's body (`do_read_cache_folio` called by `read_cache_folio`)
+    # is blocked in the API: blame the function its callers called.
+    blame_api: bool = False
+    # Lockdep, hung tasks and sleeping in atomic context name the lock a task takes, so a
+    # function that takes one (`rtnl_lock`) may be to blame; every other kind skips such
+    # wrappers (`LOCK_WRAPPER`).
+    blames_lock_functions: bool = False
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _names(*prefixes: str) -> re.Pattern[str]:
+    """Function names starting with any of these prefixes (a frame's name, not a whole line)."""
+    return re.compile("^(?:" + "|".join(prefixes) + ")")
+
+
+# A function name as printed in a frame or a header: `foo`, `foo.isra.3`, `foo.cold`.
+FN = r"(?P<fn>[A-Za-z_][\w.$]{0,200})"
+
+# Frames that are never to blame: reporting machinery, sanitizers, lock and allocator helpers,
+# string and copy helpers, exception and interrupt glue, syscall entry. Matched as prefixes of
+# the function name (after `.isra.N`-style suffixes are cut).
+GENERIC_SKIP = _names(
+    # reporting: dump_stack, printing, oops and panic paths
+    r"dump_stack", r"__dump_stack", r"show_stack", r"show_regs", r"show_trace", r"sched_show_task",
+    r"print_", r"__print_", r"printk", r"vprintk", r"_printk", r"panic$", r"__warn", r"warn_slowpath",
+    r"report_bug", r"handle_bug", r"fixup_bug", r"do_error_trap", r"do_trap", r"do_invalid_op",
+    r"invalid_op$", r"exc_", r"asm_exc_", r"die$", r"__die", r"oops_", r"no_context", r"bad_area",
+    r"__bad_area", r"do_page_fault", r"__do_page_fault", r"page_fault", r"do_user_addr_fault",
+    r"do_kern_addr_fault", r"kernelmode_fixup_or_oops", r"handle_page_fault", r"do_general_protection",
+    r"general_protection", r"do_divide_error", r"divide_error", r"do_int3", r"do_debug", r"bug_handler",
+    r"__bug$", r"do_mem_abort", r"el1_", r"el1h_", r"__do_kernel_fault", r"do_translation_fault",
+    r"do_bad_area", r"die_kernel_fault", r"__die_kernel_fault", r"arm64_", r"do_undefinstr", r"el0_",
+    r"check_panic_on_warn", r"nmi_", r"arch_trigger", r"trigger_", r"rcu_dump_cpu_stacks",
+    r"dump_header", r"watchdog", r"lockup_detector", r"dump_backtrace", r"__dump_backtrace",
+    r"__stack_chk_fail", r"\w{0,60}_panic$", r"\w{0,60}assert", r"rust_helper_BUG", r"__pfx_",
+    r"warn_alloc", r"__warn_alloc", r"dev_vprintk", r"dev_printk", r"_dev_(?:err|warn|info|notice|crit)",
+    r"hex_dump", r"__x86_indirect_thunk", r"__x86_return_thunk", r"retint_", r"___preempt_schedule",
+    r"local_apic_timer_interrupt", r"program_check_", r"reacquire_held_locks", r"perf_trace_",
+    r"trace_event_raw_event", r"dump_cpu_task", r"\w{0,60}_is_static_object", r"down$", r"up$",
+    r"seq_read", r"seq_printf", r"__check_heap_object", r"proc_create", r"device_add$", r"get_device_parent",
+    r"device_destroy", r"add_uevent_var", r"__dev_printk", r"dpm_sysfs_remove", r"__cancel_work",
+    r"cancel_work", r"cancel_delayed_work", r"drain_workqueue", r"destroy_workqueue", r"idr_", r"ida_",
+    r"radix_tree_", r"__radix_tree", r"rb_", r"__rb_", r"rhashtable_", r"__rhashtable", r"va_format",
+    r"wait_for_completion", r"__wait_for_common", r"del_timer", r"__del_timer", r"__mod_timer", r"mod_timer",
+    r"try_to_del_timer", r"__try_to_del_timer", r"timer_delete", r"__timer_delete", r"put_device",
+    r"___kmalloc", r"__kobject", r"mutex_", r"\w{0,40}rt_mutex", r"walk_stackframe", r"__virt_to_phys",
+    r"do_tag_check_fault", r"do_DataAbort", r"do_PrefetchAbort", r"__do_user_fault", r"do_sea$",
+    r"arch_timer_handler", r"_R\w{0,200}rust_begin_unwind", r"_R\w{0,200}panicking",
+    # Rust's panic and formatting machinery (demangled): the code that overflowed is to blame
+    r"core::", r"<core::", r"__rustc::", r"rust_begin_unwind", r"usb_control_msg",
+    r"usb_submit_urb", r"usb_start_wait_urb",
+    r"usb_bulk_msg", r"usb_interrupt_msg", r"__read_once", r"__seqprop", r"ref_tracker", r"__phys_addr",
+    # sanitizers and coverage
+    r"kasan", r"__kasan", r"__asan", r"asan_", r"check_memory_region", r"kmsan", r"__kmsan", r"__msan",
+    r"hwasan", r"__hwasan", r"kcsan", r"__kcsan", r"__tsan", r"ubsan", r"__ubsan", r"handle_overflow",
+    r"kfence", r"__kfence",
+    r"__sanitizer", r"write_comp_data", r"check_stack_object", r"kmemleak", r"__kmemleak",
+    r"should_fail", r"fail_dump", r"should_failslab", r"__should_failslab",
+    # lockdep and lock helpers
+    r"lock_acquire", r"lock_release", r"lock_acquired", r"lock_contended", r"__lock_acquire",
+    r"lock_is_held", r"lockdep", r"__lockdep", r"mark_lock", r"check_prev_add", r"check_prevs_add",
+    r"validate_chain", r"debug_lockdep", r"lock_downgrade", r"register_lock_class", r"look_up_lock_class",
+    r"find_held_lock", r"match_held_lock", r"__lock_release", r"mark_usage", r"check_noncircular",
+    r"check_deadlock", r"check_irq_usage", r"valid_state", r"mark_held_locks", r"trace_hardirqs",
+    r"_raw_", r"__raw_", r"raw_spin", r"do_raw_", r"spin_", r"_spin_", r"queued_", r"native_queued",
+    r"__pv_queued", r"mutex_lock", r"mutex_unlock", r"mutex_trylock", r"__mutex_", r"down_read",
+    r"down_write", r"up_read", r"up_write", r"__down", r"__up_", r"rwsem_", r"__rwsem", r"percpu_down",
+    r"percpu_up", r"rcu_read_lock", r"rcu_read_unlock", r"__rcu_read", r"rcu_lock_", r"preempt_",
+    r"local_bh_", r"__local_bh", r"_local_bh", r"lock_sock", r"release_sock", r"lockref_",
+    r"seqcount_", r"write_seqcount", r"read_seqcount", r"__might_", r"___might_", r"might_",
+    # allocators and object lifetime helpers
+    r"kmalloc", r"__kmalloc", r"kmem_cache", r"slab_", r"__slab", r"___slab", r"kfree", r"__kfree",
+    r"kzalloc", r"kcalloc", r"kmemdup", r"kstrdup", r"kstrndup", r"krealloc", r"__krealloc",
+    r"kvmalloc", r"kvzalloc", r"kvfree", r"vmalloc", r"__vmalloc", r"vzalloc", r"vfree", r"__vfree",
+    r"alloc_pages", r"__alloc_pages", r"cache_alloc", r"____cache_alloc", r"cache_free", r"___cache_free",
+    r"free_debug_processing", r"alloc_debug_processing", r"__free_pages", r"free_pages", r"qlist_",
+    r"quarantine_", r"set_track", r"memcg_", r"__memcg", r"obj_cgroup", r"kmem_", r"setup_object",
+    r"new_slab", r"allocate_slab", r"page_alloc", r"get_page_from_freelist", r"mempool_",
+    r"debug_object", r"__debug_object", r"debug_check_no", r"debug_print_object", r"debug_",
+    r"refcount_", r"__refcount_", r"kref_", r"atomic_", r"arch_atomic", r"__list_", r"list_",
+    r"hlist_", r"__hlist", r"check_object_size", r"__check_object_size", r"check_heap_object",
+    r"usercopy_", r"__virt_addr_valid", r"post_alloc_hook", r"prep_new_page", r"__kmem_cache",
+    r"alloc_page_interleave", r"__alloc_frozen_pages", r"alloc_frozen_pages", r"__folio_alloc",
+    r"folio_alloc", r"xas_", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
+    r"_atomic_dec_and", r"__bitmap", r"find_next_bit", r"find_first_bit", r"_find_next_bit",
+    # page cache and page allocation: they fail on the page or folio their caller handed them
+    r"filemap_", r"__filemap_", r"find_lock_", r"__find_lock_", r"find_get_", r"pagecache_get_page",
+    r"folio_", r"__folio_", r"\w{0,60}_noprof$", r"truncate_inode_pages", r"__pagevec_", r"pagevec_",
+    # VFS reference and inode-state helpers: a bad reference or link count was the caller's
+    r"iput$", r"iput_final", r"dput$", r"fast_dput", r"__dentry_kill", r"fput$", r"fput_many",
+    r"____fput", r"drop_nlink", r"clear_nlink", r"inc_nlink", r"set_nlink", r"mark_buffer_dirty",
+    r"__mark_inode_dirty", r"mark_inode_dirty", r"__brelse", r"brelse",
+    # timers a caller stops or re-arms
+    r"sk_stop_timer", r"sk_reset_timer", r"timer_shutdown", r"__timer_shutdown",
+    # generic helpers: wait queues, work queues, timers, kobjects, devices, socket buffers; the
+    # caller that misused them is to blame
+    r"__wake_up", r"wake_up$", r"wake_up_(?:process|state|bit|var|all|interruptible|locked|poll)",
+    r"finish_wait", r"prepare_to_wait", r"mutex_remove_waiter",
+    r"kthread_stop", r"kobject_", r"device_del", r"device_unregister", r"klist_", r"__flush_work",
+    r"flush_work", r"__queue_work", r"queue_work", r"lock_timer_base", r"sysfs_remove", r"sysfs_create",
+    r"skb_pull", r"skb_put", r"skb_push", r"__skb_pull", r"skb_over_panic", r"skb_under_panic",
+    # string, memory and user-copy helpers
+    r"memcpy", r"__memcpy", r"memmove", r"__memmove", r"memset", r"__memset", r"memcmp", r"bcmp",
+    r"memchr", r"memscan", r"__str", r"kstrto",
+    r"str(?:n?len|n?cmp|n?casecmp|[ln]?cpy|scpy|[ln]?cat|r?chr|nchr|n?str|sep|spn|cspn|pbrk)\b",
+    r"simple_strto", r"vsnprintf", r"snprintf",
+    r"sprintf", r"vsprintf", r"vscnprintf", r"scnprintf", r"bin_printf", r"string$", r"string_nocheck",
+    r"hex_string", r"pointer$", r"number$", r"format_decode", r"widen_string", r"read_word_at_a_time",
+    r"copy_to_user", r"copy_from_user", r"_copy_", r"__copy_", r"raw_copy", r"copy_user",
+    r"copyin", r"copyout", r"copy_overflow", r"get_user", r"put_user", r"__get_user", r"__put_user",
+    r"memdup_user", r"iov_iter_", r"_copy_to_iter", r"_copy_from_iter", r"copy_page_", r"csum_partial",
+    r"rep_movs",
+    # interrupt, softirq, entry and thread glue
+    r"apic_timer_interrupt", r"smp_apic_timer_interrupt", r"sysvec_", r"asm_sysvec_", r"irq_exit",
+    r"__irq_exit", r"do_softirq", r"__do_softirq", r"invoke_softirq", r"handle_softirqs", r"do_IRQ",
+    r"common_interrupt", r"asm_common_interrupt", r"ret_from_intr", r"call_on_stack", r"run_on_irqstack",
+    r"__sysvec_", r"entry_SYSCALL", r"entry_SYSENTER", r"entry_INT80", r"do_syscall", r"__do_syscall",
+    r"do_fast_syscall", r"do_int80", r"syscall_", r"__syscall", r"invoke_syscall", r"el0t_", r"el0_svc",
+    r"do_el0_svc", r"ret_from_fork", r"kthread$", r"__kthread", r"ret_fast_syscall",
+    r"system_call", r"fast_syscall", r"x64_sys_call", r"x86_64_start", r"start_secondary",
+    r"cpu_startup_entry", r"secondary_startup", r"rest_init", r"arch_call_rest_init",
+    r"unwind_", r"__unwind", r"arch_stack_walk", r"stack_trace_", r"save_stack", r"__save_stack",
+    r"depot_", r"stack_depot", r"kernel_text_address", r"__kernel_text_address", r"is_bpf_text",
+)
+
+_SCHED = _names(
+    r"__schedule", r"schedule", r"preempt_schedule", r"_cond_resched", r"__cond_resched",
+    r"io_schedule", r"context_switch", r"__switch_to", r"finish_task_switch", r"__switch_to_asm",
+)
+
+# A hung task's stack is all waiting: skip whatever waits, sleeps or takes a sleeping lock
+# (searched anywhere in the name), and RCU's own machinery (`rcu_barrier`, `__wait_rcu_gp`).
+# A subsystem's lock (`rtnl_lock`) and the grace-period wait a caller asked for
+# (`synchronize_rcu`, `synchronize_sched`) stay to blame: they say what the task waits for.
+# The console lock is printk's: any task that prints may wait on it, so its caller is to blame.
+HUNG_SKIP = _re(
+    r"schedule|^__sched|^sched_|wait|switch_to|context_switch|mutex|rwsem|down_read|down_write|^down|"
+    r"completion|sleep|freezer|refrigerator|kthread|__lock|_slowlock|_slowpath|^__rela|^rcu_|^__rcu|"
+    r"^console_(?:lock|trylock)")
+
+# kmemleak's backtrace starts in the allocator: blame the first caller that is not allocating.
+LEAK_SKIP = _re(r"alloc|create_object|kmemleak|kstrdup|kmemdup|kasprintf|kvasprintf|krealloc|^__do_")
+
+# A function that only takes or drops a lock for its caller (`reiserfs_write_lock`,
+# `__task_rq_lock`): a fault or bad state found there was the caller's doing.
+LOCK_WRAPPER = _re(r"_(?:lock|unlock|trylock)(?:_nested|_irq|_irqsave|_irqrestore|_bh|_shared)?$")
+
+# Lockdep names the lock's taker, and a subsystem's lock function (`rtnl_lock`) is one. But
+# the workqueue core takes lockdep's pseudo-locks for work items and flushes
+# (`(work_completion)`, `(wq_completion)`) on every work's behalf: its sites say nothing.
+LOCK_SKIP = _names(r"process_one_work", r"worker_thread", r"flush_workqueue", r"__flush_workqueue",
+                   r"drain_workqueue", r"__flush_work", r"flush_work", r"start_flush_work")
+
+# An RCU stall or soft lockup interrupts code that loops: blame the function a dispatcher
+# called into it through (a syscall, a file or socket operation, a received packet's protocol
+# handler, a work item, a timer), found from the innermost frame outwards.
+STALL_DISPATCH = _names(
+    r"do_syscall_", r"entry_SYSCALL", r"entry_SYSENTER", r"invoke_syscall", r"do_fast_syscall",
+    r"do_int80", r"x64_sys_call", r"el0_svc_common", r"ret_fast_syscall",
+    r"__netif_receive_skb_core", r"__netif_receive_skb_one_core", r"__netif_receive_skb_list_core",
+    r"process_one_work", r"call_timer_fn", r"__run_hrtimer$", r"tasklet_action_common",
+    r"__vfs_write", r"new_sync_write", r"__vfs_read", r"new_sync_read", r"vfs_ioctl", r"do_vfs_ioctl",
+    r"__fput", r"sock_sendmsg_nosec", r"sock_recvmsg_nosec", r"__sock_sendmsg", r"____sys_sendmsg",
+    r"____sys_recvmsg", r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
+    r"\w{0,40}netlink_rcv_msg$", r"mmap_region", r"\w{0,60}_compat_ioctl$", r"do_dentry_open",
+)
+# The timer interrupt's entry: the frames after it are the code it found running (inside a
+# softirq or on the task's stack), whatever `<IRQ>` markers surround them.
+STALL_INTERRUPT = _re(
+    r"^(?:asm_)?(?:smp_)?(?:sysvec_)?apic_timer_interrupt$|^el1h?_(?:64_)?irq$|^__irq_svc$")
+# A worker thread's loop: when no frame of the work item it runs is reliable, the `Workqueue:`
+# line printed with the task names the work function.
+STALL_WORKER = _names(r"process_one_work", r"worker_thread", r"kthread$", r"ret_from_fork")
+# A CPU stuck waiting in a cross-CPU call stalls in the call itself, whoever made it.
+STALL_CROSS_CALL = _re(r"^smp_call_function")
+STALL_CROSS_CALL_NAME = "smp_call_function"
+STALL_SKIP = _names(
+    r"rcu_", r"__rcu", r"check_cpu_stall", r"print_cpu_stall", r"print_other_cpu_stall",
+    r"update_process_times", r"tick_", r"__hrtimer", r"hrtimer_", r"__run_hrtimer",
+    r"smp_call_function_single_interrupt", r"generic_smp_call_function", r"flush_smp_call_function",
+    r"__flush_smp_call_function", r"irq_work", r"__irq_work", r"run_timer_softirq", r"__run_timers",
+    r"call_timer_fn", r"expire_timers", r"net_rx_action", r"process_backlog", r"__netif_receive_skb",
+    r"netif_receive_skb", r"__schedule", r"schedule", r"_cond_resched", r"__cond_resched",
+    r"watchdog_timer_fn", r"csd_lock_wait", r"smp_call_function_many_cond",
+)
+
+KASAN_DETAILS = _re(r"^(?P<access>Read|Write) (?:of size|at addr)")
+
+
+def _sanitizer_type(tool: str) -> Callable[[Mapping[str, str]], str | None]:
+    """A sanitizer report's class from its bug and access: `KASAN: slab-use-after-free Read` is
+    KASAN-USE-AFTER-FREE-READ, `KFENCE: out-of-bounds write` KFENCE-WRITE; a report that does
+    not say its access (old KASAN) counts as a read, as most are."""
+    def crash_type(captures: Mapping[str, str]) -> str:
+        bug = captures.get("bug", "").lower()
+        access = captures.get("access") or (
+            bug.rsplit(" ", 1)[-1] if bug.endswith(("read", "write")) else "read")
+        if "infoleak" in bug:
+            return f"{tool}-INFO-LEAK"
+        for marker, name in (("invalid-free", "INVALID-FREE"), ("double-free", "INVALID-FREE"),
+                             ("invalid free", "INVALID-FREE"), ("memory corruption", "MEMORY-CORRUPTION"),
+                             ("uninit-value", "UNINIT-VALUE")):
+            if marker in bug:
+                return f"{tool}-{name}"
+        for marker, name in (("use-after-free", "USE-AFTER-FREE-"),
+                             ("null-ptr-deref", "NULL-POINTER-DEREFERENCE-")):
+            if marker in bug:
+                return f"{tool}-{name}{access.upper()}"
+        return f"{tool}-{access.upper()}"
+    return crash_type
+
+
+def _ubsan_type(captures: Mapping[str, str]) -> str:
+    """An out-of-bounds array index is a memory-safety bug; UBSAN's other reports are not."""
+    return "MEMORY_SAFETY_UBSAN" if captures.get("bug") == "array-index-out-of-bounds" else "UBSAN"
+
+
+def _fault_type(captures: Mapping[str, str]) -> str | None:
+    """A kernel fault's class from what it says it was; a user-memory access has none."""
+    what = captures.get("what", "")
+    if "NULL" in what:
+        return "NULL-POINTER-DEREFERENCE"
+    return "MEMORY_SAFETY_BUG" if "paging" in what or "page fault" in what else None
+
+
+def _kind(header: str, title: str, **kw: object) -> CrashKind:
+    return CrashKind(header=_re(header), title=title, **kw)  # type: ignore[arg-type]
+
+
+# Top to bottom: the first kind whose header (and details, if any) match is the crash's kind.
+CRASH_KINDS: tuple[CrashKind, ...] = (
+    # --- memory-safety sanitizers: the header line names the bug and usually the function ---
+    _kind(r"BUG: KASAN: (?:double-free or )?invalid-free in " + FN, "KASAN: invalid-free in {frame}",
+          blame=Blame.HEADER, crash_type="KASAN-INVALID-FREE"),
+    _kind(r"BUG: KASAN: double-free in " + FN, "KASAN: invalid-free in {frame}", blame=Blame.HEADER,
+          crash_type="KASAN-INVALID-FREE"),
+    _kind(r"BUG: KASAN: (?P<bug>[a-z-]+) in " + FN, "KASAN: {bug} {access} in {frame}",
+          blame=Blame.HEADER, details=KASAN_DETAILS, crash_type=_sanitizer_type("KASAN")),
+    _kind(r"BUG: KASAN: (?P<bug>[a-z-]+) on address", "KASAN: {bug} {access} in {frame}",
+          details=KASAN_DETAILS, crash_type=_sanitizer_type("KASAN")),
+    _kind(r"BUG: KASAN: (?P<bug>[a-z-]+)", "KASAN: {bug} in {frame}", corrupted=True,
+          crash_type=_sanitizer_type("KASAN")),
+    _kind(r"BUG: KFENCE: (?P<bug>[a-z-]+ (?:read|write)) in " + FN, "KFENCE: {bug} in {frame}",
+          blame=Blame.HEADER, crash_type=_sanitizer_type("KFENCE")),
+    _kind(r"BUG: KFENCE: (?P<bug>[a-z -]+?) in " + FN, "KFENCE: {bug} in {frame}", blame=Blame.HEADER,
+          crash_type=_sanitizer_type("KFENCE")),
+    _kind(r"BUG: KMSAN: (?P<bug>[a-z-]+) in " + FN, "KMSAN: {bug} in {frame}", blame=Blame.HEADER,
+          crash_type=_sanitizer_type("KMSAN")),
+    _kind(r"BUG: KCSAN: data-race in " + FN + r" / (?P<other>[A-Za-z_][\w.]{0,200})",
+          "KCSAN: data-race in {frame} / {other}", blame=Blame.HEADER_AS_IS, crash_type="KCSAN-DATARACE"),
+    _kind(r"BUG: KCSAN: data-race in " + FN, "KCSAN: data-race in {frame}", blame=Blame.HEADER,
+          crash_type="KCSAN-DATARACE"),
+    _kind(r"UBSAN: (?P<bug>[a-z-]+(?: [a-z-]+)*) in ", "UBSAN: {bug} in {frame}", crash_type=_ubsan_type),
+    _kind(r"UBSAN: Undefined behaviour in ", "UBSAN: undefined-behaviour in {frame}", crash_type="UBSAN"),
+    # --- kmemleak ---
+    _kind(r"unreferenced object 0x", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK"),
+    _kind(r"BUG: memory leak$", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK"),
+    # --- page faults and exceptions: the faulting PC is to blame ---
+    _kind(r"BUG: kernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer "
+          "dereference in {frame}", blame=Blame.RIP, crash_type="NULL-POINTER-DEREFERENCE"),
+    _kind(r"BUG: unable to handle kernel NULL pointer dereference", "BUG: unable to handle kernel "
+          "NULL pointer dereference in {frame}", blame=Blame.RIP, crash_type="NULL-POINTER-DEREFERENCE"),
+    _kind(r"BUG: unable to handle kernel paging request", "BUG: unable to handle kernel paging "
+          "request in {frame}", blame=Blame.RIP, crash_type="MEMORY_SAFETY_BUG"),
+    _kind(r"BUG: unable to handle page fault for address", "BUG: unable to handle kernel paging "
+          "request in {frame}", blame=Blame.RIP, crash_type="MEMORY_SAFETY_BUG"),
+    _kind(r"BUG: kernel (?P<what>[a-z ]+)(?:, address|; )", "BUG: unable to handle kernel {what} "
+          "in {frame}", blame=Blame.RIP, crash_type=_fault_type),
+    _kind(r"Unable to handle kernel (?P<what>NULL pointer dereference|paging request|access to user memory)",
+          "BUG: unable to handle kernel {what} in {frame}", blame=Blame.RIP, crash_type=_fault_type),
+    _kind(r"BUG: Unable to handle kernel (?:data access|instruction fetch)",
+          "BUG: unable to handle kernel paging request in {frame}", blame=Blame.RIP,
+          crash_type="MEMORY_SAFETY_BUG"),
+    _kind(r"BUG: unable to handle kernel$", "BUG: unable to handle kernel", blame=Blame.NONE,
+          needs_frame=False, corrupted=True, crash_type=None),
+    _kind(r"general protection fault", "general protection fault in {frame}", blame=Blame.RIP,
+          crash_type="DoS"),
+    _kind(r"stack segment: ", "stack segment fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"divide error: ", "divide error in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"PANIC: double fault", "PANIC: double fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"BUG: (?:TASK |IRQ )?stack guard page was hit", "BUG: stack guard page was hit in {frame}",
+          blame=Blame.RIP, crash_type=None),
+    _kind(r"kernel BUG at mm/usercopy\.c", "BUG: bad usercopy in {frame}", blame=Blame.RIP,
+          skip=_names(r"__check_object", r"check_object", r"usercopy"), crash_type="BUG"),
+    _kind(r"usercopy: Kernel memory (?:exposure|overwrite) attempt", "BUG: bad usercopy in {frame}",
+          blame=Blame.TRACE, crash_type="BUG"),
+    _kind(r"kernel BUG at lib/list_debug\.c", "BUG: corrupted list in {frame}", blame=Blame.RIP,
+          crash_type="MEMORY_SAFETY_BUG"),
+    _kind(r"list_(?:add|del) corruption", "BUG: corrupted list in {frame}", blame=Blame.RIP,
+          crash_type="MEMORY_SAFETY_BUG"),
+    _kind(r"kernel BUG at ", "kernel BUG in {frame}", blame=Blame.RIP, crash_type="BUG"),
+    _kind(r"kernel BUG$", "kernel BUG in {frame}", blame=Blame.RIP, crash_type="BUG"),
+    _kind(r"invalid opcode: ", "invalid opcode in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"Internal error: Oops - BUG", "kernel BUG in {frame}", blame=Blame.RIP, crash_type="BUG"),
+    _kind(r"Internal error: ", "Internal error in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"Unhandled fault: ", "Unhandled fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    _kind(r"Alignment trap: ", "Alignment trap in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    # --- lockdep ---
+    _kind(r"(?:WARNING|INFO): possible circular locking dependency detected",
+          "possible deadlock in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True,
+          crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|INFO): possible recursive locking detected", "possible deadlock in {frame}",
+          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|INFO): possible irq lock inversion dependency detected",
+          "possible deadlock in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True,
+          crash_type="LOCKDEP"),
+    # An IRQ-safe -> IRQ-unsafe order: the first stack shows where the lock became IRQ-safe,
+    # i.e. the interrupt-context user whose lock the new dependency endangers.
+    _kind(r"(?:WARNING|INFO): .{0,40}-safe -> .{0,40}-unsafe lock order detected",
+          "possible deadlock in {frame}", blame=Blame.TRACE, skip=LOCK_SKIP, blames_lock_functions=True,
+          crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|INFO): inconsistent lock state", "inconsistent lock state in {frame}",
+          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?P<level>WARNING|BUG): bad unlock balance detected", "{level}: bad unlock balance in {frame}",
+          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|BUG): held lock freed", "BUG: held lock freed in {frame}", blame=Blame.LOCK,
+          skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|BUG): nested lock was not taken", "WARNING: nested lock was not taken in {frame}",
+          crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|BUG): lock held when returning to user space",
+          "WARNING: lock held when returning to user space in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP,
+          blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?:WARNING|INFO|BUG): .{0,40} still has locks held", "WARNING: still has locks held in {frame}",
+          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    _kind(r"(?P<level>WARNING|INFO): suspicious RCU usage", "{level}: suspicious RCU usage in {frame}",
+          crash_type="LOCKDEP"),
+    _kind(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {frame}",
+          crash_type=None),
+    _kind(r"BUG: (?P<what>MAX_[A-Z_]{1,40}) too low!", "BUG: {what} too low!", blame=Blame.NONE,
+          needs_frame=False, crash_type=None),
+    _kind(r"BUG: workqueue leaked lock or atomic", "BUG: workqueue leaked lock or atomic in {frame}",
+          details=_re(r"last function: " + FN), blame=Blame.HEADER, crash_type=None),
+    # --- WARN(): the specific ones first, by the text printed before or with them ---
+    _kind(r"refcount_t: ", "WARNING: refcount bug in {frame}",
+          skip=_names(r"refcount", r"__refcount"), crash_type="REFCOUNT_WARNING"),
+    _kind(r"WARNING: .{0,200} at lib/refcount\.c", "WARNING: refcount bug in {frame}",
+          skip=_names(r"refcount", r"__refcount"), crash_type="REFCOUNT_WARNING"),
+    _kind(r"ODEBUG: ", "WARNING: ODEBUG bug in {frame}", skip=_names(r"debug_", r"__debug"),
+          crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at lib/debugobjects\.c", "WARNING: ODEBUG bug in {frame}",
+          crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at kernel/locking/lockdep\.c", "WARNING: locking bug in {frame}",
+          blame=Blame.TRACE, crash_type="LOCKDEP"),
+    _kind(r"DEBUG_LOCKS_WARN_ON", "WARNING: locking bug in {frame}", crash_type="LOCKDEP"),
+    _kind(r"WARNING: .{0,200} at mm/slab_common\.c", "WARNING: kmalloc bug in {frame}",
+          blame=Blame.TRACE, crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at mm/util\.c", "WARNING: kmalloc bug in {frame}", blame=Blame.TRACE,
+          crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at mm/vmalloc\.c:\d{1,6} __vmalloc", "WARNING: zero-size vmalloc in {frame}",
+          blame=Blame.TRACE, crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at fs/proc/generic\.c", "WARNING: proc registration bug in {frame}",
+          blame=Blame.TRACE, crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at lib/kobject\.c", "WARNING: kobject bug in {frame}", blame=Blame.TRACE,
+          crash_type="WARNING"),
+    # usb_submit_urb() warns about the URB its caller built: the caller is named, with the check.
+    _kind(r"WARNING: .{0,200} at drivers/usb/core/urb\.c:\d{1,6} usb_submit_urb",
+          "WARNING in {frame}/usb_submit_urb", blame=Blame.TRACE, crash_type="WARNING"),
+    _kind(r"WARNING: .{0,200} at mm/usercopy\.c", "WARNING: bad usercopy in {frame}", blame=Blame.TRACE,
+          crash_type="WARNING"),
+    _kind(r"WARNING: kernel stack regs at [0-9a-f]{6,16} .{0,80} has bad '(?P<reg>\w+)' value",
+          "WARNING: kernel stack regs has bad '{reg}' value", blame=Blame.NONE, needs_frame=False,
+          crash_type=None),
+    _kind(r"WARNING: kernel stack regs at .{0,80} has bad", "WARNING: kernel stack regs has bad value",
+          blame=Blame.NONE, needs_frame=False, crash_type=None),
+    _kind(r"WARNING: kernel stack frame pointer at .{0,80} has bad value",
+          "WARNING: kernel stack frame pointer has bad value", blame=Blame.NONE, needs_frame=False,
+          crash_type=None),
+    _kind(r"WARNING: CPU: \d+ PID: \d+ at \S{1,200} " + FN + r"\+0x", "WARNING in {frame}",
+          blame=Blame.HEADER, crash_type="WARNING"),
+    _kind(r"WARNING: at \S{1,200} " + FN + r"(?:\+0x|\(\))", "WARNING in {frame}", blame=Blame.HEADER,
+          crash_type="WARNING"),
+    _kind(r"WARNING: CPU: \d+ PID: \d+ at ", "WARNING in {frame}", blame=Blame.RIP, crash_type="WARNING"),
+    # Linux >= 6.17: `WARNING: fs/x.c:12 at func+0x1/0x2, CPU#0: comm/pid`, or `at 0x0` and no name
+    _kind(r"WARNING: \S{1,200}:\d{1,6} at " + FN + r"\+0x", "WARNING in {frame}", blame=Blame.HEADER,
+          crash_type="WARNING"),
+    _kind(r"WARNING: \S{1,200}:\d{1,6} at ", "WARNING in {frame}", blame=Blame.RIP, crash_type="WARNING"),
+    # --- hangs and stalls ---
+    _kind(r"INFO: rcu_(?:preempt|sched|bh) (?:self-)?detected(?: expedited)? stalls?",
+          "INFO: rcu detected stall in {frame}", blame=Blame.STALL, crash_type="HANG"),
+    _kind(r"INFO: rcu detected stall", "INFO: rcu detected stall in {frame}", blame=Blame.STALL,
+          crash_type="HANG"),
+    _kind(r"BUG: soft lockup - CPU#\d+ stuck", "BUG: soft lockup in {frame}", blame=Blame.STALL,
+          crash_type="HANG"),
+    _kind(r"INFO: task \S{1,64} blocked for more than", "INFO: task hung in {frame}", skip=HUNG_SKIP,
+          blame_api=True, blames_lock_functions=True, crash_type="HANG"),
+    _kind(r"INFO: task \S{1,64} blocked in I/O wait for more than", "INFO: task hung in {frame}",
+          skip=HUNG_SKIP, blame_api=True, blames_lock_functions=True, crash_type="HANG"),
+    # A task name holding a newline splits the header: `INFO: task <name part>` then the rest.
+    _kind(r"^INFO: task [^:]{0,64}$", "INFO: task hung in {frame}", skip=HUNG_SKIP, blame_api=True,
+          blames_lock_functions=True, crash_type="HANG",
+          details=_re(r"^[^:]{0,64}:\d{1,9} blocked (?:in I/O wait )?for more than")),
+    _kind(r"INFO: task \S{1,64} can't die for more than", "INFO: task can't die in {frame}",
+          skip=HUNG_SKIP, blame_api=True, blames_lock_functions=True, crash_type="HANG"),
+    _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup", blame=Blame.NONE, needs_frame=False,
+          crash_type=None),
+    _kind(r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|"
+          r"wrong CPU)", "BUG: spinlock {what} in {frame}", crash_type="LOCKDEP"),
+    _kind(r"unregister_netdevice: waiting for \S{1,64} to become free",
+          "unregister_netdevice: waiting for DEV to become free", blame=Blame.NONE, needs_frame=False,
+          crash_type="DoS"),
+    # --- other BUG: reports ---
+    _kind(r"BUG: sleeping function called from invalid context",
+          "BUG: sleeping function called from invalid context in {frame}",
+          skip=_names(r"__might", r"___might", r"might_"), blames_lock_functions=True,
+          crash_type="ATOMIC_SLEEP"),
+    _kind(r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {frame}", skip=_SCHED,
+          crash_type="ATOMIC_SLEEP"),
+    _kind(r"BUG: using (?P<fn_name>__this_cpu_\w+|smp_processor_id)\(\) in preemptible",
+          "BUG: using {fn_name}() in preemptible code in {frame}",
+          skip=_names(r"check_preemption_disabled", r"debug_smp_processor_id", r"__this_cpu_preempt"),
+          crash_type="LOCKDEP"),
+    _kind(r"BUG: Bad page state", "BUG: Bad page state in {frame}", crash_type=None),
+    _kind(r"BUG: Bad page map", "BUG: Bad page map in {frame}", crash_type=None),
+    _kind(r"BUG: Bad rss-counter", "BUG: Bad rss-counter state", blame=Blame.NONE, needs_frame=False,
+          crash_type=None),
+    _kind(r"BUG: Dentry .{0,80} still in use", "BUG: Dentry still in use in {frame}", crash_type=None),
+    _kind(r"BUG: (?P<what>[A-Za-z][^:]{0,60}?) \(", "BUG: {what}", blame=Blame.NONE, needs_frame=False,
+          crash_type=None),
+    _kind(r"VFS: Close: file count is 0", "VFS: Close: file count is zero (use-after-free)",
+          blame=Blame.NONE, needs_frame=False, crash_type="DoS"),
+    # --- syzkaller's own executor failures, and Rust's integer-overflow panics ---
+    _kind(r"^SYZFAIL: (?P<what>.{1,100})$", "SYZFAIL: {what}", blame=Blame.NONE, needs_frame=False,
+          crash_type="SYZ_FAILURE"),
+    _kind(r"^attempt to (?P<op>add|subtract|multiply|divide|negate|shift left|shift right) with overflow$",
+          "attempt to {op} with overflow in {frame}", crash_type=None),
+    # --- panics: the reason is the title; some name a function too ---
+    _kind(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: " + FN + r"\+0x",
+          "kernel panic: stack is corrupted in {frame}", blame=Blame.HEADER, crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in",
+          "kernel panic: stack is corrupted in {frame}", blame=Blame.TRACE, crash_type="DoS"),
+    # The scheduler found the task's stack overrun: blame what the task was running, as for a stall.
+    _kind(r"Kernel panic - not syncing: corrupted stack end detected inside scheduler",
+          "kernel panic: corrupted stack end in {frame}", blame=Blame.STALL, skip=_SCHED, crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing: Attempted to kill init!", "kernel panic: Attempted to kill init!",
+          blame=Blame.NONE, needs_frame=False, kind="kernel panic", crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing: (?P<reason>VFS: Unable to mount root fs on \S{0,64})",
+          "kernel panic: {reason}", blame=Blame.NONE, needs_frame=False, kind="kernel panic",
+          crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing: (?P<reason>.{1,200}?)(?: \.\.\.)?$", "kernel panic: {reason}",
+          blame=Blame.NONE, needs_frame=False, kind="kernel panic", crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing:?$", "kernel panic", blame=Blame.NONE, needs_frame=False,
+          crash_type="DoS"),
+)
+
+# Lines that look like a header but report no crash: they never start a report.
+NOT_A_CRASH = re.compile(
+    r"INFO: lockdep is turned off|INFO: Stall ended before state dump|"
+    r"INFO: NMI handler \S{1,64} took too long|INFO: recovery required|"
+    r"INFO: \S{1,64} detected expedited stalls? on CPUs/tasks: \{ \}|"
+    r"WARNING: The mand mount option|WARNING: [^:]{0,60} is deprecated|"
+    r"WARNING: kernel not compiled with")
+
+# Cheap prefilter: a line that contains none of these cannot be a header.
+HEADER_WORDS = re.compile(
+    r"BUG|WARNING|INFO:|KASAN|KMSAN|KCSAN|KFENCE|UBSAN|fault|error|panic|PANIC|unreferenced|"
+    r"Unable|Unhandled|Alignment|refcount_t|ODEBUG|DEBUG_LOCKS|corruption|usercopy|"
+    r"unregister_netdevice|VFS: Close|SYZFAIL|overflow")
