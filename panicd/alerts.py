@@ -12,6 +12,7 @@ so its text and fields are the same wherever it is sent from.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -22,7 +23,7 @@ from panicd import journal
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
-from panicd.records import DumpRecord, GuestRecord, TriageResult
+from panicd.records import CrashSighting, DumpRecord, GuestRecord, TriageResult
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -38,6 +39,7 @@ class AlertKind(Enum):
     CRASH_LOOP = ("6a93dc80b886487ab0b28bad7da4eb11", 2)  # crit: restarts stopped, guest paused
     CONFIG_REJECTED = ("02cdfd2d24e449eda40bfd9e0bca15b9", 3)  # err: a reload kept the old config
     STORE_FAILED = ("1fdf9a4dcbbf4490bce3d44528aeff4f", 3)  # err: incident store replaced or unwritable
+    NEW_CRASH_SIGNATURE = ("01d1e4d3cb5747b4ac8d402e56a114f6", 2)  # crit: a crash never seen here
 
     @property
     def message_id(self) -> str:
@@ -132,14 +134,17 @@ def orphan_failed(guest: GuestIdentity, incident_id: str | None, dump_path: str,
     return alert
 
 
-def dump_completed(record: DumpRecord, not_recorded: dict[str, str]) -> Alert:
-    """DUMP_COMPLETED: the dump, what triage read out of it, what could not be recorded."""
+def dump_completed(record: DumpRecord, not_recorded: dict[str, str],
+                   crash: CrashSighting | None = None) -> Alert:
+    """DUMP_COMPLETED: the crash title, the dump, what triage read, what could not be recorded."""
     dump, triage = record.dump, record.triage or TriageResult(error="triage did not run")
     size = f"{dump.size_bytes} bytes" if dump.size_bytes is not None else "size unknown"
     seconds = dump.duration_seconds
     took = f", {seconds:.1f} s" if seconds is not None else ""
     away = " (finished while panicd was away)" if dump.completed_while_panicd_was_away else ""
-    text = (f"Guest {record.guest.name}: memory dump written to {dump.path} ({size}, "
+    # The title leads: it is what tells an operator whether this is yesterday's bug.
+    lead = f"{crash.title} ({_novelty(crash)}); " if crash is not None else ""
+    text = (f"Guest {record.guest.name}: {lead}memory dump written to {dump.path} ({size}, "
             f"{dump.format}{took}){away}")
     if triage.panic_reason:
         text += f"; Kernel panic - not syncing: {triage.panic_reason}"
@@ -148,9 +153,46 @@ def dump_completed(record: DumpRecord, not_recorded: dict[str, str]) -> Alert:
               "DUMP_BYTES": str(dump.size_bytes or 0),
               "DUMP_SECONDS": f"{seconds:.3f}" if seconds is not None else "",
               **triage.journal_fields(), **not_recorded}
+    if crash is not None:
+        fields.update(crash_fields(crash))
     if record.incident.id is not None:
         fields["INCIDENT_ID"] = record.incident.id
     return Alert(AlertKind.DUMP_COMPLETED, text, _identity(record.guest), fields)
+
+
+def new_crash_signature(guest: GuestRecord, incident_id: str | None, crash: CrashSighting,
+                        dump: str | None) -> Alert:
+    """NEW_CRASH_SIGNATURE: a crash title this host has never seen (a new bug, likely)."""
+    where = f"; dump {dump}" if dump else ""
+    fields = crash_fields(crash)
+    if dump:
+        fields["DUMP_PATH"] = dump
+    if incident_id is not None:
+        fields["INCIDENT_ID"] = incident_id
+    return Alert(AlertKind.NEW_CRASH_SIGNATURE,
+                 f"Guest {guest.name}: new crash signature: {crash.title}{where}",
+                 _identity(guest), fields)
+
+
+def crash_fields(crash: CrashSighting) -> dict[str, str]:
+    """The fields every alert about a titled crash carries."""
+    return {"CRASH_TITLE": crash.title, "CRASH_SIGNATURE": crash.signature,
+            "CRASH_TITLE_SOURCE": crash.source,
+            "SIGNATURE_NEW": "true" if crash.new else "false",
+            "SIGNATURE_COUNT": str(crash.count), "SIGNATURE_GUESTS": str(crash.guests),
+            "SIGNATURE_FIRST_SEEN": _utc(crash.first_seen)}
+
+
+def _novelty(crash: CrashSighting) -> str:
+    if crash.new:
+        return "new"
+    times = "once before" if crash.count == 2 else f"{crash.count - 1} times before"
+    guests = "1 guest" if crash.guests == 1 else f"{crash.guests} guests"
+    return f"seen {times}, on {guests}, since {_utc(crash.first_seen)}"
+
+
+def _utc(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def crash_loop(guest: GuestIdentity, incident_id: str, restarts: int, within: float) -> Alert:

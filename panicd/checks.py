@@ -9,7 +9,7 @@ at a config it accepts and say what panicd would actually do with it:
 - an `exec` hook whose program is missing, not executable, or not on PATH;
 - a `control_group` this host does not have;
 - with the installed systemd unit (`panicd.sandbox`): a `dump_dir`, `state_dir` or socket
-  the service may not write, and guest sockets or hooks it cannot even see.
+  the service may not write, and guest sockets, console logs or hooks it cannot even see.
 
 A finding is an ERROR when panicd would fail at it every time, a WARNING when panicd would
 run but not as the file seems to mean. Each says what will happen and how to fix it.
@@ -63,6 +63,7 @@ def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding
     if sandbox is not None:
         findings += _writable_paths(config, sandbox)
         findings += _visible_sockets(config, sandbox)
+        findings += _visible_console_logs(config, sandbox)
     for index, policy in enumerate(config.policy):
         findings += _shadowed(index, config.policy)
         findings += _step_order(index, policy)
@@ -182,6 +183,25 @@ def _visible_sockets(config: Config, sandbox: ServiceSandbox) -> Iterator[Findin
                 f"{path} {_seen_as(verdict, sandbox)}: panicd would never find QEMU's "
                 "socket there",
                 "let QEMU put its QMP socket elsewhere (/run/qemu/, say), or override "
+                f"{verdict.origin.split('=')[0]}= in a drop-in")
+
+
+def _visible_console_logs(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding]:
+    # Reading one needs only that it be visible (ProtectSystem=strict leaves files readable).
+    logs = [(f"guest[{i}].console_log", g.console_log) for i, g in enumerate(config.guest)]
+    logs += [(f"policy[{i}].console_log", p.console_log) for i, p in enumerate(config.policy)]
+    for where, template in logs:
+        if template is None:
+            continue
+        # The directory up to the first {name}: the part every guest's file shares.
+        directory = Path(template.split("{name}", 1)[0] + "_").parent
+        verdict = sandbox.access(directory)
+        if verdict.access in (Access.HIDDEN, Access.PRIVATE):
+            yield Finding(
+                Severity.WARNING, where,
+                f"{directory} {_seen_as(verdict, sandbox)}: panicd would never read the "
+                "console log there, and crashes without a readable dump get no title",
+                "let QEMU write its serial console under /var/log/qemu/ (say), or override "
                 f"{verdict.origin.split('=')[0]}= in a drop-in")
 
 

@@ -6,7 +6,8 @@
     panicd incidents show ID       one incident whole
     panicd check-config -c FILE    validate a config: bad keys, and what it would do wrong
     panicd mock-guest ...          the built-in mock pvpanic guest, to try a config on
-    panicd triage DUMP             the panic reason and the guest's kernel log, from a dump
+    panicd triage DUMP             the crash title, panic reason and kernel log, from a dump
+    panicd triage --log FILE|-     the same from a console log (serial file, journalctl -k)
     panicd demo                    a guided run on a built-in default (mock + real QEMU)
 
 `main(argv)` returns the exit code, so tests call it directly.
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "unless it says)")
     incidents.add_argument("--kind", choices=[k.value for k in IncidentKind])
     incidents.add_argument("--json", action="store_true", help="print the full records as JSON")
+    incidents.add_argument("--by-signature", action="store_true",
+                           help="one line per crash title: how often, on how many guests, first "
+                                "and last seen, the newest dump")
     show_sub = incidents.add_subparsers(dest="incidents_command")
     show = show_sub.add_parser("show", help="one incident whole: every field, every step")
     show.add_argument("id", help="the incident's id (first column of `panicd incidents`)")
@@ -83,8 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     mock_cli.add_arguments(mock)
 
-    tri = sub.add_parser("triage", help="the panic reason and kernel log, read from a dump")
-    tri.add_argument("dump", type=Path)
+    tri = sub.add_parser("triage", help="the crash title, panic reason and kernel log, read "
+                                          "from a dump or a console log")
+    tri.add_argument("dump", type=Path, nargs="?", help="an elf or kdump-* dump of the guest")
+    tri.add_argument("--log", metavar="FILE",
+                     help="read a kernel console log instead (a serial console file, "
+                          "`journalctl -k` or dmesg output, a pstore file); - for standard input")
+    tri.add_argument("--end-offset", type=int, metavar="BYTES", default=None,
+                     help="with --log FILE: read the log only up to this offset (where it was "
+                          "when the guest panicked)")
     tri.add_argument("--json", action="store_true", help="print JSON")
     tri.add_argument("--lines", type=int, default=50, help="how many last log lines (default 50)")
     tri.add_argument("--memory-limit", type=int, metavar="BYTES",
@@ -331,6 +342,13 @@ def _print_incidents(args: argparse.Namespace, queries: IncidentQueries, path: P
         print(incidents_view.as_json(record) if args.json
               else incidents_view.format_incident(record))
         return 0
+    if args.by_signature:
+        from panicd.signatures import SignatureQueries  # noqa: PLC0415
+
+        summaries = SignatureQueries(queries.db).by_signature(guest=args.guest, since=args.since)
+        print(incidents_view.signatures_json(summaries) if args.json
+              else incidents_view.format_signatures(summaries))
+        return 0
     if args.json:
         print(incidents_view.as_json(queries.incidents(guest=args.guest, since=args.since,
                                                         kind=args.kind)))
@@ -353,22 +371,43 @@ def _triage(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from panicd.triage import TriageError  # noqa: PLC0415
-    from panicd.triage.report import triage  # noqa: PLC0415
+    from panicd.triage.report import (  # noqa: PLC0415
+        from_console,
+        read_console_log,
+        read_console_stream,
+        triage,
+    )
 
+    if (args.dump is None) == (args.log is None):
+        print("panicd triage: give a DUMP or --log FILE (- for standard input), not both",
+              file=sys.stderr)
+        return 2
     if args.memory_limit is not None:
         import resource  # noqa: PLC0415
 
         resource.setrlimit(resource.RLIMIT_DATA, (args.memory_limit, args.memory_limit))
+    lines = max(0, args.lines)
     try:
-        report = triage(args.dump, lines=max(0, args.lines))
+        if args.log == "-":
+            report = from_console(read_console_stream(sys.stdin.buffer), lines=lines)
+        elif args.log is not None:
+            report = from_console(read_console_log(Path(args.log), args.end_offset), lines=lines)
+        else:
+            report = triage(args.dump, lines=lines)
     except (TriageError, OSError) as exc:
-        print(f"panicd triage: {exc}", file=sys.stderr)
+        print(printable(f"panicd triage: {exc}"), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
     # Everything below was written by the guest's kernel (or whoever controls the guest):
     # escaped, so a log line cannot move the cursor or recolour the operator's terminal.
+    title = report.title or "(no crash in the log)"
+    if report.title_corrupted:
+        title += " (the report looks garbled)"
+    print(f"title:   {printable(title)}")
+    if report.signature:
+        print(f"signature: {report.signature}")
     print(f"kernel:  {printable(report.kernel_release or '')}")
     print(f"panic:   {printable(report.panic_line or '(no panic line in the log)')}")
     if report.first_problem:

@@ -28,7 +28,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from panicd.errors import ConfigError
@@ -79,6 +87,29 @@ class ExecSettings(_Strict):
         return command
 
 
+def _console_log_template(template: str) -> str:
+    if not template.startswith("/"):
+        raise ValueError(f"{template!r}: must be an absolute path")
+    try:
+        template.format(name="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"{template!r}: only {{name}} may be filled in ({exc})") from None
+    return template
+
+
+#: A console log file name, absolute; `{name}` is replaced by the guest's name.
+ConsoleLog = Annotated[str, Field(min_length=2, max_length=4096), AfterValidator(_console_log_template)]
+
+
+def console_log_path(template: str, guest_name: str) -> Path | None:
+    """The console log file of guest `guest_name`; None when the name cannot be part of a
+    file name (a `/`, or `..`: a guest's name comes from QEMU, which the guest's owner runs)."""
+    if "{name}" in template and ("/" in guest_name or "\0" in guest_name
+                                 or guest_name in (".", "..")):
+        return None
+    return Path(template.format(name=guest_name))
+
+
 class RestartLimit(_Strict):
     """Crash-loop guard: at most `max` restarts by panicd within `within` seconds."""
 
@@ -96,6 +127,9 @@ class Policy(_Strict):
     exec: ExecSettings | None = None
     #: Past the budget the guest is left paused instead of restarted, with a crash-loop alert.
     restart: RestartLimit | None = None
+    #: The guest's serial console file (`{name}`: the guest's name); read for the crash title
+    #: when the dump is missing, failed, or has no VMCOREINFO. A [[guest]]'s own wins.
+    console_log: ConsoleLog | None = None
 
     @model_validator(mode="after")
     def _exec_needs_command(self) -> Policy:
@@ -116,6 +150,8 @@ class GuestConfig(_Strict):
 
     socket: Path
     name: str | None = Field(default=None, min_length=1, max_length=256)
+    #: This guest's serial console file (QEMU's `-serial file:PATH`); see Policy.console_log.
+    console_log: ConsoleLog | None = None
 
     @field_validator("socket")
     @classmethod
@@ -145,6 +181,10 @@ class DaemonConfig(_Strict):
     #: Incidents older than this whose dumps are gone (retention, or removed by hand) are
     #: dropped from the incident store, so it stays small on a host that runs for years.
     history_days: float = Field(default=90, gt=0)
+    #: Per guest, at most this many crash titles never seen on this host are alerted as new
+    #: (NEW_CRASH_SIGNATURE) in an hour; the rest are recorded and counted, not alerted, so a
+    #: guest that makes up titles cannot flood the journal.
+    new_signature_alerts_per_hour: int = Field(default=5, ge=0, le=10_000)
     #: "host:port" for Prometheus metrics (GET /metrics); None: not served.
     metrics_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
     take_over_panic_action: bool = True

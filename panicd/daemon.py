@@ -31,11 +31,12 @@ import structlog
 
 from panicd import __version__, alerts, metrics
 from panicd.alerts import Alerter, JournalAlerter
-from panicd.config import Config, GuestConfig, load
+from panicd.config import Config, GuestConfig, console_log_path, load
 from panicd.control import ControlServer
 from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
+from panicd.events import GuestIdentity
 from panicd.listen import IdentificationSlot, QemuListener
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.notify import Notifier
@@ -74,7 +75,9 @@ class Daemon:
             dump_slots=self.dump_slots,
             alerter=self.alerter,
             store=self.store,
+            console_log_for=self._console_log_for,
         )
+        self.responder.signatures.budget.per_hour = config.daemon.new_signature_alerts_per_hour
         self.monitors: dict[Path, GuestMonitor] = {}
         self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
         self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
@@ -412,7 +415,15 @@ class Daemon:
         self.dumps.retention = new.daemon.retention
         self.dump_slots = DumpSlots(new.daemon.max_concurrent_dumps)
         self.responder.dump_slots = self.dump_slots
+        self.responder.signatures.budget.per_hour = new.daemon.new_signature_alerts_per_hour
         log.info("reload.daemon_settings_changed")
+
+    def _console_log_for(self, guest: GuestIdentity) -> Path | None:
+        """The guest's console log: its [[guest]]'s `console_log`, else its policy's."""
+        listed = next((g for g in self.config.guest if str(g.socket) == guest.socket), None)
+        template = (listed.console_log if listed is not None else None) \
+            or self.config.policy_for(guest.name).console_log
+        return console_log_path(template, guest.name) if template else None
 
 
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:

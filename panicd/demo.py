@@ -4,7 +4,8 @@ It runs, in one process and a work directory of its own:
 - two built-in mock guests (`demo-web-01` will panic, `demo-db-01` stays healthy),
 - a real QEMU guest (`demo-qemu-01`, qtest + pvpanic, no OS needed) when qemu-system-x86_64
   is installed,
-- panicd itself, on a generated config (policy: dump, then restart),
+- panicd itself, on a generated config (policy: dump, then restart; the mock guests' serial
+  console files, where they print a Linux crash report, as their `console_log`),
 then injects a panic into each panicking guest through its pvpanic port, waits for the dumps,
 and prints the dump files, their metadata, the guests' runstates and the journal alerts.
 When no journald is running (a container), it starts one, as the test suite does.
@@ -43,11 +44,15 @@ take_over_panic_action = true
 reconnect_max_seconds = 2
 log_format = "console"
 
+# The mock guests print a Linux crash report on their serial console when they panic; their
+# dumps hold no kernel log, so their crash titles come from there.
 [[guest]]
 socket = "demo-web-01.qmp"
+console_log = "{work}/demo-web-01.serial"
 
 [[guest]]
 socket = "demo-db-01.qmp"
+console_log = "{work}/demo-db-01.serial"
 {qemu_guest}
 [[policy]]
 match = "demo-*"
@@ -127,16 +132,26 @@ async def _wait_for_dumps(dump_dir: Path, count: int, timeout: float) -> list[Pa
         await asyncio.sleep(0.2)
 
 
+async def _wait_for_announced(metadata_files: list[Path], timeout: float) -> None:
+    """Until triage has read each dump (its title is in) and DUMP_COMPLETED has gone out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(
+            json.loads(p.read_text()).get("announced") for p in metadata_files):
+        await asyncio.sleep(0.2)
+
+
 async def _demo(work: Path, use_qemu: bool) -> int:
     qemu = _Qemu(work, "demo-qemu-01") if use_qemu and shutil.which(QEMU) else None
     if use_qemu and qemu is None:
         print(f"({QEMU} not found: mock guests only. `./run setup` installs it.)")
     qemu_guest = f'\n[[guest]]\nsocket = "{qemu.qmp}"\n' if qemu else ""
-    (work / "panicd.toml").write_text(CONFIG.format(qemu_guest=qemu_guest))
+    (work / "panicd.toml").write_text(CONFIG.format(qemu_guest=qemu_guest, work=work))
     config = parse((work / "panicd.toml").read_text(), base=work, source="panicd.toml")
 
-    web = MockGuest(name="demo-web-01", memory_bytes=32 * 2**20)
-    db = MockGuest(name="demo-db-01", memory_bytes=32 * 2**20)
+    web = MockGuest(name="demo-web-01", memory_bytes=32 * 2**20,
+                    console_log=work / "demo-web-01.serial")
+    db = MockGuest(name="demo-db-01", memory_bytes=32 * 2**20,
+                   console_log=work / "demo-db-01.serial")
     await web.start(work / "demo-web-01.qmp")
     await db.start(work / "demo-db-01.qmp")
     if qemu:
@@ -155,6 +170,7 @@ async def _demo(work: Path, use_qemu: bool) -> int:
             await qemu.panic()
         expected = 2 if qemu else 1
         dumps = await _wait_for_dumps(config.daemon.dump_dir, expected, timeout=60)
+        await _wait_for_announced(dumps, timeout=30)
         await asyncio.sleep(0.5)  # let the restart step finish
         await daemon.store.flush()
         _show(work, config.daemon.dump_dir, dumps, daemon)
@@ -180,6 +196,12 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
         print(f"    metadata {meta.name}: guest={info['guest']['name']} "
               f"qemu={info['guest']['qemu_version']} format={info['dump']['format']} "
               f"result={info['dump']['result']} seconds={info['dump']['duration_seconds']}")
+        triage = info.get("triage") or {}
+        if triage.get("title"):
+            print(f"    crash title: {triage['title']} (signature {triage['signature']}, "
+                  f"from the {triage['source'].replace('_', ' ')})")
+        elif triage.get("error"):
+            print(f"    triage: {triage['error']}")
     _banner("Guests now (policy: dump, then restart)")
     for monitor in daemon.monitors.values():
         incident = monitor.last_incident
@@ -199,7 +221,8 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
             continue  # an earlier run's
         shown += 1
         fields = {k: entry[k] for k in ("PRIORITY", "MESSAGE_ID", "GUEST_NAME", "PANIC_ACTION",
-                                        "DUMP_PATH") if k in entry}
+                                        "DUMP_PATH", "CRASH_TITLE", "CRASH_SIGNATURE")
+                  if k in entry}
         print(f"  {entry['MESSAGE']}\n      {fields}")
     if not shown:
         print("  (no journald here: the alerts are held for it, see journal.unavailable above)")
@@ -208,6 +231,8 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
     from panicd.cli import main as cli  # noqa: PLC0415 - the command an operator would run
 
     cli(["incidents", "--state-dir", str(state_dir)])
+    _banner(f"Crash signatures (panicd incidents --by-signature --state-dir {state_dir})")
+    cli(["incidents", "--by-signature", "--state-dir", str(state_dir)])
     print("\nExplained: journalctl -x SYSLOG_IDENTIFIER=panicd (after installing "
           "systemd/panicd.catalog and journalctl --update-catalog)")
 

@@ -6,9 +6,15 @@ rest, in this order:
 1. record it: size, QEMU's byte count, duration, result "completed" in `<dump>.json`;
 2. count it (panicd_dumps_total, DUMP_SECONDS, bytes) and apply retention;
 3. read why the guest crashed out of it (triage, in a child process: the dump is hostile);
-4. record the triage, mark the record `announced`, and send DUMP_COMPLETED with the same fields
-   every time (DUMP_*, the triage's, INCIDENT_ID, and what could not be recorded);
-5. put the dump's summary (path, size, result, panic reason) into the incident's record.
+   when the dump gives no crash title (no VMCOREINFO, say) and the guest has a console log,
+   read the console log instead (`console_triage`);
+4. sight the crash title (signatures.py: new on this host, or seen before; NEW_CRASH_SIGNATURE);
+5. record the triage, mark the record `announced`, and send DUMP_COMPLETED with the same fields
+   every time (the crash title, DUMP_*, the triage's, INCIDENT_ID, what could not be recorded);
+6. put the dump's summary (path, size, result, panic reason) into the incident's record.
+
+An incident with no dump to read (no dump step, or one that failed) is titled from its console
+log alone: `title_from_console`, once its steps have run.
 
 Who calls it:
 - the dump step, as soon as QEMU has completed the dump, in a task of its own: the dump's turn
@@ -36,8 +42,9 @@ from panicd import alerts
 from panicd.alerts import Alerter
 from panicd.dumps import DumpStore
 from panicd.metrics import Metrics
-from panicd.records import DumpRecord, DumpSummary, TriageResult
-from panicd.triage.run import triage_in_child
+from panicd.records import ConsoleMark, CrashSighting, DumpRecord, DumpSummary, GuestRecord, TriageResult
+from panicd.signatures import CrashSignatures
+from panicd.triage.run import triage_console_in_child, triage_in_child
 
 log = structlog.get_logger("panicd.evidence")
 
@@ -57,6 +64,8 @@ class Evidence:
     alerter: Alerter
     metrics: Metrics
     record_dump: RecordDump | None = None
+    #: Where crash titles are sighted (new or known); None: titles are recorded, not sighted.
+    signatures: CrashSignatures | None = None
     #: Dumps being announced right now (their triage runs): orphans.py leaves them alone, or
     #: a reconnect during a triage would announce the same dump twice.
     announcing: set[str] = field(default_factory=set)
@@ -157,16 +166,24 @@ async def announce(evidence: Evidence, record: DumpRecord,
     not_recorded = dict(not_recorded or {})
     path = Path(record.dump.path)
     evidence.announcing.add(record.dump.path)
+    report: TriageResult | None = None
+    crash: CrashSighting | None = None
     try:
         report = await _triage(path)
+        if report.title is None and record.incident.console is not None:
+            report = _titled_by_console(report, await console_triage(record.incident.console))
+        if evidence.signatures is not None:
+            crash = await evidence.signatures.sight(
+                record.guest, record.incident.id, report, record.incident.received_at.timestamp(),
+                record.dump.path)
     except asyncio.CancelledError:
-        record.triage = TriageResult(error="panicd stopped while triage ran")
-        _finish(evidence, record, not_recorded)
+        record.triage = report or TriageResult(error="panicd stopped while triage ran")
+        _finish(evidence, record, not_recorded, crash)
         raise
     finally:
         evidence.announcing.discard(record.dump.path)
     record.triage = report
-    await asyncio.to_thread(_finish, evidence, record, not_recorded)
+    await asyncio.to_thread(_finish, evidence, record, not_recorded, crash)
     if evidence.record_dump is not None and record.incident.id is not None:
         try:
             await evidence.record_dump(record.incident.id, summary(record))
@@ -191,11 +208,50 @@ def summary(record: DumpRecord) -> DumpSummary:
                        triage_error=triage.error if triage is not None else None)
 
 
-def _finish(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:
+async def title_from_console(evidence: Evidence, guest: GuestRecord, incident_id: str,
+                             console: ConsoleMark, seen_at: float) -> CrashSighting | None:
+    """An incident with no dump to read: its crash title from the guest's console log."""
+    report = await console_triage(console)
+    if report.error is not None:
+        log.warning("console.triage_failed", path=console.path, error=report.error)
+        return None
+    if report.title is None:
+        log.info("console.no_crash", path=console.path)
+        return None
+    if evidence.signatures is None:
+        return None
+    return await evidence.signatures.sight(guest, incident_id, report, seen_at, None)
+
+
+async def console_triage(console: ConsoleMark) -> TriageResult:
+    """The report of a guest's console log up to where it was at the panic (in a child: the
+    guest wrote it)."""
+    try:
+        report = await triage_console_in_child(Path(console.path), console.offset)
+        return TriageResult.model_validate({**report, "source": "console_log"})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = os_error_text(exc) if isinstance(exc, OSError) else repr(exc)
+        return TriageResult(error=f"console triage could not run: {error}", source="console_log")
+
+
+def _titled_by_console(dump: TriageResult, console: TriageResult) -> TriageResult:
+    """The dump's report, or the console log's when only the console log holds a crash title
+    (the dump's error, if any, kept as `dump_error`)."""
+    if console.title is None:
+        if console.error is not None:
+            log.warning("console.triage_failed", error=console.error)
+        return dump
+    return console.model_copy(update={"dump_error": dump.error})
+
+
+def _finish(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str],
+            crash: CrashSighting | None) -> None:
     # In a thread; or right here when cancelled (panicd stopping: a moment's blocking is fine).
     record.announced = True
     _write(evidence, record, not_recorded)
-    evidence.alerter.send(alerts.dump_completed(record, not_recorded))
+    evidence.alerter.send(alerts.dump_completed(record, not_recorded, crash))
 
 
 def _write(evidence: Evidence, record: DumpRecord, not_recorded: dict[str, str]) -> None:

@@ -19,13 +19,18 @@ from collections.abc import Sequence
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
+from panicd.signatures import SignatureSummary
 from panicd.store import IncidentListing
 from panicd.table import cell, human_size, render
 
 _RECORDS = TypeAdapter(list[IncidentRecord])
+_SIGNATURES = TypeAdapter(list[SignatureSummary])
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
-COLUMNS = ("ID", "TIME (UTC)", "GUEST", "KIND", "DETECTION", "STEPS", "DUMP", "PANIC REASON")
+#: CRASH: the crash title when the incident has one, else the kernel's panic reason.
+COLUMNS = ("ID", "TIME (UTC)", "GUEST", "KIND", "DETECTION", "STEPS", "DUMP", "CRASH")
+SIGNATURE_COLUMNS = ("SIGNATURE", "COUNT", "GUESTS", "FIRST SEEN (UTC)", "LAST SEEN (UTC)",
+                     "TITLE", "NEWEST DUMP")
 
 
 def format_table(listed: Sequence[IncidentListing]) -> str:
@@ -34,10 +39,23 @@ def format_table(listed: Sequence[IncidentListing]) -> str:
     for r in listed:
         dump = r.dump if r.dump is not None else dump_from_step(r.dump_step)
         steps = r.steps + (" (open)" if r.state is IncidentState.OPEN else "")
+        crash = r.title or (dump.panic_reason if dump is not None else None)
         rows.append((cell(r.id), utc_time(r.seen_at), cell(r.guest), cell(r.kind),
                      cell(r.detection), cell(steps.strip() or "-"), _dump_cell(dump),
-                     cell(dump.panic_reason if dump is not None else None)))
+                     cell(crash)))
     return "\n".join(render(COLUMNS, rows))
+
+
+def format_signatures(summaries: Sequence[SignatureSummary]) -> str:
+    """One line per crash signature (title), the most recently seen first."""
+    rows = [(cell(s.signature), str(s.count), str(s.guests), utc_time(s.first_seen),
+             utc_time(s.last_seen), cell(s.title), cell(s.newest_dump or "-"))
+            for s in summaries]
+    return "\n".join(render(SIGNATURE_COLUMNS, rows))
+
+
+def signatures_json(summaries: Sequence[SignatureSummary]) -> str:
+    return _NON_ASCII.sub(_json_escape, _SIGNATURES.dump_json(list(summaries), indent=2).decode())
 
 
 def as_json(records: Sequence[IncidentRecord] | IncidentRecord) -> str:

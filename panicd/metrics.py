@@ -44,6 +44,15 @@ class Metrics:
             "panicd_listen_saturated",
             "Times the listen socket stopped accepting: every slot for unidentified peers held",
             registry=r)
+        # One label, two values: a label per title would let guests mint unbounded series.
+        self.incidents = Counter(
+            "panicd_incidents",
+            "Incidents given a crash title, by whether the title was new on this host",
+            ["signature_new"], registry=r)
+        self.new_signature_alerts_suppressed = Counter(
+            "panicd_new_signature_alerts_suppressed",
+            "New crash titles not alerted: the guest's new_signature_alerts_per_hour was spent",
+            registry=r)
         self.guests = Gauge("panicd_guests", "Guests by connection state", ["state"], registry=r)
         r.register(_JournalCollector())
         self._states: Callable[[], Iterable[str]] = list

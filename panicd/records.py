@@ -11,7 +11,10 @@ restarts from, and what a restarted panicd resumes an interrupted panic from.
     ├── state: open ──(every step has run)──> done
     ├── steps: [StepResult]         name, ok, started_at, seconds, error, command, reply,
     │                               skipped, guest_gone, and what it did: dump | power | hook
-    └── dump: DumpSummary | None    path, format, bytes, seconds, result, panic_reason
+    ├── dump: DumpSummary | None    path, format, bytes, seconds, result, panic_reason
+    ├── console: ConsoleMark | None the guest's console log, and how far it went at the panic
+    └── crash: CrashSighting | None the crash title and signature, from the dump or the console
+                                    log, and whether this host had seen it before
 
 Models are pydantic: they are validated where they enter (a row read back from the store, a
 step's outcome), and passed as models inside panicd, never as dicts read by key.
@@ -27,6 +30,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
+
+#: Crash titles are capped (triage/title.py cuts them at 120 characters); the models refuse
+#: longer ones, so that a hostile report cannot grow the store.
+MAX_TITLE = 200
+TitleSource = Literal["dump", "console_log"]
 
 
 class IncidentState(StrEnum):
@@ -177,6 +185,18 @@ class TriageResult(BaseModel):
     call_trace: list[str] = Field(default_factory=list)
     last_lines: list[str] = Field(default_factory=list)
     records: int = 0
+    #: The crash title (triage/title.py) and its signature; None when the log holds no crash.
+    title: str | None = Field(default=None, max_length=MAX_TITLE)
+    signature: str | None = Field(default=None, max_length=64)
+    #: The title's bug class ("WARNING", "KASAN: use-after-free Read") and blamed function.
+    crash_kind: str | None = Field(default=None, max_length=MAX_TITLE)
+    blamed_frame: str | None = Field(default=None, max_length=MAX_TITLE)
+    #: The report looked garbled (lines of another CPU mixed in, no stack where one belongs).
+    title_corrupted: bool = False
+    #: Which log the title (and the rest of this report) was read from.
+    source: TitleSource = "dump"
+    #: Why the dump gave no title, when the console log gave it instead.
+    dump_error: str | None = None
     error: str | None = None
 
     def journal_fields(self) -> dict[str, str]:
@@ -188,7 +208,39 @@ class TriageResult(BaseModel):
             fields["PANIC_REASON"] = self.panic_reason
         if self.first_problem:
             fields["FIRST_PROBLEM"] = self.first_problem
+        if self.dump_error:
+            fields["DUMP_TRIAGE_ERROR"] = self.dump_error
         return fields
+
+
+class ConsoleMark(_Record):
+    """A guest's console log (`console_log`), and its size when the panic was seen: the crash
+    is read from the bytes before `offset`, so that the boot a restart starts does not hide it."""
+
+    path: str
+    offset: int | None = None
+
+
+class CrashSighting(_Record):
+    """An incident's crash title, and what this host knew of it when it was seen.
+
+    `count`, `guests` and `first_seen` count this incident in: a title seen for the first time
+    has count 1, one guest, `new` true.
+    """
+
+    title: str = Field(max_length=MAX_TITLE)
+    signature: str
+    kind: str | None = None
+    frame: str | None = None
+    corrupted: bool = False
+    #: dump, or console_log (the dump was missing, failed, or had no VMCOREINFO).
+    source: TitleSource
+    new: bool
+    #: A new title not alerted as one: the guest had used up its `new_signature_alerts_per_hour`.
+    new_alert_suppressed: bool = False
+    count: int = 1
+    guests: int = 1
+    first_seen: float
 
 
 class DumpInfo(BaseModel):
@@ -219,6 +271,8 @@ class DumpIncident(BaseModel):
     detection: str
     action: str | None = None
     received_at: dt.datetime
+    #: The guest's console log, for a title when the dump gives none.
+    console: ConsoleMark | None = None
 
 
 class DumpRecord(BaseModel):
@@ -268,6 +322,10 @@ class IncidentRecord(_Record):
     steps: list[StepResult] = Field(default_factory=list)
     dump: DumpSummary | None = None
     event: dict[str, JsonValue] | None = None
+    #: The guest's console log, marked when the incident's steps began (`console_log`).
+    console: ConsoleMark | None = None
+    #: The crash's title and signature (from the dump's triage, else the console log).
+    crash: CrashSighting | None = None
 
     @classmethod
     def of(cls, incident: Incident, instance: str | None) -> IncidentRecord:

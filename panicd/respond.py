@@ -21,14 +21,15 @@ import structlog
 from panicd import alerts
 from panicd.actions import GuestHandle, Spawn, Step, StepContext, registry, spawn_detached
 from panicd.alerts import Alerter
-from panicd.config import Policy
+from panicd.config import Policy, console_log_path
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
-from panicd.events import Incident, IncidentKind
-from panicd.evidence import Evidence
+from panicd.events import GuestIdentity, Incident, IncidentKind
+from panicd.evidence import Evidence, title_from_console
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError
-from panicd.records import IncidentRecord, StepDetail, StepResult, jsonable
+from panicd.records import ConsoleMark, GuestRecord, IncidentRecord, StepDetail, StepResult, jsonable
+from panicd.signatures import CrashSignatures
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.respond")
@@ -54,6 +55,7 @@ class PanicResponder:
         store: IncidentStore | None = None,
         steps: Mapping[str, Step] | None = None,
         metrics: Metrics | None = None,
+        console_log_for: Callable[[GuestIdentity], Path | None] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.policy_for = policy_for
@@ -68,7 +70,15 @@ class PanicResponder:
 
         #: What finishing a dump needs (evidence.py), for the dump step and orphans.py: one,
         #: so that both know which dumps are being announced.
-        self.evidence = Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump)
+        self.signatures = CrashSignatures(self.store, self.alerter, self.metrics)
+        self.evidence = Evidence(self.dumps, self.alerter, self.metrics, self.store.record_dump,
+                                 self.signatures)
+        #: The guest's console log file (`console_log`), read for a crash title.
+        self.console_log_for = console_log_for or self._policy_console_log
+
+    def _policy_console_log(self, guest: GuestIdentity) -> Path | None:
+        template = self.policy_for(guest.name).console_log
+        return console_log_path(template, guest.name) if template else None
 
     async def handle(self, incident: Incident, guest: GuestHandle, record: IncidentRecord | None = None,
                      durable: asyncio.Future[None] | None = None) -> list[StepResult]:
@@ -79,6 +89,9 @@ class PanicResponder:
         record = record or IncidentRecord.of(incident, None)
         # The policy is looked up now, not at event time: a reload applies to the next panic.
         policy = self.policy_for(incident.guest.name)
+        if record.console is None:
+            # Before any step: a restart starts a boot whose lines would follow the crash's.
+            record.console = await self._console_mark(incident.guest)
         names = planned_steps(incident, policy)
         ctx = StepContext(
             incident=incident,
@@ -92,10 +105,12 @@ class PanicResponder:
             durable=durable,
             spawn=self.spawn,
             evidence=self.evidence,
+            console=record.console,
         )
         done_before = [step.name for step in record.steps if step.ok]
         # A resumed incident's later steps (exec's PANICD_DUMP) still see the dump made before.
         ctx.dump_path = _dump_made(record.steps)
+        ran: list[StepResult] = []  # this run's (a resumed incident's record holds earlier ones)
         for name in names:
             if name in done_before:
                 done_before.remove(name)  # ran before panicd stopped: not again
@@ -111,13 +126,32 @@ class PanicResponder:
                 # The dump a resumed incident's dump step found already made counts too.
                 ctx.dump_path = ctx.dump_path or _dump_made([result])
             record.steps.append(result)
+            ran.append(result)
             self.store.save(record)
         log.info(
             "incident.handled",
             kind=incident.kind.value,
             steps=[f"{r.name}:{'ok' if r.ok else 'failed'}" for r in record.steps],
         )
+        if (record.console is not None and record.crash is None and ctx.dump_path is None
+                and not any(step.guest_gone for step in ran)):
+            # No dump to read a title from (none asked, or it failed): the console log's.
+            self.spawn(title_from_console(self.evidence, GuestRecord.of(incident.guest), record.id,
+                                          record.console, incident.received_at),
+                       f"console-title:{record.id}")
         return record.steps
+
+    async def _console_mark(self, guest: GuestIdentity) -> ConsoleMark | None:
+        path = self.console_log_for(guest)
+        if path is None:
+            return None
+        try:
+            offset: int | None = (await asyncio.to_thread(path.stat)).st_size
+        except OSError as exc:
+            # Marked anyway: the file may appear (QEMU opens it lazily) or come back.
+            log.warning("console.unreadable", path=str(path), error=str(exc))
+            offset = None
+        return ConsoleMark(path=str(path), offset=offset)
 
     async def _run_step(self, name: str, ctx: StepContext) -> StepResult:
         log.info("step.started", step=name)

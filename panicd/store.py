@@ -39,14 +39,21 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import ValidationError
 
 from panicd.errors import PanicdError
 from panicd.events import Detection, IncidentKind
-from panicd.records import DumpSummary, GuestRecord, IncidentRecord, IncidentState, StepResult
+from panicd.records import (
+    CrashSighting,
+    DumpSummary,
+    GuestRecord,
+    IncidentRecord,
+    IncidentState,
+    StepResult,
+)
 
 log = structlog.get_logger("panicd.store")
 
@@ -69,6 +76,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX incidents_by_time ON incidents (seen_at);
     CREATE INDEX incidents_by_instance ON incidents (instance, seen_at);
     """,
+    # 2: crash signatures (signatures.py). One row per incident given a crash title; kept when
+    # the incident is pruned, so "seen before on this host" outlives history_days.
+    """
+    CREATE TABLE crash_sightings (
+        incident TEXT PRIMARY KEY,
+        signature TEXT NOT NULL,
+        title TEXT NOT NULL,
+        kind TEXT,
+        guest TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        dump TEXT
+    );
+    CREATE INDEX crash_sightings_by_signature ON crash_sightings (signature, seen_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: A store that could not be opened (a full disk, an I/O error) is tried again this often, at
@@ -85,6 +107,7 @@ BUSY_TIMEOUT_SECONDS = 5.0
 WRITE_DELAY_SECONDS = 0.002
 
 StoreFailed = Callable[[str, str], None]
+T = TypeVar("T")
 
 
 class StoreError(PanicdError):
@@ -182,6 +205,8 @@ class IncidentListing:
     #: The incident's dump summary, or else its last `dump` step (to make one from).
     dump: DumpSummary | None
     dump_step: StepResult | None
+    #: The crash title, once triage gave one.
+    title: str | None = None
 
 
 #: The listing's columns, straight out of the JSON records (SQLite's JSON functions).
@@ -196,7 +221,8 @@ SELECT id, seen_at, guest, kind, json_extract(record, '$.detection'), state,
   json_extract(record, '$.dump'),
   CASE WHEN json_type(record, '$.dump') IS NOT 'object' THEN
     (SELECT s.value FROM json_each(record, '$.steps') AS s
-     WHERE json_extract(s.value, '$.name') = 'dump' ORDER BY s.key DESC LIMIT 1) END
+     WHERE json_extract(s.value, '$.name') = 'dump' ORDER BY s.key DESC LIMIT 1) END,
+  json_extract(record, '$.crash.title')
 FROM incidents"""
 
 
@@ -224,7 +250,8 @@ class IncidentQueries:
                     id=row[0], seen_at=float(row[1]), guest=row[2], kind=row[3],
                     detection=str(row[4]), state=IncidentState(row[5]), steps=row[6] or "",
                     dump=DumpSummary.model_validate_json(row[7]) if row[7] else None,
-                    dump_step=StepResult.model_validate_json(row[8]) if row[8] else None))
+                    dump_step=StepResult.model_validate_json(row[8]) if row[8] else None,
+                    title=str(row[9]) if row[9] is not None else None))
             except (ValidationError, ValueError, TypeError) as exc:
                 log.warning("store.bad_row", incident=str(row[0])[:64], error=str(exc)[:300])
         return listed
@@ -429,6 +456,19 @@ class IncidentStore:
 
     async def record_dump(self, incident_id: str, dump: DumpSummary) -> None:
         """The dump of incident `incident_id` is finished (evidence.py): into its record."""
+        record = await self._record_of(incident_id)
+        if record is not None:
+            record.dump = dump
+            self.save(record)
+
+    async def record_crash(self, incident_id: str, crash: CrashSighting) -> None:
+        """Incident `incident_id`'s crash title is known (signatures.py): into its record."""
+        record = await self._record_of(incident_id)
+        if record is not None:
+            record.crash = crash
+            self.save(record)
+
+    async def _record_of(self, incident_id: str) -> IncidentRecord | None:
         # The live record when there is one: a copy read from the file and saved would be
         # overwritten by the live one's next save (or overwrite its unsaved changes).
         record = self._live.get(incident_id) or next(
@@ -441,9 +481,7 @@ class IncidentStore:
             record = await self._call(read)
         if record is None:
             log.warning("store.no_such_incident", incident=incident_id)
-            return
-        record.dump = dump
-        self.save(record)
+        return record
 
     def guest_ran_again(self, instance: str | None) -> None:
         """The guest of this QEMU process runs again: its last incident is behind it."""
@@ -573,6 +611,15 @@ class IncidentStore:
         pending = [t for r, _ in list(self._unsaved.values()) if r.guest.name == guest
                    for t in r.restarts() if t >= since]
         return sorted(set(stored) | set(pending))
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T | None:
+        """`fn(connection)` in the store's thread, in order with its writes; None when the store
+        is not open (a disk that refuses it) or `fn` failed (logged, alerted)."""
+        def call() -> T | None:
+            return fn(self._db) if self._db is not None else None
+
+        result: T | None = await self._call(call)
+        return result
 
     # -- plumbing -------------------------------------------------------------------------------
 

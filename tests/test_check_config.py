@@ -331,3 +331,32 @@ def test_unit_settings_are_read_as_systemd_applies_them(
     code, lines = check(tmp_path, text, "--unit", str(unit), capsys=capsys)
     assert code == 0
     assert [line.split(":")[0] for line in findings(lines)] == ["WARNING daemon.dump_dir"]
+
+
+def test_console_logs_the_units_sandbox_hides_are_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unit = tmp_path / "panicd.service"
+    shutil.copy(SHIPPED_UNIT, unit)
+    text = """
+[[guest]]
+socket = "/run/qemu/web-01.qmp"
+console_log = "/home/alice/web-01.serial"
+[[policy]]
+console_log = "/tmp/serial/{name}/console.log"
+"""
+    code, lines = check(tmp_path, text, "--unit", str(unit), capsys=capsys)
+    assert code == 0
+    assert findings(lines) == [
+        f"WARNING guest[0].console_log: /home/alice is hidden from the service "
+        f"(ProtectHome=yes in {unit}): panicd would never read the console log there, and "
+        "crashes without a readable dump get no title; let QEMU write its serial console "
+        "under /var/log/qemu/ (say), or override ProtectHome= in a drop-in",
+        f"WARNING policy[0].console_log: /tmp/serial is in the service's private /tmp, not the "
+        f"host's (PrivateTmp=yes in {unit}): panicd would never read the console log there, "
+        "and crashes without a readable dump get no title; let QEMU write its serial console "
+        "under /var/log/qemu/ (say), or override PrivateTmp= in a drop-in",
+    ]
+    fixed = text.replace("/home/alice/", "/var/log/qemu/").replace("/tmp/serial/", "/var/log/qemu/")
+    code, lines = check(tmp_path, fixed, "--unit", str(unit), capsys=capsys)
+    assert (code, findings(lines)) == (0, [])

@@ -25,6 +25,13 @@ def test_demo_dumps_every_panicked_guest(
     history = shown[shown.index("Incident history"):]
     assert "demo-qemu-01" in history and "demo-web-01" in history
     assert history.count("dump:ok restart:ok") == 2
+    # The mock's serial console gave its crash a title (its dump holds no kernel log).
+    title = "WARNING in demo_web_01_handle_request"
+    assert f"Guest demo-web-01: new crash signature: {title}" in shown
+    assert f"Guest demo-web-01: {title} (new); memory dump written" in shown
+    signatures = shown[shown.index("Crash signatures"):]
+    assert signatures.splitlines()[2].split()[1:3] == ["1", "1"]
+    assert title in signatures.splitlines()[2]
 
 
 def test_a_socket_left_by_a_journald_that_is_gone_is_not_a_journald(

@@ -130,9 +130,9 @@ def rows(out: str) -> list[list[str]]:
     """Each line of the table as its cells (cells are split on two or more spaces)."""
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "TIME", "(UTC)", "GUEST", "KIND", "DETECTION", "STEPS",
-                                "DUMP", "PANIC", "REASON"]
+                                "DUMP", "CRASH"]
     starts = [lines[0].index(name) for name in ("ID", "TIME", "GUEST", "KIND", "DETECTION",
-                                                   "STEPS", "DUMP", "PANIC REASON")]
+                                                   "STEPS", "DUMP", "CRASH")]
     return [[line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
             for line in lines[1:]]
 

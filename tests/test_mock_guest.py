@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from panicd.mock import MockGuest
+from panicd.triage.report import from_console
 from tests.qemu_harness import connect, disconnect
 
 
@@ -137,3 +138,20 @@ async def test_a_thousand_guests_are_cheap(short_tmp: Path) -> None:
             sock.close()
         for guest in guests:
             await guest.stop()
+
+
+async def test_a_panic_prints_a_linux_crash_report_on_the_serial_console(short_tmp: Path) -> None:
+    console = short_tmp / "web-01.serial"
+    guest = MockGuest("web-01", panic_action="pause", console_log=console)
+    await guest.start(short_tmp / "g.qmp")
+    try:
+        guest.port.write(2)  # crash-loaded: the guest's own kdump took over, nothing printed
+        assert not console.exists()
+        guest.port.write(1)
+        assert guest.machine.runstate == "guest-panicked"
+        report = from_console(console.read_bytes())
+        assert report.title == "WARNING in web_01_handle_request"
+        assert report.panic_line == "Kernel panic - not syncing: kernel: panic_on_warn set ..."
+        assert report.kernel_release == "6.1.0-56-amd64"
+    finally:
+        await guest.stop()

@@ -38,7 +38,7 @@ from panicd.events import DumpCompletedData, GuestIdentity, Incident
 from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError, QmpSession
-from panicd.records import StepDetail
+from panicd.records import ConsoleMark, StepDetail
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.actions")
@@ -95,6 +95,8 @@ class StepContext:
     dump_path: Path | None = None
     #: Runs work that outlives the step (a dump's triage and alert), owned by the daemon.
     spawn: Spawn = spawn_detached
+    #: The guest's console log as it was at the panic (for a title the dump does not give).
+    console: ConsoleMark | None = None
 
 
     async def restarts_since(self, since: float) -> list[float]:

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "like -chardev socket,path=PATH,reconnect=1 -mon mode=control")
     parser.add_argument("--dump-mib-per-second", type=float, metavar="MIB",
                         help="write dumps this slowly (default: as fast as possible)")
+    parser.add_argument("--console-log", type=Path, metavar="PATH",
+                        help="like -serial file:PATH: a panic first prints a Linux crash report "
+                             "there (for trying console_log and crash titles)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +69,7 @@ async def _main(args: argparse.Namespace) -> int:
         args.name, uuid=args.uuid, memory_bytes=args.memory * 2**20,
         panic_action=args.panic_action,
         dump_bytes_per_second=rate * 2**20 if rate else None,
+        console_log=args.console_log,
     )
     label = args.name or "mock-guest"
     guest.event_listeners.append(lambda name, data: _log(label, name, data))

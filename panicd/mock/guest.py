@@ -29,9 +29,11 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from panicd.mock.commands import DUMP_FORMATS, Identity, build_commands
+from panicd.mock.console import SerialConsole
 from panicd.mock.core_files import ram_blocks
 from panicd.mock.dump import Dumper
 from panicd.mock.machine import Machine
@@ -59,6 +61,7 @@ class MockGuest:
         dump_formats: tuple[str, ...] = DUMP_FORMATS,
         vmcoreinfo: str | None = None,
         obeys_powerdown: bool = False,
+        console_log: Path | None = None,
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -69,7 +72,9 @@ class MockGuest:
         self.event_listeners: list[EventListener] = []
         self.machine = Machine(self._broadcast, self._on_exit, panic_action=panic_action,
                                obeys_powerdown=obeys_powerdown)
-        self.port = PvPanicPort(self.machine, qemu_version)
+        #: Like -serial file:PATH: a panic prints a kernel crash report there (mock/console.py).
+        console = SerialConsole(console_log, name) if console_log is not None else None
+        self.port = PvPanicPort(self.machine, qemu_version, console)
         self.dumper = Dumper(self.machine, self._broadcast, ram_blocks(memory_bytes),
                              bytes_per_second=dump_bytes_per_second, vmcoreinfo=vmcoreinfo)
         identity = Identity(name, uuid, memory_bytes, qemu_version, package)

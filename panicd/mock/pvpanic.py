@@ -14,6 +14,7 @@ in that order, and ignores the rest: 0x3 is a panic, never a crash-loaded; 0x4 d
 
 from __future__ import annotations
 
+from panicd.mock.console import SerialConsole
 from panicd.mock.machine import Machine
 
 ISA_PORT = 0x505  # the ISA device's default `ioport` property
@@ -26,8 +27,11 @@ SHUTDOWN = 1 << 2
 class PvPanicPort:
     """The one-byte port; `write` feeds the machine exactly as QEMU's handle_event() does."""
 
-    def __init__(self, machine: Machine, qemu_version: tuple[int, int, int] = (7, 2, 0)) -> None:
+    def __init__(self, machine: Machine, qemu_version: tuple[int, int, int] = (7, 2, 0),
+                 console: SerialConsole | None = None) -> None:
         self._machine = machine
+        #: Where the guest's kernel prints its crash report before it writes the port.
+        self.console = console
         self.supported = PANICKED | CRASH_LOADED
         if qemu_version >= (9, 1, 0):
             self.supported |= SHUTDOWN
@@ -40,6 +44,8 @@ class PvPanicPort:
         """What `outb 0x505 VALUE` does. Only the low byte reaches a one-byte port."""
         event = value & 0xFF
         if event & PANICKED:
+            if self.console is not None:
+                self.console.kernel_panicked()
             self._machine.guest_panicked()
         elif event & CRASH_LOADED:
             self._machine.guest_crashloaded()

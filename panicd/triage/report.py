@@ -1,16 +1,25 @@
-"""From a dump file to what an operator wants first: why the kernel panicked, and its log."""
+"""From a kernel log to what an operator wants first: the crash title, why the kernel
+panicked, and its log.
+
+Two logs give the same report: the printk records read out of a dump (`triage`), and a console
+log (`from_console`: a serial console file, `journalctl -k`, a pstore file), whose console
+prefixes triage/console.py strips. The crash title comes from triage/title.py in both cases.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from panicd.triage import TriageError
+from panicd.triage.console import kernel_lines
 from panicd.triage.elf import ElfCore, PhysicalMemory
 from panicd.triage.memory import KernelMemory
-from panicd.triage.printk import Record, read_log
+from panicd.triage.printk import read_log
+from panicd.triage.title import crash_title
 from panicd.triage.vmcoreinfo import Vmcoreinfo
 
 PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)")
@@ -18,6 +27,13 @@ TROUBLE = re.compile(r"^(Oops|BUG:|kernel BUG|WARNING:|general protection fault|
                      r"unable to handle|Unable to handle)")
 TRACE_END = re.compile(r"^( </TASK>|---\[ end trace|Kernel Offset:)")
 MAX_TRACE = 64
+#: Where a console log's kernel says which kernel it is: its banner, or an Oops's CPU line.
+RELEASE = re.compile(r"Linux version (\S{1,100})|\b(?:Not tainted|Tainted: [A-Z ]{1,40}) (\S{1,100}) #")
+#: A new boot in a console log: what follows belongs to another kernel than what came before.
+BOOT = re.compile(r"^Linux version \S")
+#: Of a console log, only the tail before the panic is read: a crash report is a few hundred
+#: lines, and a serial console file grows for as long as the guest lives.
+CONSOLE_TAIL_BYTES = 4 << 20
 
 
 @dataclass
@@ -29,6 +45,13 @@ class Report:
     call_trace: list[str] = field(default_factory=list)
     last_lines: list[str] = field(default_factory=list)
     records: int = 0
+    title: str | None = None
+    signature: str | None = None
+    crash_kind: str | None = None
+    blamed_frame: str | None = None
+    title_corrupted: bool = False
+    #: "dump" or "console_log": which log this was read from.
+    source: str = "dump"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +62,12 @@ class Report:
             "call_trace": self.call_trace,
             "last_lines": self.last_lines,
             "records": self.records,
+            "title": self.title,
+            "signature": self.signature,
+            "crash_kind": self.crash_kind,
+            "blamed_frame": self.blamed_frame,
+            "title_corrupted": self.title_corrupted,
+            "source": self.source,
         }
 
 
@@ -61,11 +90,55 @@ def triage(path: Path, lines: int = 50) -> Report:
         records = read_log(KernelMemory(phys, info), info)
     finally:
         phys.close()
-    return summarise(info.osrelease, records, lines)
+    # A record may hold several lines (one printk of a multi-line text): a console shows each
+    # on its own, and the title rules read lines.
+    texts = [line for r in records for line in r.text.split("\n")]
+    return summarise(info.osrelease, texts, [str(r) for r in records[-lines:]] if lines > 0 else [],
+                     len(records), source="dump")
 
 
-def summarise(release: str, records: list[Record], lines: int) -> Report:
-    texts = [r.text for r in records]
+def from_console(log: str | bytes, lines: int = 50) -> Report:
+    """The report of the last boot's crash in a console log (its tail: CONSOLE_TAIL_BYTES)."""
+    if len(log) > CONSOLE_TAIL_BYTES:
+        log = log[-CONSOLE_TAIL_BYTES:]
+    texts = kernel_lines(log)
+    # The last boot only: a serial console file holds every boot since QEMU started, and the
+    # crash asked about is the latest kernel's.
+    boot = max((i for i, text in enumerate(texts) if BOOT.match(text)), default=0)
+    texts = texts[boot:]
+    while texts and not texts[-1].strip():
+        texts.pop()  # the newline that ends the file, a console's blank tail
+    release = next((m.group(1) or m.group(2) for m in map(RELEASE.search, texts) if m), "")
+    return summarise(release, texts, texts[-lines:] if lines > 0 else [], len(texts),
+                     source="console_log")
+
+
+def read_console_log(path: Path, end: int | None = None) -> bytes:
+    """The tail of a console log file that `from_console` reads: the CONSOLE_TAIL_BYTES
+    before `end` (the file's size when the guest panicked; None: its end now). A file
+    rotated or truncated since (shorter than `end`) is read up to its end."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        stop = size if end is None else min(max(end, 0), size)
+        start = max(0, stop - CONSOLE_TAIL_BYTES)
+        f.seek(start)
+        return f.read(stop - start)
+
+
+def read_console_stream(stream: BinaryIO) -> bytes:
+    """The last CONSOLE_TAIL_BYTES of a stream (standard input): the rest is never kept."""
+    tail = bytearray()
+    while chunk := stream.read(1 << 20):
+        tail += chunk
+        if len(tail) > 2 * CONSOLE_TAIL_BYTES:
+            del tail[:-CONSOLE_TAIL_BYTES]
+    return bytes(tail[-CONSOLE_TAIL_BYTES:])
+
+
+def summarise(release: str, texts: list[str], shown: list[str], records: int, *,
+              source: str) -> Report:
+    """The report of kernel log lines `texts` (no console prefixes); `shown` are its last lines
+    as the operator sees them (with timestamps, when the log has them)."""
     panic_line = next((t for t in reversed(texts) if PANIC.search(t)), None)
     reason = None
     if panic_line:
@@ -84,12 +157,19 @@ def summarise(release: str, records: list[Record], lines: int) -> Report:
             trace.append(text)
             if TRACE_END.search(text):
                 break
+    title = crash_title(texts)
     return Report(
         kernel_release=release,
         panic_line=panic_line,
         panic_reason=reason,
         first_problem=texts[first] if first is not None else None,
         call_trace=trace,
-        last_lines=[str(r) for r in records[-lines:]] if lines > 0 else [],
-        records=len(records),
+        last_lines=shown,
+        records=records,
+        title=title.title if title else None,
+        signature=title.signature if title else None,
+        crash_kind=title.kind if title else None,
+        blamed_frame=title.frame if title else None,
+        title_corrupted=title.corrupted if title else False,
+        source=source,
     )

@@ -1,9 +1,9 @@
 """Running triage for the daemon: in a child process, under a timeout and a memory limit.
 
-The dump is guest-written, hostile input. The reader is careful, but the daemon does not rely
-on that alone: triage runs as `python -m panicd triage --json` in its own process, so a dump
-that made it loop, crash or balloon costs that process (killed at the timeout, capped by
-RLIMIT_DATA), never panicd.
+The dump (and a console log) is guest-written, hostile input. The reader is careful, but the
+daemon does not rely on that alone: triage runs as `python -m panicd triage --json` in its own
+process, so a dump that made it loop, crash or balloon costs that process (killed at the
+timeout, capped by RLIMIT_DATA), never panicd.
 """
 
 from __future__ import annotations
@@ -20,14 +20,27 @@ MEMORY_LIMIT = 1 << 30  # private memory; the mmap'd dump itself does not count
 
 
 async def triage_in_child(dump: Path, lines: int = 50, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
-    """The report as a dict, or {"error": why} when the dump could not be read."""
+    """The dump's report as a dict, or {"error": why} when the dump could not be read."""
+    return await _child([str(dump)], lines, timeout)
+
+
+async def triage_console_in_child(log: Path, end_offset: int | None, lines: int = 50,
+                                  timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
+    """The report of a guest's console log (up to `end_offset`), or {"error": why}."""
+    args = ["--log", str(log)]
+    if end_offset is not None:
+        args += ["--end-offset", str(end_offset)]
+    return await _child(args, lines, timeout)
+
+
+async def _child(what: list[str], lines: int, timeout: float) -> dict[str, Any]:
     # The child sets its own memory limit before it reads a byte of the dump: a preexec_fn
     # would run Python between fork and exec in a process that has threads (the journal
     # writer), which Python documents as unsafe (a lock held by another thread at the fork
     # stays held in the child).
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "panicd", "triage", "--json", "--lines", str(lines),
-        "--memory-limit", str(MEMORY_LIMIT), str(dump),
+        "--memory-limit", str(MEMORY_LIMIT), *what,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
