@@ -768,3 +768,285 @@ def test_a_log_of_several_boots_is_titled_by_its_last_boots_crash() -> None:
 def test_a_last_boot_without_a_crash_gets_no_title() -> None:
     log = "Linux version 6.1.0\n" + KERNEL_BUG + "Linux version 6.1.0\nsystemd[1]: ok\n"
     assert title_of_log(log) is None
+
+
+# --- (3) rule families added for the last stretch of issue 10 -------------------------------------
+
+
+def test_an_old_x86_rip_line_with_two_addresses_names_the_faulting_function() -> None:
+    log = """kernel BUG at arch/x86/kvm/mmu.c:1284!
+invalid opcode: 0000 [#1] SMP KASAN
+RIP: 0010:[<ffffffff810d9c93>]  [<ffffffff810d9c93>] frob_remove+0x3b3/0x3d0
+Call Trace:
+ [<ffffffff810ec8b2>] frob_caller+0x162/0x260
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "kernel BUG in frob_remove"
+
+
+@pytest.mark.parametrize(("level", "crash_type"), [("WARNING", "LOCKDEP"), ("INFO", None)])
+def test_only_the_warning_form_of_suspicious_rcu_usage_is_classed_lockdep(
+        level: str, crash_type: str | None) -> None:
+    log = f"""{level}: suspicious RCU usage
+include/linux/rcupdate.h:302 Illegal context switch in RCU read-side critical section!
+stack backtrace:
+Call Trace:
+ dump_stack+0x1/0x2
+ lockdep_rcu_suspicious+0x1/0x2
+ frob_opt+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == f"{level}: suspicious RCU usage in frob_opt"
+    assert crash.crash_type == crash_type
+
+
+@pytest.mark.parametrize(("pc", "blamed"), [
+    ("btrfs_assertfail", "frob_close"),          # an assertion-failure reporter: its caller
+    ("assert_frob_presence", "assert_frob_presence"),  # a check of its own: the bug site
+])
+def test_assertion_reporters_are_skipped_but_checking_functions_are_blamed(pc: str, blamed: str) -> None:
+    log = f"""kernel BUG at fs/frob/frob.h:12!
+invalid opcode: 0000 [#1] SMP KASAN
+RIP: 0010:{pc}+0x1/0x2
+Call Trace:
+ frob_close+0x1/0x2
+ generic_shutdown_super+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.frame == blamed
+
+
+@pytest.mark.parametrize("pc", ["iov_iter_advance", "qlist_free_all", "__unwind_start"])
+def test_iterators_and_allocator_internals_are_blamed_for_their_own_faults(pc: str) -> None:
+    # they walk structures of their own (an iov_iter, KASAN's quarantine, a task's stack);
+    # they are not copy or allocation entry points a caller misused
+    log = f"""general protection fault: 0000 [#1] SMP KASAN
+RIP: 0010:{pc}+0x1/0x2
+Call Trace:
+ frob_caller+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == f"general protection fault in {pc}"
+
+
+@pytest.mark.parametrize("helper", ["try_to_grab_pending", "logic_inb", "ioread32", "__raw_readb"])
+def test_workqueue_cancel_internals_and_io_accessors_blame_their_caller(helper: str) -> None:
+    log = f"""general protection fault: 0000 [#1] SMP KASAN
+RIP: 0010:{helper}+0x16/0x40
+Call Trace:
+ {helper}+0x16/0x40
+ frob_init+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "general protection fault in frob_init"
+
+
+def test_a_warning_stack_starts_at_its_call_trace_not_at_interleaved_frames() -> None:
+    log = """WARNING: CPU: 0 PID: 6092 at fs/proc/generic.c:330 proc_register+0x2a4/0x370
+ ? other_cpu_helper+0x1/0x2
+Kernel panic - not syncing: panic_on_warn set ...
+ other_cpu_writer+0x17d0/0x3940
+ other_cpu_write_iter+0xb9/0x160
+Call Trace:
+ dump_stack+0x1/0x2
+ panic+0x1/0x2
+ __warn+0x1/0x2
+ proc_create_data+0x1/0x2
+ frob_tg_check+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING: proc registration bug in frob_tg_check"
+
+
+def test_an_arm64_syscall_is_dispatched_by_el0_svc_handler() -> None:
+    log = """Kernel panic - not syncing: corrupted stack end detected inside scheduler
+Call trace:
+ dump_backtrace+0x0/0x2c8
+ panic+0x1b8/0x31c
+ schedule+0x0/0x240
+ kmem_cache_alloc+0x2e0/0x3f8
+ frob_alloc_security+0xc4/0x1b0
+ __sys_frob+0xc8/0x178
+ __arm64_sys_frob+0x4c/0x60
+ el0_svc_handler+0xd4/0x198
+ el0_svc+0x8/0xc
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "kernel panic: corrupted stack end in sys_frob"
+
+
+STALL_HEAD = """rcu: INFO: rcu_preempt self-detected stall on CPU
+rcu:  0-...!: (10499 ticks this GP) idle=bde/1/0x4000000000000000 softirq=233837/233838 fqs=1
+"""
+
+
+def test_a_stall_in_an_hrtimer_callback_blames_the_callback() -> None:
+    log = STALL_HEAD + """Call Trace:
+ <IRQ>
+ rcu_sched_clock_irq+0x1/0x2
+ update_process_times+0x1/0x2
+ hrtimer_interrupt+0x1/0x2
+ asm_sysvec_apic_timer_interrupt+0x12/0x20
+ frob_fill_beacon+0x1/0x2
+ frob_beacon+0xd5/0x1a0
+ __hrtimer_run_queues+0x6a9/0xfc0
+ hrtimer_run_softirq+0x17b/0x360
+ __do_softirq+0x1f8/0xb23
+ </IRQ>
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_beacon"
+
+
+def test_a_stall_under_a_protocols_setsockopt_blames_the_protocol_handler() -> None:
+    # sock_common_setsockopt calls the protocol's own handler, like any dispatcher
+    log = STALL_HEAD + """Call Trace:
+ <IRQ>
+ apic_timer_interrupt+0xf/0x20
+ </IRQ>
+ frob_loop+0x1/0x2
+ frob_setsockopt+0xa0/0xb4
+ sock_common_setsockopt+0x54/0x5c
+ __sys_setsockopt+0xc8/0x17c
+ __x64_sys_setsockopt+0x1/0x2
+ do_syscall_64+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_setsockopt"
+
+
+def test_a_stall_in_recvmmsg_is_the_syscalls_not_a_protocol_handlers() -> None:
+    # ____sys_recvmsg is the per-message loop body of recvmmsg, not a dispatcher
+    log = STALL_HEAD + """Call Trace:
+ <IRQ>
+ apic_timer_interrupt+0xf/0x20
+ </IRQ>
+ frob_recvmsg+0x1/0x2
+ inet_recvmsg+0x1/0x2
+ ____sys_recvmsg+0x1/0x2
+ do_recvmmsg+0x1/0x2
+ __x64_sys_recvmmsg+0x1/0x2
+ do_syscall_64+0x1/0x2
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in sys_recvmmsg"
+
+
+def test_a_stall_waiting_in_on_each_cpu_is_a_stall_in_smp_call_function() -> None:
+    # the PC inside the <IRQ> section (a WARNING raised in the timer interrupt) is not the
+    # interrupted code: that follows </IRQ>
+    log = STALL_HEAD + """Call Trace:
+ <IRQ>
+ dump_stack+0x1f0/0x31e
+ asm_exc_invalid_op+0x12/0x20
+RIP: 0010:frob_locked_down_task+0x18b/0x320
+ rcu_sched_clock_irq+0x12ec/0x1eb0
+ hrtimer_interrupt+0x373/0xd60
+ </IRQ>
+ sysvec_apic_timer_interrupt+0xb9/0x130
+ asm_sysvec_apic_timer_interrupt+0x12/0x20
+RIP: 0010:smp_call_function_single+0x311/0x450
+ on_each_cpu+0x4d/0x1f0
+ frob_clock_was_set+0x18/0x20
+ __x64_sys_clock_adjtime+0x17e/0x210
+ do_syscall_64+0x73/0xe0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in smp_call_function"
+
+
+NMI_IN_SOFTIRQ = """NMI backtrace for cpu 0
+CPU: 0 PID: 10344 Comm: syz-executor933 Not tainted 5.3.0-rc8+ #0
+RIP: 0010:frob_dequeue+0x552/0xa20
+Call Trace:
+ <IRQ>
+ frob_timer_expire+0x687/0xa00
+ call_timer_fn+0x1ac/0x780
+ __do_softirq+0x262/0x98c
+ irq_exit+0x19b/0x1e0
+ smp_apic_timer_interrupt+0x1a3/0x610
+ apic_timer_interrupt+0xf/0x20
+ </IRQ>
+ do_exit+0x13ab/0x2e50
+ do_group_exit+0x135/0x360
+ __x64_sys_exit_group+0x44/0x50
+ do_syscall_64+0xfd/0x6a0
+"""
+
+
+def test_an_nmi_backtrace_landing_in_an_interrupt_blames_the_interrupted_task() -> None:
+    crash = title_of_log(STALL_HEAD + NMI_IN_SOFTIRQ)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in sys_exit_group"
+
+
+def test_a_soft_lockups_own_pc_in_a_softirq_blames_the_softirq_handler() -> None:
+    # the watchdog prints the registers the timer interrupted: a stuck softirq is the stall
+    log = NMI_IN_SOFTIRQ.replace("NMI backtrace for cpu 0\n",
+                                 "watchdog: BUG: soft lockup - CPU#0 stuck for 134s! [frob:1]\n")
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: soft lockup in frob_timer_expire"
+
+
+def test_a_32bit_arm_frame_names_its_caller_the_exception_entry() -> None:
+    log = """Unhandled fault: page domain fault (0x01b) at 0x00000e30
+PC is at __sanitizer_cov_trace_pc+0x4c/0x78
+Backtrace:
+[<802b3ffc>] (__sanitizer_cov_trace_pc) from [<802e1324>] (trace_hardirqs_off+0x6c/0x120)
+[<802e12b8>] (trace_hardirqs_off) from [<80100a74>] (__dabt_svc+0x54/0xa0)
+Exception stack(0x8bdfc048 to 0x8bdfc090)
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "Unhandled fault in __dabt_svc"
+
+
+def test_a_32bit_arm_return_address_past_a_noreturn_call_is_not_a_frame() -> None:
+    log = """WARNING: CPU: 1 PID: 46 at lib/refcount.c:28 refcount_warn_saturate+0x13c/0x174
+refcount_t: underflow; use-after-free.
+Backtrace:
+[<8195d3d8>] (dump_backtrace) from [<8195d4d4>] (show_stack+0x18/0x1c)
+[<8197b21c>] (dump_stack) from [<8195df7c>] (panic+0x120/0x368)
+[<8195de5c>] (panic) from [<802421e4>] (get_taint+0x0/0x1c)
+[<80242170>] (check_panic_on_warn) from [<80242338>] (__warn+0x7c/0x180)
+[<802422bc>] (__warn) from [<80242624>] (warn_slowpath_fmt+0x1e8/0x1f4)
+[<80242448>] (warn_slowpath_fmt) from [<80b9b6a4>] (refcount_warn_saturate+0x13c/0x174)
+[<80b9b568>] (refcount_warn_saturate) from [<80d8a5ac>] (frob_disconnect+0x1c8/0x1e0)
+[<80d8a3e4>] (frob_disconnect) from [<80cb0a58>] (usb_unbind_interface+0x84/0x2c4)
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING: refcount bug in frob_disconnect"
+
+
+@pytest.mark.parametrize(("site", "callers"), [
+    ("rollback_registered_many", " unregister_netdevice_many+0xfa/0x4c0\n"),
+    ("cleanup_srcu_struct", ""),
+    ("sysfs_remove_group", " device_del+0x12a/0xb10\n i2c_del_adapter+0x42b/0x590\n"),
+    ("frob_core", " tty_unregister_device+0x7e/0x1a0\n"),
+])
+def test_a_warning_in_a_registrys_teardown_blames_the_driver_tearing_down(site: str, callers: str) -> None:
+    log = f"""WARNING: CPU: 0 PID: 21 at net/core/dev.c:8022 {site}+0xeca/0x1250
+Call Trace:
+ __warn+0x1/0x2
+ report_bug+0x1/0x2
+RIP: 0010:{site}+0xeca/0x1250
+ {site}+0xeca/0x1250
+""" + callers + """ frob_remove+0x43a/0x540
+ frob_exit_batch+0x1/0x2
+"""
+    crash = title_of_log(log)
+    expected = "frob_core" if site == "frob_core" else "frob_remove"
+    assert crash is not None and crash.title == f"WARNING in {expected}"
+
+
+def test_a_sanitizer_report_in_a_teardown_path_keeps_the_teardown_function() -> None:
+    log = """BUG: KASAN: use-after-free in kobject_del+0x12e/0x170
+Write of size 1 at addr ffff8881c84f8b14 by task v4l_id/23697
+Call Trace:
+ kasan_report+0xe/0x12
+ kobject_del+0x12e/0x170
+ device_del+0x6dd/0xb10
+ device_unregister+0x11/0x30
+ frob_unregister_device+0xa2/0xc0
+ frob_release+0x10d/0x1c0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KASAN: use-after-free Write in frob_unregister_device"

@@ -35,6 +35,7 @@ from panicd.triage.title_rules import (
     STALL_INTERRUPT,
     STALL_SKIP,
     STALL_WORKER,
+    TEARDOWN,
     Blame,
     CrashKind,
 )
@@ -54,15 +55,17 @@ _FRAME = re.compile(
     r"^ {0,12}(?:\[<?[0-9a-f]{6,16}>?\] {1,2}){0,2}(?P<q>\? )?"
     r"(?P<fn>[A-Za-z_][\w.$]{0,200})"
     r"(?:\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16}(?: |$)| \S{1,200}:\d{1,6} \[inline\])")
-#  [<c010b3c8>] (foo) from [<c0106b8c>] (bar+0x10/0x14)     32-bit arm: `foo` is the frame
+#  [<c010b3c8>] (foo) from [<c0106b8c>] (bar+0x10/0x14)     32-bit arm: `foo` is the frame,
+#  called by `bar`, which the next line names again (unless an exception stack comes between)
 _ARM_FRAME = re.compile(
-    r"^\[<[0-9a-f]{6,16}>\] \((?P<fn>[A-Za-z_][\w.$]{0,200})(?:\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16})?\) from")
+    r"^\[<[0-9a-f]{6,16}>\] \((?P<fn>[A-Za-z_][\w.$]{0,200})(?:\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16})?\) from"
+    r"(?: \[<[0-9a-f]{6,16}>\] \((?P<caller>[A-Za-z_][\w.$]{0,200})\+0x)?")
 # The faulting PC of the oops, in every architecture's shape.
 _PC = re.compile(
     r"^(?:RIP: 00\d\d:|RIP: ?\[<[0-9a-f]{6,16}>\] +\[<[0-9a-f]{6,16}>\] |RIP: |EIP: |"
     r"IP: \[<[0-9a-f]{6,16}>\] |"
     r"pc ?: |PC is at |NIP \[[0-9a-f]{6,16}\] |epc ?: |RIP  \[<[0-9a-f]{6,16}>\] )"
-    r"(?:\[<[0-9a-f]{6,16}>\] {1,2})?(?P<fn>[A-Za-z_][\w.$]{0,200})\+0x")
+    r"(?:\[<[0-9a-f]{6,16}>\] {1,2}){0,2}(?P<fn>[A-Za-z_][\w.$]{0,200})\+0x")
 _STACK_START = re.compile(r"^(?:Call Trace:|Call trace:|Backtrace:|stack backtrace:|  backtrace|backtrace)")
 # Where one stack ends: another task's or the allocation's stack follows, or user space.
 _STACK_END = re.compile(
@@ -70,6 +73,7 @@ _STACK_END = re.compile(
     r"Local variable |Last potentially related work|Second to last|RIP: 0033:|---\[ end trace|"
     r"Kernel Offset:|Showing all locks held|INFO: task |NMI backtrace for cpu|Sending NMI from|"
     r" </TASK>|Modules linked in:)")
+_WARN_HEADER = re.compile(r"^WARNING: (?:CPU: \d{1,5} PID: \d{1,9} at |at |\S{1,200}:\d{1,6} at )")
 _REPORT_END = re.compile(r"^(?:---\[ end trace|Kernel Offset:|---\[ end Kernel panic|Rebooting in )")
 # `Workqueue: events rtc_timer_do_work`: the work function a worker thread is running.
 _WORKQUEUE = re.compile(r"^Workqueue: \S{1,64} " + r"(?P<fn>[A-Za-z_][\w.]{0,200})")
@@ -144,6 +148,50 @@ def frame_of(line: str) -> str | None:
     return function_name(match.group("fn")) if match else None
 
 
+def arm_caller(line: str) -> str | None:
+    """The caller a 32-bit arm frame line names (`(foo) from [<..>] (bar+0x10/0x14)` -> bar).
+
+    Its next frame line names `bar` again, unless an `Exception stack(...)` dump comes between,
+    as after the interrupt or abort entry (`__irq_svc`, `__dabt_svc`), or the trace ends: then
+    this is the only mention of that frame."""
+    match = _ARM_FRAME.match(line) if line.startswith("[<") else None
+    caller = match.group("caller") if match else None
+    return function_name(caller) if caller else None
+
+
+def _is_timer_entry(line: str) -> bool:
+    """A frame line of the timer interrupt's entry (`apic_timer_interrupt`, arm's `__irq_svc`)."""
+    fn = frame_of(line)
+    return fn is not None and bool(STALL_INTERRUPT.match(fn) or STALL_INTERRUPT.match(arm_caller(line) or ""))
+
+
+class _FrameList:
+    """Frames collected line by line (`feed` every line of the trace).
+
+    A 32-bit arm line's caller counts as a frame of its own only where no frame line repeats
+    it: after an interrupt or abort entry (`(gic_handle_irq) from (__irq_svc+0x70/0x98)`, then
+    `Exception stack(...)`) or at the end of the trace. When the next frame line names another
+    function, that line wins: `(panic) from (get_taint+0x0/0x1c)` then `(check_panic_on_warn)`
+    is a return address just past a call that never returns, not a call from get_taint."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.pending: str | None = None   # the last arm line's caller, provisionally in `names`
+
+    def feed(self, line: str, fn: str | None) -> None:
+        if fn is None:
+            if self.pending is not None and line.startswith("Exception stack("):
+                self.pending = None   # the caller is the exception entry: keep it
+            return
+        if self.pending is not None and fn != self.pending:
+            self.names.pop()
+        if fn != self.pending:
+            self.names.append(fn)
+        self.pending = arm_caller(line)
+        if self.pending is not None:
+            self.names.append(self.pending)
+
+
 class _Report:
     """The lines of one crash report, from its header to where it ends."""
 
@@ -154,21 +202,33 @@ class _Report:
     def skipped(self, fn: str) -> bool:
         extra = self.kind.skip
         return bool(GENERIC_SKIP.match(fn) or (extra is not None and extra.search(fn))
-                    or (not self.kind.blames_lock_functions and LOCK_WRAPPER.search(fn)))
+                    or (not self.kind.blames_lock_functions and LOCK_WRAPPER.search(fn))
+                    or (self.kind.crash_type == "WARNING" and TEARDOWN.match(fn)))
 
     def stack(self, start: int = 1) -> list[str]:
-        """The frames of the first stack trace at or after line `start`."""
-        frames: list[str] = []
+        """The frames of the first stack trace at or after line `start`.
+
+        A WARN() report (`WARNING: CPU: 0 PID: 1 at file.c:12 f+0x1/0x2`) always prints its stack
+        after a `Call Trace:`-style line, on every architecture (__warn -> show_regs/dump_stack):
+        frame-shaped lines between its header and that line are another CPU's output interleaved
+        into it, so its stack starts at the marker."""
         previous = ""
+        if _WARN_HEADER.match(self.lines[0]):
+            lines = range(start, len(self.lines))
+            marker = next((i for i in lines if _STACK_START.match(self.lines[i])), None)
+            start = start if marker is None else marker + 1
+        frames = _FrameList()
         for line in self.lines[start:]:
             fn = frame_of(line)
             # `Preemption disabled at:` prints one frame of context, not the stack.
             if fn is not None and not _CONTEXT_FRAME.match(previous):
-                frames.append(fn)
-            elif frames and _STACK_END.match(line):
+                frames.feed(line, fn)
+            elif frames.names and _STACK_END.match(line):
                 break
+            else:
+                frames.feed(line, None)
             previous = line
-        return frames
+        return frames.names
 
     def first_unskipped(self, frames: list[str]) -> str | None:
         for index, fn in enumerate(frames):
@@ -216,23 +276,51 @@ class _Report:
         """The frames (interrupted PCs included) of the code the stall's timer interrupt found
         running: those after the interrupt's entry frame, or after `</IRQ>` or the first PC when
         they come first (the interrupt's own stack was not printed)."""
-        start = next((i for i, line in enumerate(self.lines) if _IRQ_EXIT.match(line)), len(self.lines))
-        for index, line in enumerate(self.lines[:start]):
-            fn = frame_of(line)
-            if fn is not None and STALL_INTERRUPT.match(fn):
-                start = index + 1
-                break
-        if start == len(self.lines):
-            start = 0
-        frames: list[str] = []
+        start = self.task_context_start()
+        entry = next((i + 1 for i in range(start) if _is_timer_entry(self.lines[i])), None)
+        start = entry if entry is not None else start if start < len(self.lines) else 0
+        frames = _FrameList()
         for line in self.lines[start:]:
             pc = _PC.match(line)
             fn = function_name(pc.group("fn")) if pc else frame_of(line)
             if fn is not None:
-                frames.append(fn)
-            elif frames and _STACK_END.match(line):
+                frames.feed(line, fn)
+            elif frames.names and _STACK_END.match(line):
                 break
-        return frames
+            else:
+                frames.feed(line, None)
+        return frames.names
+
+    def task_context_start(self) -> int:
+        """The first line where interrupt context ends (`</IRQ>`, `<EOI>`) or a PC of task
+        context is printed; len(lines) if none. A PC printed inside an `<IRQ>` section (a WARNING
+        raised in the timer interrupt) was itself running in the interrupt, so the task code the
+        interrupt stopped is further on. So was the PC of another CPU's NMI backtrace when the
+        trace after it opens `<IRQ>`: the NMI landed in an interrupt handler that CPU was passing
+        through. (The stall's own PC, printed from the timer's registers, is kept even in a
+        softirq: a softirq can be what is stuck.)"""
+        in_irq = in_nmi_backtrace = False
+        for index, line in enumerate(self.lines):
+            marker = line.strip()
+            if marker == "<IRQ>":
+                in_irq = True
+            elif line.startswith("NMI backtrace for cpu"):
+                in_nmi_backtrace = True
+            elif _IRQ_EXIT.match(line):
+                if _PC.match(line) and (in_irq or (in_nmi_backtrace and self.opens_irq_trace(index))):
+                    continue
+                return index
+        return len(self.lines)
+
+    def opens_irq_trace(self, index: int) -> bool:
+        """Whether the first trace after line `index` starts in an `<IRQ>` section."""
+        for offset, line in enumerate(self.lines[index + 1:index + 40]):
+            if _STACK_START.match(line):
+                following = self.lines[index + offset + 2:index + offset + 3]
+                return bool(following) and following[0].strip() == "<IRQ>"
+            if frame_of(line) is not None:
+                return False
+        return False
 
     def work_function(self) -> str | None:
         for line in self.lines:

@@ -100,13 +100,17 @@ GENERIC_SKIP = _names(
     r"do_bad_area", r"die_kernel_fault", r"__die_kernel_fault", r"arm64_", r"do_undefinstr", r"el0_",
     r"check_panic_on_warn", r"nmi_", r"arch_trigger", r"trigger_", r"rcu_dump_cpu_stacks",
     r"dump_header", r"watchdog", r"lockup_detector", r"dump_backtrace", r"__dump_backtrace",
-    r"__stack_chk_fail", r"\w{0,60}_panic$", r"\w{0,60}assert", r"rust_helper_BUG", r"__pfx_",
+    r"__stack_chk_fail", r"\w{0,60}_panic$", r"rust_helper_BUG", r"__pfx_",
+    # assertion-failure reporters (`btrfs_assertfail`, `__assert_fail`), not a function that
+    # checks a condition of its own (`assert_slb_presence` is the WARN site syzkaller names)
+    r"\w{0,60}assert(?:ion)?_?fail", r"\w{0,60}_assert_", r"__assert", r"\w{0,60}assert$",
     r"warn_alloc", r"__warn_alloc", r"dev_vprintk", r"dev_printk", r"_dev_(?:err|warn|info|notice|crit)",
     r"hex_dump", r"__x86_indirect_thunk", r"__x86_return_thunk", r"retint_", r"___preempt_schedule",
     r"local_apic_timer_interrupt", r"program_check_", r"reacquire_held_locks", r"perf_trace_",
     r"trace_event_raw_event", r"dump_cpu_task", r"\w{0,60}_is_static_object", r"down$", r"up$",
     r"seq_read", r"seq_printf", r"__check_heap_object", r"proc_create", r"device_add$", r"get_device_parent",
     r"device_destroy", r"add_uevent_var", r"__dev_printk", r"dpm_sysfs_remove", r"__cancel_work",
+    r"try_to_grab_pending",  # the workqueue's cancel internals, like __cancel_work
     r"cancel_work", r"cancel_delayed_work", r"drain_workqueue", r"destroy_workqueue", r"idr_", r"ida_",
     r"radix_tree_", r"__radix_tree", r"rb_", r"__rb_", r"rhashtable_", r"__rhashtable", r"va_format",
     r"wait_for_completion", r"__wait_for_common", r"del_timer", r"__del_timer", r"__mod_timer", r"mod_timer",
@@ -122,7 +126,7 @@ GENERIC_SKIP = _names(
     r"kasan", r"__kasan", r"__asan", r"asan_", r"check_memory_region", r"kmsan", r"__kmsan", r"__msan",
     r"hwasan", r"__hwasan", r"kcsan", r"__kcsan", r"__tsan", r"ubsan", r"__ubsan", r"handle_overflow",
     r"kfence", r"__kfence",
-    r"__sanitizer", r"write_comp_data", r"check_stack_object", r"kmemleak", r"__kmemleak",
+    r"__sanitizer", r"check_stack_object", r"kmemleak", r"__kmemleak",
     r"should_fail", r"fail_dump", r"should_failslab", r"__should_failslab",
     # lockdep and lock helpers
     r"lock_acquire", r"lock_release", r"lock_acquired", r"lock_contended", r"__lock_acquire",
@@ -141,7 +145,7 @@ GENERIC_SKIP = _names(
     r"kzalloc", r"kcalloc", r"kmemdup", r"kstrdup", r"kstrndup", r"krealloc", r"__krealloc",
     r"kvmalloc", r"kvzalloc", r"kvfree", r"vmalloc", r"__vmalloc", r"vzalloc", r"vfree", r"__vfree",
     r"alloc_pages", r"__alloc_pages", r"cache_alloc", r"____cache_alloc", r"cache_free", r"___cache_free",
-    r"free_debug_processing", r"alloc_debug_processing", r"__free_pages", r"free_pages", r"qlist_",
+    r"free_debug_processing", r"alloc_debug_processing", r"__free_pages", r"free_pages",
     r"quarantine_", r"set_track", r"memcg_", r"__memcg", r"obj_cgroup", r"kmem_", r"setup_object",
     r"new_slab", r"allocate_slab", r"page_alloc", r"get_page_from_freelist", r"mempool_",
     r"debug_object", r"__debug_object", r"debug_check_no", r"debug_print_object", r"debug_",
@@ -176,8 +180,10 @@ GENERIC_SKIP = _names(
     r"hex_string", r"pointer$", r"number$", r"format_decode", r"widen_string", r"read_word_at_a_time",
     r"copy_to_user", r"copy_from_user", r"_copy_", r"__copy_", r"raw_copy", r"copy_user",
     r"copyin", r"copyout", r"copy_overflow", r"get_user", r"put_user", r"__get_user", r"__put_user",
-    r"memdup_user", r"iov_iter_", r"_copy_to_iter", r"_copy_from_iter", r"copy_page_", r"csum_partial",
+    r"memdup_user", r"_copy_to_iter", r"_copy_from_iter", r"copy_page_", r"csum_partial",
     r"rep_movs",
+    # port and MMIO accessors: they fault on the I/O address their caller handed them
+    r"logic_(?:in|out)[bwl]?s?$", r"ioread\d", r"iowrite\d", r"__raw_(?:read|write)[bwlq]$",
     # interrupt, softirq, entry and thread glue
     r"apic_timer_interrupt", r"smp_apic_timer_interrupt", r"sysvec_", r"asm_sysvec_", r"irq_exit",
     r"__irq_exit", r"do_softirq", r"__do_softirq", r"invoke_softirq", r"handle_softirqs", r"do_IRQ",
@@ -187,7 +193,7 @@ GENERIC_SKIP = _names(
     r"do_el0_svc", r"ret_from_fork", r"kthread$", r"__kthread", r"ret_fast_syscall",
     r"system_call", r"fast_syscall", r"x64_sys_call", r"x86_64_start", r"start_secondary",
     r"cpu_startup_entry", r"secondary_startup", r"rest_init", r"arch_call_rest_init",
-    r"unwind_", r"__unwind", r"arch_stack_walk", r"stack_trace_", r"save_stack", r"__save_stack",
+    r"unwind_", r"arch_stack_walk", r"stack_trace_", r"save_stack", r"__save_stack",
     r"depot_", r"stack_depot", r"kernel_text_address", r"__kernel_text_address", r"is_bpf_text",
 )
 
@@ -205,6 +211,18 @@ HUNG_SKIP = _re(
     r"schedule|^__sched|^sched_|wait|switch_to|context_switch|mutex|rwsem|down_read|down_write|^down|"
     r"completion|sleep|freezer|refrigerator|kthread|__lock|_slowlock|_slowpath|^__rela|^rcu_|^__rcu|"
     r"^console_(?:lock|trylock)")
+
+# A subsystem registry's teardown (`i2c_del_adapter`, `tty_unregister_device`, the netdev
+# unregister batch, srcu's destructor) acts on the object its caller hands over, and a WARN()
+# in or under it is a lifetime check on the state the caller left (still registered, still in
+# use): in a WARN() report (crash_type WARNING) these are skipped, as the WARN() site and when
+# walking up the stack, and the driver's remove/disconnect/destroy path is blamed. Not in
+# sanitizer reports: there syzkaller blames the teardown function itself in some reports
+# (`KASAN: use-after-free Write in video_unregister_device`) and its caller in others
+# (`... in hso_probe` past tty_unregister_device), so no rule covers both.
+TEARDOWN = _re(
+    r"^(?:\w{0,60}_)?unregister(?:_\w{0,60})?$|^\w{0,60}_del_adapter$|^rollback_registered|"
+    r"^cleanup_srcu_struct$")
 
 # kmemleak's backtrace starts in the allocator: blame the first caller that is not allocating.
 LEAK_SKIP = _re(r"alloc|create_object|kmemleak|kstrdup|kmemdup|kasprintf|kvasprintf|krealloc|^__do_")
@@ -225,11 +243,18 @@ LOCK_SKIP = _names(r"process_one_work", r"worker_thread", r"flush_workqueue", r"
 STALL_DISPATCH = _names(
     r"do_syscall_", r"entry_SYSCALL", r"entry_SYSENTER", r"invoke_syscall", r"do_fast_syscall",
     r"do_int80", r"x64_sys_call", r"el0_svc_common", r"ret_fast_syscall",
+    r"el0_svc_handler",   # arm64's syscall dispatcher in 4.19-5.0, before el0_svc_common
     r"__netif_receive_skb_core", r"__netif_receive_skb_one_core", r"__netif_receive_skb_list_core",
-    r"process_one_work", r"call_timer_fn", r"__run_hrtimer$", r"tasklet_action_common",
+    r"process_one_work", r"call_timer_fn", r"tasklet_action_common",
+    # hrtimer callbacks: called by __run_hrtimer, or by __hrtimer_run_queues when it is inlined
+    r"__run_hrtimer$", r"__hrtimer_run_queues$",
     r"__vfs_write", r"new_sync_write", r"__vfs_read", r"new_sync_read", r"vfs_ioctl", r"do_vfs_ioctl",
-    r"__fput", r"sock_sendmsg_nosec", r"sock_recvmsg_nosec", r"__sock_sendmsg", r"____sys_sendmsg",
-    r"____sys_recvmsg", r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
+    r"__fput", r"sock_sendmsg_nosec", r"sock_recvmsg_nosec", r"__sock_sendmsg",
+    # a socket's protocol handler, called through the common socket layer
+    r"sock_common_setsockopt$", r"sock_common_getsockopt$",
+    # Not ____sys_sendmsg/____sys_recvmsg: they are the per-message body of sendmmsg/recvmmsg,
+    # and a stall there is the syscall's (`INFO: rcu detected stall in sys_recvmmsg`).
+    r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
     r"\w{0,40}netlink_rcv_msg$", r"mmap_region", r"\w{0,60}_compat_ioctl$", r"do_dentry_open",
 )
 # The timer interrupt's entry: the frames after it are the code it found running (inside a
@@ -239,8 +264,9 @@ STALL_INTERRUPT = _re(
 # A worker thread's loop: when no frame of the work item it runs is reliable, the `Workqueue:`
 # line printed with the task names the work function.
 STALL_WORKER = _names(r"process_one_work", r"worker_thread", r"kthread$", r"ret_from_fork")
-# A CPU stuck waiting in a cross-CPU call stalls in the call itself, whoever made it.
-STALL_CROSS_CALL = _re(r"^smp_call_function")
+# A CPU stuck waiting in a cross-CPU call stalls in the call itself, whoever made it;
+# `on_each_cpu*` is smp_call_function() plus the local call.
+STALL_CROSS_CALL = _re(r"^smp_call_function|^on_each_cpu")
 STALL_CROSS_CALL_NAME = "smp_call_function"
 STALL_SKIP = _names(
     r"rcu_", r"__rcu", r"check_cpu_stall", r"print_cpu_stall", r"print_other_cpu_stall",
@@ -289,6 +315,11 @@ def _fault_type(captures: Mapping[str, str]) -> str | None:
     if "NULL" in what:
         return "NULL-POINTER-DEREFERENCE"
     return "MEMORY_SAFETY_BUG" if "paging" in what or "page fault" in what else None
+
+
+def _rcu_usage_type(captures: Mapping[str, str]) -> str | None:
+    """`WARNING: suspicious RCU usage` is lockdep's (LOCKDEP); the older `INFO:` form has no class."""
+    return "LOCKDEP" if captures.get("level") == "WARNING" else None
 
 
 def _kind(header: str, title: str, **kw: object) -> CrashKind:
@@ -390,8 +421,9 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           blames_lock_functions=True, crash_type="LOCKDEP"),
     _kind(r"(?:WARNING|INFO|BUG): .{0,40} still has locks held", "WARNING: still has locks held in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+    # Kernels before 4.15 printed it as `INFO:`; syzkaller classes only the `WARNING:` form.
     _kind(r"(?P<level>WARNING|INFO): suspicious RCU usage", "{level}: suspicious RCU usage in {frame}",
-          crash_type="LOCKDEP"),
+          crash_type=_rcu_usage_type),
     _kind(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {frame}",
           crash_type=None),
     _kind(r"BUG: (?P<what>MAX_[A-Z_]{1,40}) too low!", "BUG: {what} too low!", blame=Blame.NONE,
