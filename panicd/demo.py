@@ -25,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from panicd import journal, logs
+from panicd import incidents_view, journal, logs
 from panicd.config import parse
 from panicd.daemon import Daemon
 from panicd.mock import MockGuest
+from panicd.signatures import SignatureQueries
+from panicd.store import FILE_NAME, IncidentQueries, connect
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 JOURNALD = Path("/usr/lib/systemd/systemd-journald")
@@ -227,12 +229,15 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
     if not shown:
         print("  (no journald here: the alerts are held for it, see journal.unavailable above)")
     state_dir = work / "state"
-    _banner(f"Incident history (panicd incidents --state-dir {state_dir})")
-    from panicd.cli import main as cli  # noqa: PLC0415 - the command an operator would run
-
-    cli(["incidents", "--state-dir", str(state_dir)])
-    _banner(f"Crash signatures (panicd incidents --by-signature --state-dir {state_dir})")
-    cli(["incidents", "--by-signature", "--state-dir", str(state_dir)])
+    # What the commands in the banners print, read the way they read it (read-only).
+    db = connect(state_dir / FILE_NAME, read_only=True)
+    try:
+        _banner(f"Incident history (panicd incidents --state-dir {state_dir})")
+        print(incidents_view.format_table(IncidentQueries(db).listing()))
+        _banner(f"Crash signatures (panicd incidents --by-signature --state-dir {state_dir})")
+        print(incidents_view.format_signatures(SignatureQueries(db).by_signature()))
+    finally:
+        db.close()
     print("\nExplained: journalctl -x SYSLOG_IDENTIFIER=panicd (after installing "
           "systemd/panicd.catalog and journalctl --update-catalog)")
 

@@ -92,6 +92,9 @@ def format_incident(record: IncidentRecord) -> str:
             pairs.append(("state", f"{cell(record.state.value)} (outcome: {record.outcome})"))
         elif name == "dump":
             pairs += _model_pairs("dump", dump_of(record))
+        elif name == "crash" and record.crash is not None:
+            pairs += [(label, utc_time(record.crash.first_seen) if label == "crash first seen"
+                       else text) for label, text in _model_pairs("crash", record.crash)]
         elif isinstance(value, BaseModel):
             pairs += _model_pairs(name, value)
         else:

@@ -85,7 +85,8 @@ async def test_an_incident_sighted_again_counts_and_alerts_once(tmp_path: Path) 
     await store.close()
 
 
-async def test_the_sighting_goes_into_the_incident_record_and_outlives_a_restart(tmp_path: Path) -> None:
+async def test_the_sighting_goes_into_the_incident_record_and_outlives_a_restart(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = IncidentStore(tmp_path)
     await store.open()
     record = IncidentRecord(id="i1", guest=guest("g"), kind="panic", detection="event", seen_at=5.0)
@@ -105,6 +106,11 @@ async def test_the_sighting_goes_into_the_incident_record_and_outlives_a_restart
     assert stored is not None and stored.crash is not None
     assert (stored.crash.title, stored.crash.new, stored.crash.source) == ("WARNING in f", True, "dump")
     await reopened.close()
+    capsys.readouterr()
+    assert main(["incidents", "show", "i1", "--state-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  crash title                 WARNING in f" in lines
+    assert "  crash first seen            1970-01-01T00:00:05Z" in lines
 
 
 async def test_past_the_hourly_limit_new_titles_are_recorded_and_counted_not_alerted(tmp_path: Path) -> None:

@@ -277,9 +277,10 @@ async def test_a_store_that_cannot_be_opened_now_is_kept_and_tried_again(
 ) -> None:
     # Not damage (a full disk, an I/O error, a lock held elsewhere): the file and its history
     # are kept, never moved aside; incidents wait in memory until it opens.
-    import panicd.store as store_module
+    import panicd.store.incident_store as store_module
+    import panicd.store.schema as schema_module
 
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(schema_module, "BUSY_TIMEOUT_SECONDS", 0.1)
     monkeypatch.setattr(store_module, "REOPEN_SECONDS", 0.0)
     path = tmp_path / FILE_NAME
     first = IncidentStore(tmp_path)
@@ -316,7 +317,7 @@ async def test_a_store_that_cannot_be_opened_now_is_kept_and_tried_again(
 async def test_incidents_kept_in_memory_are_bounded_and_open_ones_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import panicd.store as store_module
+    import panicd.store.incident_store as store_module
 
     monkeypatch.setattr(store_module, "UNSAVED_LIMIT", 5)
     store = IncidentStore(None)  # a store that never opens: everything waits in memory
