@@ -34,6 +34,7 @@ from panicd.alerts import Alerter
 from panicd.metrics import Metrics
 from panicd.records import CrashSighting, GuestRecord, TitleSource, TriageResult
 from panicd.store import IncidentStore
+from panicd.store.queries import where
 
 log = structlog.get_logger("panicd.signatures")
 
@@ -95,15 +96,7 @@ class SignatureQueries:
     def by_signature(self, *, guest: str | None = None,
                      since: float | None = None) -> list[SignatureSummary]:
         """One summary per signature, the most recently seen first."""
-        where: list[str] = []
-        args: list[str | float] = []
-        if guest is not None:
-            where.append("guest = ?")
-            args.append(guest)
-        if since is not None:
-            where.append("seen_at >= ?")
-            args.append(since)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        condition, args = where(guest=guest, since=since)
         rows = self.db.execute(
             f"""SELECT signature, max(title), max(kind), count(*), count(DISTINCT guest),
                        min(seen_at), max(seen_at),
@@ -111,7 +104,7 @@ class SignatureQueries:
                         AND d.dump IS NOT NULL ORDER BY d.seen_at DESC LIMIT 1),
                        (SELECT n.incident FROM crash_sightings AS n
                         WHERE n.signature = s.signature ORDER BY n.seen_at DESC LIMIT 1)
-                FROM crash_sightings AS s {condition}
+                FROM crash_sightings AS s{condition}
                 GROUP BY signature ORDER BY max(seen_at) DESC, signature""",  # noqa: S608 - fixed text
             args).fetchall()
         return [SignatureSummary(signature=r[0], title=r[1], kind=r[2], count=r[3], guests=r[4],

@@ -87,21 +87,8 @@ class IncidentQueries:
     @staticmethod
     def _select(select: str, guest: str | None, since: float | None, kind: str | None,
                 limit: int | None) -> tuple[str, list[Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if guest is not None:
-            where.append("guest = ?")
-            args.append(guest)
-        if since is not None:
-            where.append("seen_at >= ?")
-            args.append(since)
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        sql = select
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seen_at DESC, id DESC"
+        condition, args = where(guest=guest, since=since, kind=kind)
+        sql = f"{select}{condition} ORDER BY seen_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return sql, args
@@ -117,6 +104,18 @@ class IncidentQueries:
         for record in self.incidents(guest=guest, since=since - 86400):
             found += [t for t in record.restarts() if t >= since]
         return sorted(found)
+
+
+def where(**equal_or_since: str | float | None) -> tuple[str, list[Any]]:
+    """` WHERE guest = ? AND seen_at >= ? ...` for the filters given (None: not filtered);
+    `since` is a lower bound on `seen_at`, any other name a column that must equal it."""
+    terms: list[str] = []
+    args: list[Any] = []
+    for name, value in equal_or_since.items():
+        if value is not None:
+            terms.append("seen_at >= ?" if name == "since" else f"{name} = ?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(terms) if terms else ""), args
 
 
 def when(text: str) -> float:
