@@ -24,6 +24,7 @@ from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
 from panicd.records import CrashSighting, DumpRecord, GuestRecord, TriageResult
+from panicd.text import journal_text
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -70,7 +71,11 @@ class Alert:
             out["QMP_SOCKET"] = self.guest.socket
             if self.guest.qemu_pid is not None:
                 out["QEMU_PID"] = str(self.guest.qemu_pid)
-        out.update(self.fields)
+        # The guest's fields above stay exact, for matching (`journalctl GUEST_NAME=...`);
+        # every text that may hold what a guest wrote (its kernel log, a crash title, QEMU's
+        # reply) is escaped, or journald would store it as a blob nobody sees.
+        out.update({key: journal_text(value) for key, value in self.fields.items()})
+        out["MESSAGE"] = journal_text(self.message)
         return out
 
 

@@ -66,6 +66,7 @@ def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding
         findings += _visible_console_logs(config, sandbox)
     for index, policy in enumerate(config.policy):
         findings += _shadowed(index, config.policy)
+        findings += _shared_console_log(index, policy)
         findings += _step_order(index, policy)
         findings += _hook(index, policy, sandbox)
     return findings
@@ -206,6 +207,19 @@ def _visible_console_logs(config: Config, sandbox: ServiceSandbox) -> Iterator[F
 
 
 # -- policies ------------------------------------------------------------------------------
+
+def _shared_console_log(index: int, policy: Policy) -> Iterator[Finding]:
+    if policy.console_log is None or "{name}" in policy.console_log:
+        return
+    if not any(c in _WILDCARDS for c in policy.match):
+        return  # a policy for one guest may name its file
+    yield Finding(
+        Severity.WARNING, f"policy[{index}].console_log",
+        f"'{policy.console_log}' has no {{name}}: every guest matching '{policy.match}' would "
+        "read this one file, and one guest's crash would title another's",
+        "put {name} in the path (\"/var/log/qemu/{name}.serial\"), or name each guest's file "
+        "in its [[guest]] console_log")
+
 
 def _covers(earlier: str, later: str) -> bool:
     """True when every name `later` matches is certainly matched by `earlier`.

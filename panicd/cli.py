@@ -345,6 +345,18 @@ def _print_incidents(args: argparse.Namespace, queries: IncidentQueries, path: P
     if args.by_signature:
         from panicd.signatures import SignatureQueries  # noqa: PLC0415
 
+        if args.kind is not None:
+            print("panicd incidents: --kind does not go with --by-signature (a signature is a "
+                  "crash title, whatever the incident's kind)", file=sys.stderr)
+            return 2
+        version = queries.db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            # A panicd from before crash signatures still runs on this store: its next start
+            # migrates it (schema 2 adds the signatures' table).
+            print(printable(f"panicd incidents: {path} has no crash signatures yet (schema "
+                            f"{version}): restart panicd to bring the store up to date"),
+                  file=sys.stderr)
+            return 1
         summaries = SignatureQueries(queries.db).by_signature(guest=args.guest, since=args.since)
         print(incidents_view.signatures_json(summaries) if args.json
               else incidents_view.format_signatures(summaries))
@@ -380,6 +392,10 @@ def _triage(args: argparse.Namespace) -> int:
 
     if (args.dump is None) == (args.log is None):
         print("panicd triage: give a DUMP or --log FILE (- for standard input), not both",
+              file=sys.stderr)
+        return 2
+    if args.end_offset is not None and args.log in (None, "-"):
+        print("panicd triage: --end-offset goes with --log FILE (a file, not a dump or -)",
               file=sys.stderr)
         return 2
     if args.memory_limit is not None:

@@ -49,6 +49,8 @@ class Metrics:
             "panicd_incidents",
             "Incidents given a crash title, by whether the title was new on this host",
             ["signature_new"], registry=r)
+        for new in ("true", "false"):  # both series exist from the start, at 0
+            self.incidents.labels(signature_new=new)
         self.new_signature_alerts_suppressed = Counter(
             "panicd_new_signature_alerts_suppressed",
             "New crash titles not alerted: the guest's new_signature_alerts_per_hour was spent",

@@ -236,8 +236,12 @@ class CrashSighting(_Record):
     #: dump, or console_log (the dump was missing, failed, or had no VMCOREINFO).
     source: TitleSource
     new: bool
-    #: A new title not alerted as one: the guest had used up its `new_signature_alerts_per_hour`.
-    new_alert_suppressed: bool = False
+    #: NEW_CRASH_SIGNATURE went out for this incident (once per title: for its first sighting,
+    #: or the first after it whose alert could go out).
+    alerted: bool = False
+    #: Why this never-alerted title's alert was withheld (the guest's hourly budget was spent,
+    #: the store could not be read); None once the title has been alerted.
+    not_alerted_because: str | None = None
     count: int = 1
     guests: int = 1
     first_seen: float

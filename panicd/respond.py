@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -145,12 +147,17 @@ class PanicResponder:
         path = self.console_log_for(guest)
         if path is None:
             return None
+        offset: int | None = None
         try:
-            offset: int | None = (await asyncio.to_thread(path.stat)).st_size
+            st = await asyncio.to_thread(os.lstat, path)
         except OSError as exc:
             # Marked anyway: the file may appear (QEMU opens it lazily) or come back.
             log.warning("console.unreadable", path=str(path), error=str(exc))
-            offset = None
+        else:
+            if stat.S_ISREG(st.st_mode):
+                offset = st.st_size
+            else:  # triage refuses it (and says why) when it reads it
+                log.warning("console.not_a_file", path=str(path))
         return ConsoleMark(path=str(path), offset=offset)
 
     async def _run_step(self, name: str, ctx: StepContext) -> StepResult:

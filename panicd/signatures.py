@@ -8,9 +8,10 @@ are one bug. Each incident that gets a title is a *sighting*, one row in the sto
     incident, signature, title, kind, guest, seen_at, source (dump | console_log), dump
 
 From the sightings:
-- a title no other incident had is **new**: NEW_CRASH_SIGNATURE is alerted (priority 2), at
-  most `new_signature_alerts_per_hour` times per guest (a hostile guest can print any title
-  it likes; past the limit new titles are recorded and counted, not alerted);
+- a title no other incident had is **new**: NEW_CRASH_SIGNATURE is alerted (priority 2), once
+  per title, at most `new_signature_alerts_per_hour` times per guest (a hostile guest can print
+  any title it likes; past the limit new titles are recorded and counted, and the title's
+  alert goes out with its next sighting on a guest whose budget allows it);
 - a known one is told with how many times, on how many guests and since when it was seen
   (the dump alert's SIGNATURE_COUNT, SIGNATURE_GUESTS, SIGNATURE_FIRST_SEEN);
 - `panicd incidents --by-signature` lists one line per title (`SignatureQueries`).
@@ -66,6 +67,8 @@ class _Seen:
     first_seen: float
     #: This incident was already a sighting of this signature (announced again).
     again: bool
+    #: NEW_CRASH_SIGNATURE already went out for this signature (for this incident or another).
+    alerted: bool
 
 
 class SignatureQueries:
@@ -76,22 +79,31 @@ class SignatureQueries:
 
     def sight(self, incident: str, signature: str, title: str, *, kind: str | None, guest: str,
               seen_at: float, source: str, dump: str | None) -> _Seen:
-        """Record that `incident` crashed with `signature`; what was known of it before."""
+        """Record that `incident` crashed with `signature`; what is known of it now."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             again = self.db.execute(
                 "SELECT 1 FROM crash_sightings WHERE incident = ? AND signature = ?",
                 (incident, signature)).fetchone() is not None
-            self.db.execute("INSERT OR REPLACE INTO crash_sightings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (incident, signature, title, kind, guest, seen_at, source, dump))
-            count, guests, first = self.db.execute(
-                "SELECT count(*), count(DISTINCT guest), min(seen_at) FROM crash_sightings "
-                "WHERE signature = ?", (signature,)).fetchone()
+            self.db.execute(
+                "INSERT INTO crash_sightings (incident, signature, title, kind, guest, seen_at, "
+                "source, dump) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident) DO UPDATE "
+                "SET signature = excluded.signature, title = excluded.title, kind = excluded.kind, "
+                "source = excluded.source, dump = excluded.dump, alerted = CASE WHEN "
+                "signature = excluded.signature THEN alerted ELSE 0 END",
+                (incident, signature, title, kind, guest, seen_at, source, dump))
+            count, guests, first, alerted = self.db.execute(
+                "SELECT count(*), count(DISTINCT guest), min(seen_at), max(alerted) "
+                "FROM crash_sightings WHERE signature = ?", (signature,)).fetchone()
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
-        return _Seen(int(count), int(guests), float(first), again)
+        return _Seen(int(count), int(guests), float(first), again, bool(alerted))
+
+    def mark_alerted(self, incident: str) -> None:
+        """NEW_CRASH_SIGNATURE went out for `incident`'s sighting."""
+        self.db.execute("UPDATE crash_sightings SET alerted = 1 WHERE incident = ?", (incident,))
 
     def by_signature(self, *, guest: str | None = None,
                      since: float | None = None) -> list[SignatureSummary]:
@@ -133,7 +145,14 @@ class NewSignatureBudget:
 
 
 class CrashSignatures:
-    """The daemon's side: a titled report in, a CrashSighting out (recorded, counted, alerted)."""
+    """The daemon's side: a titled report in, a CrashSighting out (recorded, counted, alerted).
+
+    NEW_CRASH_SIGNATURE goes out once per signature: for its first sighting, or, when that
+    one's alert was withheld (its guest had spent its hourly budget: a guest that makes up
+    titles must not silence a real new bug seen next on another guest), for the next
+    sighting that may send it. While the store cannot be read, whether a title is new is not
+    known, and no alert is sent (the sighting says why).
+    """
 
     def __init__(self, store: IncidentStore, alerter: Alerter, metrics: Metrics,
                  alerts_per_hour: int = 5) -> None:
@@ -141,7 +160,7 @@ class CrashSignatures:
         self.alerter = alerter
         self.metrics = metrics
         self.budget = NewSignatureBudget(alerts_per_hour)
-        #: signature -> (guests, first seen, count), for when the store cannot answer.
+        #: signature -> (guests, first seen, count) of this run, for when the store cannot answer.
         self._memory: dict[str, tuple[set[str], float, int]] = {}
 
     async def sight(self, guest: GuestRecord, incident_id: str | None, report: TriageResult,
@@ -154,15 +173,22 @@ class CrashSignatures:
         seen = await self.store.query(lambda db: SignatureQueries(db).sight(
             incident, report.signature or "", report.title or "", kind=report.crash_kind,
             guest=guest.name, seen_at=seen_at, source=source, dump=dump))
+        withheld = None
         if seen is None:
             seen = self._remember(report.signature, guest.name, seen_at)
+            withheld = "the incident store cannot be read: whether the title is new is not known"
         new = seen.count == 1
-        suppressed = new and not seen.again and not self.budget.allow(guest.name)
+        alert = not seen.again and not seen.alerted and withheld is None
+        if alert and not self.budget.allow(guest.name):
+            alert = False
+            withheld = (f"{guest.name} had already had {self.budget.per_hour} new crash "
+                        "signatures alerted in the past hour (new_signature_alerts_per_hour)")
         sighting = CrashSighting(
             title=report.title, signature=report.signature, kind=report.crash_kind,
             frame=report.blamed_frame, corrupted=report.title_corrupted, source=source, new=new,
-            new_alert_suppressed=suppressed, count=seen.count, guests=seen.guests,
-            first_seen=seen.first_seen)
+            alerted=alert or (seen.again and seen.alerted),
+            not_alerted_because=withheld if not seen.alerted else None,
+            count=seen.count, guests=seen.guests, first_seen=seen.first_seen)
         if incident_id is not None:
             await self.store.record_crash(incident_id, sighting)
         if seen.again:
@@ -171,12 +197,13 @@ class CrashSignatures:
         self.metrics.incidents.labels(signature_new="true" if new else "false").inc()
         log.info("signature.sighted", title=sighting.title, signature=sighting.signature,
                  new=new, count=seen.count, guests=seen.guests, source=source)
-        if suppressed:
-            self.metrics.new_signature_alerts_suppressed.inc()
-            log.warning("signature.alert_suppressed", signature=sighting.signature,
-                        limit_per_hour=self.budget.per_hour)
-        elif new:
+        if alert:
             self.alerter.send(alerts.new_crash_signature(guest, incident_id, sighting, dump))
+            await self.store.query(lambda db: SignatureQueries(db).mark_alerted(incident))
+        elif withheld is not None and not seen.alerted:
+            if withheld.endswith("(new_signature_alerts_per_hour)"):
+                self.metrics.new_signature_alerts_suppressed.inc()
+            log.warning("signature.alert_withheld", signature=sighting.signature, why=withheld)
         return sighting
 
     def _remember(self, signature: str, guest: str, seen_at: float) -> _Seen:
@@ -188,4 +215,4 @@ class CrashSignatures:
         guests, first, count = known
         guests.add(guest)
         self._memory[signature] = (guests, min(first, seen_at), count + 1)
-        return _Seen(count + 1, len(guests), min(first, seen_at), again=False)
+        return _Seen(count + 1, len(guests), min(first, seen_at), again=False, alerted=False)

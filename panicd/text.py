@@ -41,3 +41,16 @@ def _escape(char: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def journal_text(text: str) -> str:
+    r"""`text` fit for a journal field: control and format characters escaped as `printable`
+    does, but newlines and tabs kept (a kernel log is many lines) and backslashes as they are.
+
+    journald stores a field holding any other control character as binary, and `journalctl`
+    then shows `[46B blob data]` instead of the alert's text: a guest that prints a C1 control
+    or a bidi override in its kernel log must not hide the alert about its crash.
+    """
+    if all(c.isprintable() or c in "\n\t" for c in text):
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else _escape(c) for c in text)

@@ -360,3 +360,24 @@ console_log = "/tmp/serial/{name}/console.log"
     fixed = text.replace("/home/alice/", "/var/log/qemu/").replace("/tmp/serial/", "/var/log/qemu/")
     code, lines = check(tmp_path, fixed, "--unit", str(unit), capsys=capsys)
     assert (code, findings(lines)) == (0, [])
+
+
+def test_a_console_log_shared_by_every_guest_of_a_policy_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = """
+[[policy]]
+match = "web-01"
+console_log = "/var/log/qemu/web-01.serial"
+[[policy]]
+match = "web-*"
+console_log = "/var/log/qemu/all.serial"
+"""
+    code, lines = check(tmp_path, text, capsys=capsys)
+    assert code == 0
+    assert findings(lines) == [
+        "WARNING policy[1].console_log: '/var/log/qemu/all.serial' has no {name}: every guest "
+        "matching 'web-*' would read this one file, and one guest's crash would title "
+        "another's; put {name} in the path (\"/var/log/qemu/{name}.serial\"), or name each "
+        "guest's file in its [[guest]] console_log",
+    ]

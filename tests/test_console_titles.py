@@ -149,3 +149,26 @@ async def test_by_signature_counts_the_console_titled_incidents(
     (summary,) = json.loads(out)
     assert (summary["title"], summary["count"], summary["guests"]) == (TITLE, 2, 2)
     assert summary["newest_dump"] is None
+
+
+async def test_a_crash_title_with_control_characters_is_still_readable_in_the_journal(
+        short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus) -> None:
+    """A C1 control or bidi override in the guest's panic text must not turn the alert into a
+    binary journal field, which `journalctl` shows as `[46B blob data]`."""
+    name = unique("console-hostile")
+    serial = short_tmp / "serial"
+    serial.mkdir()
+    guest = await qemus(name)
+    daemon = panicd(config(short_tmp, {name: '["dump", "pause"]'})
+                    + f'[[guest]]\nsocket = "{guest.qmp_path}"\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    (serial / f"{name}.log").write_text(
+        "[    1.000000] Kernel panic - not syncing: evil \u009b31mRED\u202e sdrawkcab\n")
+    await guest.panic()
+    await completed_dumps(short_tmp, name)
+    (alert,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+    # journalctl -o json gives a binary field as a list of byte values, text as a string.
+    assert isinstance(alert["MESSAGE"], str) and isinstance(alert["CRASH_TITLE"], str)
+    for text in (alert["CRASH_TITLE"], alert["MESSAGE"]):
+        assert "kernel panic: evil" in text
+        assert "\u009b" not in text and "\u202e" not in text

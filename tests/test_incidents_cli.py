@@ -29,7 +29,7 @@ from panicd.records import (
     IncidentState,
     StepResult,
 )
-from panicd.store import FILE_NAME, IncidentStore
+from panicd.store import FILE_NAME, MIGRATIONS, IncidentStore
 from tests.daemon_process import PanicdProcess, daemon_section
 
 Start = Callable[..., PanicdProcess]
@@ -374,3 +374,17 @@ async def test_json_is_ascii_and_what_json_dumps_of_model_dump_gives(
     code, out, _ = run(capsys, "incidents", "show", record.id, "--json", "--state-dir",
                        str(tmp_path))
     assert out == json.dumps(record.model_dump(mode="json"), indent=2) + "\n"
+
+
+async def test_by_signature_on_a_store_an_older_panicd_still_runs_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    path = tmp_path / FILE_NAME
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")  # a store of schema 1
+    db.close()
+    assert main(["incidents", "--state-dir", str(tmp_path), "--by-signature"]) == 1
+    assert "has no crash signatures yet (schema 1): restart panicd" in capsys.readouterr().err
+    assert main(["incidents", "--state-dir", str(tmp_path), "--by-signature", "--kind", "panic"]) == 2
+    assert "--kind does not go with --by-signature" in capsys.readouterr().err

@@ -108,9 +108,10 @@ async def test_the_sighting_goes_into_the_incident_record_and_outlives_a_restart
     await reopened.close()
     capsys.readouterr()
     assert main(["incidents", "show", "i1", "--state-dir", str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "  crash title                 WARNING in f" in lines
-    assert "  crash first seen            1970-01-01T00:00:05Z" in lines
+    shown = {label.strip(): value for label, value in
+             (line.rsplit("  ", 1) for line in capsys.readouterr().out.splitlines() if "  " in line)}
+    assert shown["crash title"].strip() == "WARNING in f"
+    assert shown["crash first seen"].strip() == "1970-01-01T00:00:05Z"
 
 
 async def test_past_the_hourly_limit_new_titles_are_recorded_and_counted_not_alerted(tmp_path: Path) -> None:
@@ -127,7 +128,10 @@ async def test_past_the_hourly_limit_new_titles_are_recorded_and_counted_not_ale
     assert alerted == ["WARNING in made_up_0", "WARNING in made_up_1", "WARNING in made_up_2",
                        "WARNING in real_bug"]
     assert all(s is not None and s.new for s in sightings)
-    assert [s.new_alert_suppressed for s in sightings if s is not None] == [False] * 3 + [True] * 7
+    assert [s.alerted for s in sightings if s is not None] == [True] * 3 + [False] * 7
+    withheld = [s.not_alerted_because for s in sightings if s is not None]
+    assert withheld[:3] == [None] * 3
+    assert all("new_signature_alerts_per_hour" in (why or "") for why in withheld[3:])
     assert metric(metrics, "panicd_new_signature_alerts_suppressed_total") == 7
     assert metric(metrics, "panicd_incidents_total", signature_new="true") == 11
     await store.close()
@@ -142,7 +146,8 @@ def test_the_budget_refills_an_hour_after_each_alert() -> None:
     assert NewSignatureBudget(0).allow("g", now=0) is False
 
 
-async def test_a_store_that_cannot_be_opened_still_tells_new_from_known(tmp_path: Path) -> None:
+async def test_while_the_store_cannot_be_read_no_title_is_alerted_as_new(tmp_path: Path) -> None:
+    """Known titles are in the store: without it, "new" would be a guess (and a false page)."""
     state = tmp_path / "state"
     state.write_text("not a directory")  # the store cannot be created under it
     store = IncidentStore(state, on_failure=lambda _what, _why: None)
@@ -151,9 +156,32 @@ async def test_a_store_that_cannot_be_opened_still_tells_new_from_known(tmp_path
     signatures = CrashSignatures(store, alerter, Metrics())
     first = await signatures.sight(guest("g"), "i1", report("WARNING in f"), 1.0, None)
     second = await signatures.sight(guest("h"), "i2", report("WARNING in f"), 2.0, None)
-    assert first is not None and first.new
-    assert second is not None and (second.new, second.count, second.guests) == (False, 2, 2)
-    assert len(alerter.of(AlertKind.NEW_CRASH_SIGNATURE)) == 1
+    assert first is not None and second is not None
+    assert (second.count, second.guests) == (2, 2)  # this run's sightings still count
+    assert not first.alerted and "cannot be read" in (first.not_alerted_because or "")
+    assert alerter.of(AlertKind.NEW_CRASH_SIGNATURE) == []
+    await store.close()
+
+
+async def test_a_title_whose_alert_a_hostile_guest_spent_is_alerted_on_its_next_sighting(
+        tmp_path: Path) -> None:
+    store = IncidentStore(tmp_path)
+    await store.open()
+    alerter = RecordingAlerter()
+    signatures = CrashSignatures(store, alerter, Metrics(), alerts_per_hour=1)
+    bug = report("KASAN: use-after-free Read in tcp_close")
+    await signatures.sight(guest("hostile"), "h1", report("WARNING in junk"), 1.0, None)
+    hidden = await signatures.sight(guest("hostile"), "h2", bug, 2.0, None)
+    real = await signatures.sight(guest("trusted"), "t1", bug, 3.0, "/d/t1.elf")
+    later = await signatures.sight(guest("other"), "o1", bug, 4.0, None)
+    assert hidden is not None and real is not None and later is not None
+    assert (hidden.new, hidden.alerted) == (True, False)
+    assert (real.new, real.alerted, real.count, real.not_alerted_because) == (False, True, 2, None)
+    assert (later.alerted, later.not_alerted_because) == (False, None)  # alerted once, by t1
+    sent = [a.fields["CRASH_TITLE"] for a in alerter.of(AlertKind.NEW_CRASH_SIGNATURE)]
+    assert sent == ["WARNING in junk", bug.title]
+    (alert,) = [a for a in alerter.of(AlertKind.NEW_CRASH_SIGNATURE) if a.fields["INCIDENT_ID"] == "t1"]
+    assert alert.fields["SIGNATURE_COUNT"] == "2"
     await store.close()
 
 
@@ -192,3 +220,9 @@ async def test_incidents_by_signature_lists_one_line_per_title(
                  "--guest", "web-01"]) == 0
     (only,) = json.loads(capsys.readouterr().out)
     assert (only["count"], only["guests"]) == (1, 1)
+
+
+def test_both_signature_new_series_are_exported_from_the_start() -> None:
+    registry = Metrics().registry
+    for new in ("true", "false"):
+        assert registry.get_sample_value("panicd_incidents_total", {"signature_new": new}) == 0.0

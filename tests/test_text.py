@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panicd.text import printable
+from panicd.text import journal_text, printable
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,17 @@ from panicd.text import printable
 def test_control_characters_are_written_as_escapes(raw: str, shown: str) -> None:
     assert printable(raw) == shown
     assert printable(raw).encode("utf-8")  # always printable, even from undecodable bytes
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("line one\nline two\twith a tab", "line one\nline two\twith a tab"),  # a kernel log
+        ("back\\slash", "back\\slash"),
+        ("evil \x9b31mRED", "evil \\x9b31mRED"),   # journald would store this as a blob
+        ("\x1b[2Jcleared\r", "\\x1b[2Jcleared\\r"),
+        ("abc\u202edcba", "abc\\u202edcba"),
+    ],
+)
+def test_journal_text_escapes_what_would_make_a_field_binary(raw: str, kept: str) -> None:
+    assert journal_text(raw) == kept

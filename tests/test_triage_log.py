@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,33 @@ def test_a_dump_and_a_log_together_or_neither_are_refused(
     assert "give a DUMP or --log FILE" in capsys.readouterr().err
     assert main(["triage", "--log", str(tmp_path / "missing.log")]) == 1
     assert "No such file" in capsys.readouterr().err
+
+
+def test_links_and_fifos_are_refused_not_followed_or_waited_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("Kernel panic - not syncing: root's secret\n")
+    (tmp_path / "link").symlink_to(secret)
+    assert main(["triage", "--log", str(tmp_path / "link")]) == 1
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and "secret" not in err.replace(str(tmp_path), "")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["triage", "--log", str(fifo)]) == 1  # at once: not waiting for a writer
+    assert "is not a regular file" in capsys.readouterr().err
+
+
+def test_the_panic_trailer_is_not_the_panic_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n"
+                   "---[ end Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b ]---\n")
+    assert main(["triage", "--log", str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["panic_reason"] == "Attempted to kill init! exitcode=0x0000000b"
+    assert report["title"] == "kernel panic: Attempted to kill init!"
+
+
+def test_end_offset_without_a_log_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["triage", "--log", "-", "--end-offset", "10"]) == 2
+    assert main(["triage", str(tmp_path / "d.elf"), "--end-offset", "10"]) == 2
+    assert "--end-offset goes with --log FILE" in capsys.readouterr().err

@@ -52,7 +52,9 @@ MIGRATIONS: tuple[str, ...] = (
         guest TEXT NOT NULL,
         seen_at REAL NOT NULL,
         source TEXT NOT NULL,
-        dump TEXT
+        dump TEXT,
+        -- 1: NEW_CRASH_SIGNATURE went out for this sighting (at most one per signature).
+        alerted INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX crash_sightings_by_signature ON crash_sightings (signature, seen_at);
     """,

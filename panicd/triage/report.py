@@ -8,8 +8,10 @@ prefixes triage/console.py strips. The crash title comes from triage/title.py in
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +24,8 @@ from panicd.triage.printk import read_log
 from panicd.triage.title import crash_title
 from panicd.triage.vmcoreinfo import Vmcoreinfo
 
-PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)")
+# Anchored: the `---[ end Kernel panic - not syncing: ... ]---` trailer is not the panic line.
+PANIC = re.compile(r"^Kernel panic - not syncing: ?(.*)")
 TROUBLE = re.compile(r"^(Oops|BUG:|kernel BUG|WARNING:|general protection fault|"
                      r"unable to handle|Unable to handle)")
 TRACE_END = re.compile(r"^( </TASK>|---\[ end trace|Kernel Offset:)")
@@ -117,9 +120,20 @@ def read_console_log(path: Path, end: int | None = None) -> bytes:
     """The tail of a console log file that `from_console` reads: the CONSOLE_TAIL_BYTES
     before `end` (the file's size when the guest panicked; None: its end now). A file
     rotated or truncated since (shorter than `end`) is read up to its end."""
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        stop = size if end is None else min(max(end, 0), size)
+    # The guest's QEMU (or whoever may write in its directory) made this file: panicd, often
+    # root, must not follow a link it put there to another file, nor wait on a FIFO.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TriageError(f"{path} is a symbolic link: console logs are not read "
+                              "through links") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise TriageError(f"{path} is not a regular file")
+        stop = st.st_size if end is None else min(max(end, 0), st.st_size)
         start = max(0, stop - CONSOLE_TAIL_BYTES)
         f.seek(start)
         return f.read(stop - start)
