@@ -10,15 +10,11 @@
   SO_PEERCRED. The configured name wins, then query-name, then the socket file's stem.
 - take over: `set-action panic=pause`, because QEMU's default panic action (shutdown) powers
   the guest off and leaves nothing to dump.
-- query-status `guest-panicked` on connect is a panic that happened while panicd was away
-  (unless the incident store says panicd already handled it): it is handled like a live
-  one; an incident found open there (panicd stopped half way) is resumed, same record.
-- Events are read by the session's reader and handed to `_on_event` synchronously. That path
-  only classifies, alerts (one datagram) and queues: incidents are handled by this guest's
+- query-status on connect, and every event after, go to the guest's `IncidentDetector`
+  (detection.py), which decides what is an incident (a panic found on connect, resumed, a
+  duplicate). Events are read by the session's reader and handed over synchronously: that path
+  only classifies, alerts (one datagram) and queues; incidents are handled by this guest's
   worker task (incident_worker.py), one at a time, so a slow dump never delays reading events.
-- One panic is handled once: after GUEST_PANICKED, further GUEST_PANICKED events are
-  duplicates until the guest runs again (RESUME or RESET). QEMU < 6.0 sends a second
-  GUEST_PANICKED {action: poweroff} after the first {action: pause}.
 """
 
 from __future__ import annotations
@@ -34,25 +30,21 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from panicd import alerts
-from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alerter
 from panicd.config import DaemonConfig, GuestConfig
+from panicd.detection import IncidentDetector
 from panicd.errors import GuestUnreachable
 from panicd.events import (
-    Detection,
     DumpCompletedData,
     GuestIdentity,
     Incident,
-    IncidentKind,
-    PanickedData,
     QmpEvent,
 )
 from panicd.incident_worker import IncidentWorker
 from panicd.orphans import finish_orphaned_dumps
 from panicd.qmp import QmpCommandError, QmpSession
-from panicd.records import IncidentRecord, IncidentState, qemu_instance
-from panicd.respond import PanicResponder, planned_steps
+from panicd.records import qemu_instance
+from panicd.respond import PanicResponder
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.monitor")
@@ -67,9 +59,6 @@ class ConnectionState(StrEnum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
-
-
-_PANIC_EVENTS = {"GUEST_PANICKED": IncidentKind.PANIC, "GUEST_CRASHLOADED": IncidentKind.CRASH_LOADED}
 
 
 class GuestMonitor:
@@ -101,16 +90,18 @@ class GuestMonitor:
         self._instance: str | None = None
         self._identified = False
         self._early_events: list[dict[str, Any]] = []
-        self._latched: set[IncidentKind] = set()
         #: Runs this guest's incidents through its policy, one at a time.
         self.worker = IncidentWorker(responder, store, self, on_change)
+        #: The event path: which events are incidents (detection.py).
+        self.detector = IncidentDetector(self, worker=self.worker, responder=responder,
+                                         alerter=alerter, store=store)
         self._dump_waiters: list[asyncio.Future[DumpCompletedData]] = []
         self._tasks: asyncio.TaskGroup | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         # What `panicd status` and STATUS= show.
         self._state = ConnectionState.DISCONNECTED
         self._runstate: str | None = None
-        self.last_incident: Incident | None = None
+        self._last_incident: Incident | None = None
         self.connections = 0
         #: Set once the first connection attempt has ended, whichever way (READY=1 waits for it).
         self.first_attempt = asyncio.Event()
@@ -137,6 +128,20 @@ class GuestMonitor:
         if value != self._runstate:
             self._runstate = value
             self._on_change()
+
+    @property
+    def last_incident(self) -> Incident | None:
+        return self._last_incident
+
+    @last_incident.setter
+    def last_incident(self, incident: Incident | None) -> None:
+        self._last_incident = incident
+        self._on_change()
+
+    @property
+    def instance(self) -> str | None:
+        """This QEMU process (socket, pid, pid start time), once identified."""
+        return self._instance
 
     def snapshot(self) -> dict[str, Any]:
         """This guest as `panicd status` shows it."""
@@ -261,9 +266,7 @@ class GuestMonitor:
 
     async def _serve(self, session: QmpSession) -> None:
         self._session = session
-        # A new connection may be a new QEMU: what was latched is re-learned from query-status
-        # and the incident store below.
-        self._latched.clear()
+        self.detector.new_connection()
         # First of all: under QEMU's default (shutdown) a panic during identification is lost.
         if self.settings.take_over_panic_action:
             await self._take_over_panic_action(session)
@@ -285,12 +288,7 @@ class GuestMonitor:
         early, self._early_events = self._early_events, []
         for event in early:
             self._on_event(event)
-        if self.runstate == "guest-panicked":
-            self._found_panicked()
-        else:
-            self._settle_open_incident()
-            if self.runstate == "running":
-                self.store.guest_ran_again(self._instance)
+        self.detector.connected()
         assert self._tasks is not None  # set by run(), which is the only caller
         orphans = self._tasks.create_task(
             finish_orphaned_dumps(self, self.responder.evidence),
@@ -353,16 +351,10 @@ class GuestMonitor:
         except ValidationError as exc:
             log.warning("qmp.bad_event", error=exc.errors(include_url=False)[:3], raw=str(raw)[:500])
             return
-        kind = _PANIC_EVENTS.get(event.event)
-        if kind is not None:
-            self._on_panic_event(kind, event, raw)
-        elif event.event in ("RESUME", "RESET"):
-            # The guest runs again: whatever panics next is a new panic.
-            if self._latched:
-                log.info("panic.cleared", by=event.event)
-            self._latched.clear()
-            self.store.guest_ran_again(self._instance)
-            self.runstate = "running" if event.event == "RESUME" else self.runstate
+        if self.detector.on_event(event, raw):
+            return
+        if event.event == "RESUME":
+            self.runstate = "running"
         elif event.event == "STOP":
             if self.runstate != "guest-panicked":
                 self.runstate = "paused"
@@ -373,124 +365,6 @@ class GuestMonitor:
             self._on_dump_completed(event)
         else:
             log.debug("qmp.event", qmp_event=event.event)
-
-    def _on_panic_event(self, kind: IncidentKind, event: QmpEvent, raw: dict[str, Any]) -> None:
-        try:
-            data = PanickedData.model_validate(event.data)
-        except ValidationError as exc:
-            # A panic with odd data is still a panic: handle it, say what was odd.
-            log.warning("qmp.bad_panic_data", error=exc.errors(include_url=False)[:3])
-            data = PanickedData(action="unknown")
-        if kind in self._latched:
-            log.info("panic.duplicate", qmp_event=event.event, action=data.action)
-            return
-        if kind is IncidentKind.PANIC and data.action == "pause":
-            self.runstate = "guest-panicked"
-        self._raise_incident(
-            Incident(
-                kind=kind,
-                guest=self._identity,
-                detection=Detection.EVENT,
-                action=data.action,
-                raw_event=raw,
-                info=data.info,
-            )
-        )
-
-    def _found_panicked(self) -> None:
-        if IncidentKind.PANIC in self._latched:
-            return  # the GUEST_PANICKED event itself arrived while connecting
-        latest = self.store.latest_for_instance(self._instance)
-        if latest is not None and latest.kind is IncidentKind.PANIC and not latest.cleared:
-            if self.worker.holds(latest.id):
-                # Reconnected while its steps run: the worker carries on with it.
-                log.info("panic.still_handled", incident=latest.id)
-                self._latched.add(IncidentKind.PANIC)
-                return
-            if latest.state is IncidentState.DONE:
-                log.info("panic.already_handled", status=self.runstate, incident=latest.id)
-                self._latched.add(IncidentKind.PANIC)
-                return
-            # Seen before, but its steps never all ran (panicd stopped, a reload, a crash):
-            # the same incident goes on, its record keeping the steps that did run.
-            log.warning("panic.resumed", status=self.runstate, incident=latest.id)
-            incident = Incident(kind=IncidentKind.PANIC, guest=self._identity,
-                                detection=Detection.RESUMED, action="pause",
-                                received_at=latest.seen_at, id=latest.id)
-            latest.detection = Detection.RESUMED
-            self._raise_incident(incident, latest)
-            return
-        log.warning("panic.found_on_connect", status=self.runstate)
-        self._raise_incident(Incident(kind=IncidentKind.PANIC, guest=self._identity,
-                                      detection=Detection.ON_CONNECT, action="pause"))
-
-    def _settle_open_incident(self) -> None:
-        """An open incident of this QEMU whose guest is no longer guest-panicked: its steps were
-        cut short after they changed the guest. In `prelaunch` (reset, but not yet `cont`: the
-        connection dropped inside the restart step) the incident is resumed, so the guest
-        runs; otherwise (running again, shut down, paused by a person) there is nothing left
-        to act on, and it is closed as it stands."""
-        latest = self.store.latest_for_instance(self._instance)
-        if (latest is None or latest.state is not IncidentState.OPEN
-                or self.worker.holds(latest.id)):
-            return
-        if self.runstate == "prelaunch" and latest.kind is IncidentKind.PANIC:
-            log.warning("panic.resumed", status=self.runstate, incident=latest.id)
-            latest.detection = Detection.RESUMED
-            self._raise_incident(Incident(kind=latest.kind, guest=self._identity,
-                                          detection=Detection.RESUMED, action=latest.action,
-                                          received_at=latest.seen_at, id=latest.id), latest)
-            return
-        log.info("incident.closed_on_connect", incident=latest.id, status=self.runstate)
-        latest.state = IncidentState.DONE
-        self.store.save(latest)
-
-    def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None) -> None:
-        self._latched.add(incident.kind)
-        self.last_incident = incident
-        self._on_change()
-        durable: asyncio.Future[None] | None = None
-        if record is None:
-            record = IncidentRecord.of(incident, self._instance)
-            # Written by the store's thread at once; the steps wait for it only before their
-            # first command that changes the guest (the first queries leave meanwhile).
-            durable = self.store.create(record)
-        log.critical(
-            "panic.detected" if incident.kind is IncidentKind.PANIC else "panic.crash_loaded",
-            action=incident.action,
-            detection=incident.detection.value,
-            incident=incident.id,
-        )
-        self.worker.submit(incident, record, durable)  # first: whatever the alert does
-        if incident.kind is IncidentKind.PANIC:
-            self.responder.metrics.panics.inc()
-        else:
-            self.responder.metrics.crash_loaded.inc()
-        if durable is None:
-            # Right after the worker has had its turn: its first QMP command (the guest's
-            # first step) goes out before the journal is written to.
-            asyncio.get_running_loop().call_soon(self._alert, incident)
-        else:
-            # Alerted once durable (the store's write ends either way, never raising): the
-            # alert names an incident that a panicd killed right after will find on restart.
-            # A state disk that hangs delays the alert DURABLE_WAIT_SECONDS at most.
-            alerted = False
-
-            def alert_once(*_: object) -> None:
-                nonlocal alerted
-                if not alerted:
-                    alerted = True
-                    self._alert(incident)
-
-            durable.add_done_callback(alert_once)
-            asyncio.get_running_loop().call_later(DURABLE_WAIT_SECONDS, alert_once)
-
-    def _alert(self, incident: Incident) -> None:
-        try:
-            policy = self.responder.policy_for(incident.guest.name)
-            self.alerter.send(alerts.panic(incident, planned_steps(incident, policy)))
-        except Exception:
-            log.exception("alert.failed", kind=incident.kind.value)
 
     def _on_dump_completed(self, event: QmpEvent) -> None:
         try:
