@@ -1050,3 +1050,334 @@ Call Trace:
 """
     crash = title_of_log(log)
     assert crash is not None and crash.title == "KASAN: use-after-free Write in frob_unregister_device"
+
+
+# --- (3) report formats of current kernels, and rules that must hold beyond the tuning set -----
+# Each log is hand-written in the shape the kernel prints (6.x unless noted); none is copied.
+
+MODERN_FORMATS = [
+    # 6.10+ prefixes x86 exception headers with "Oops: "
+    ("""Oops: general protection fault, probably for non-canonical address 0xdffffc0000000002: 0000 [#1] SMP
+KASAN: null-ptr-deref in range [0x0000000000000010-0x0000000000000017]
+RIP: 0010:frob_walk_list+0x9c/0x410
+Call Trace:
+ <TASK>
+ ? asm_exc_general_protection+0x26/0x30
+ frob_ioctl+0x1a2/0x300
+ </TASK>
+""", "general protection fault in frob_walk_list"),
+    ("""Oops: divide error: 0000 [#1] PREEMPT SMP KASAN NOPTI
+RIP: 0010:frob_rate_div+0x41/0x90
+Call Trace:
+ frob_set_rate+0x55/0x120
+""", "divide error in frob_rate_div"),
+    ("""BUG: KFENCE: use-after-free read in frob_lookup+0x3a/0x120
+
+Use-after-free read at 0x00000000a1b2c3d4 (in kfence-#42):
+ frob_lookup+0x3a/0x120
+ frob_read+0x77/0x100
+
+allocated by task 311 on cpu 1 at 35.112233s:
+ __kmalloc_cache_noprof+0x1b2/0x310
+ frob_alloc_entry+0x33/0x90
+""", "KFENCE: use-after-free read in frob_lookup"),
+    ("""list_del corruption, ffff888012345678->next is LIST_POISON1 (dead000000000100)
+------------[ cut here ]------------
+kernel BUG at lib/list_debug.c:56!
+Oops: invalid opcode: 0000 [#1] PREEMPT SMP KASAN NOPTI
+RIP: 0010:__list_del_entry_valid_or_report+0x12c/0x1a0
+Call Trace:
+ <TASK>
+ frob_unlink_client+0x5e/0x1c0
+ frob_release+0x3a/0x90
+""", "BUG: corrupted list in frob_unlink_client"),
+    ("BUG: Bad rss-counter state mm:ffff88801c5a8000 type:MM_ANONPAGES val:1 Comm:frob Pid:6013\n",
+     "BUG: Bad rss-counter state"),
+    ("""BUG: workqueue lockup - pool cpus=1 node=0 flags=0x0 nice=0 stuck for 31s!
+Showing busy workqueues and worker pools:
+""", "BUG: workqueue lockup"),
+    # a stall another CPU detected: the stalled CPU's NMI backtrace is the stalled code
+    ("""rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:
+rcu: 	1-...!: (1 GPs behind) idle=5e4c/1/0x4000000000000000 softirq=14013/14014 fqs=1
+rcu: 	(detected by 0, t=10502 jiffies, g=16781, q=412 ncpus=2)
+Sending NMI from CPU 0 to CPUs 1:
+NMI backtrace for cpu 1
+RIP: 0010:frob_spin_poll+0x2e/0x80
+Call Trace:
+ <NMI>
+ ? nmi_cpu_backtrace+0x1f0/0x2c0
+ </NMI>
+ <TASK>
+ frob_spin_poll+0x2e/0x80
+ frob_wait_ready+0x55/0x100
+ frob_ioctl+0x1a2/0x300
+ __x64_sys_ioctl+0x1a3/0x210
+ do_syscall_64+0xf3/0x230
+""", "INFO: rcu detected stall in frob_ioctl"),
+    ("Kernel panic - not syncing: System is deadlocked on memory\n",
+     "kernel panic: System is deadlocked on memory"),
+    # a log that starts after the panic's first line still ends with its marker
+    ("---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---\n",
+     "kernel panic: Fatal exception in interrupt"),
+    # arm64's permission faults on kernel memory
+    ("""Unable to handle kernel execute from non-executable memory at virtual address ffff0000c3a1b000
+Internal error: Oops: 000000008600000f [#1] PREEMPT SMP
+pc : 0xffff0000c3a1b000
+lr : frob_call_ops+0x48/0x90
+Call trace:
+ 0xffff0000c3a1b000
+ frob_call_ops+0x48/0x90
+""", "BUG: unable to handle kernel paging request in frob_call_ops"),
+    ("""Unable to handle kernel write to read-only memory at virtual address ffff800081234000
+Internal error: Oops: 000000009600004f [#1] PREEMPT SMP
+pc : frob_patch_table+0x2c/0x80
+Call trace:
+ frob_patch_table+0x2c/0x80
+""", "BUG: unable to handle kernel paging request in frob_patch_table"),
+    # powerpc spells it with a capital K
+    ("""BUG: Kernel NULL pointer dereference on read at 0x00000010
+Faulting instruction address: 0xc000000000a1b2c4
+Oops: Kernel access of bad area, sig: 11 [#1]
+NIP [c000000000a1b2c4] frob_get_ops+0x24/0x60
+""", "BUG: unable to handle kernel NULL pointer dereference in frob_get_ops"),
+    # Linux >= 6.17 names the file first: the file-keyed WARNING kinds still apply
+    ("""WARNING: kernel/locking/lockdep.c:232 at __lock_acquire+0x1a2/0x2000, CPU#0: frob/5000
+Call Trace:
+ lock_acquire+0x1b1/0x560
+ _raw_spin_lock+0x2e/0x40
+ frob_attach+0x44/0x1a0
+""", "WARNING: locking bug in frob_attach"),
+    ("""WARNING: mm/vmalloc.c:3012 at __vmalloc_node_range_noprof+0x1a0/0x2a0, CPU#1: frob/6000
+Call Trace:
+ __vmalloc_node_noprof+0xa0/0xb0
+ frob_alloc_table+0x5e/0x100
+""", "WARNING: zero-size vmalloc in frob_alloc_table"),
+    # lockdep's wait-type check (5.9+), bracketed like older lockdep headers
+    ("""=============================
+[ BUG: Invalid wait context ]
+frobd/412 is trying to lock:
+ffff888012345678 (&frob->lock){+.+.}-{3:3}, at: __might_fault+0x30/0x90
+1 lock held by frobd/412:
+ #0: ffffffff8d2a1b20 (rcu_read_lock){....}-{1:2}, at: frob_walk+0x20/0x200
+stack backtrace:
+Call Trace:
+ __lock_acquire+0x1a04/0x4930
+ lock_acquire+0x1b1/0x560
+ __might_fault+0x30/0x90
+ frob_sync+0x30/0x90
+ frob_walk+0x60/0x200
+""", "WARNING: locking bug in frob_sync"),
+    # the kernel capitalised lockdep's header in 6.0
+    ("""WARNING: Nested lock was not taken
+frob/13544 is trying to lock:
+ffff88803c86db70 (&sb->s_type->i_lock_key#36){+.+.}-{2:2}, at: _atomic_dec_and_lock+0x9d/0x110
+Call Trace:
+ lock_acquire+0x182/0x3c0
+ _raw_spin_lock+0x2a/0x40
+ _atomic_dec_and_lock+0x9d/0x110
+ iput+0x85/0x760
+ frob_fill_super+0x3af3/0x42a0
+""", "WARNING: nested lock was not taken in frob_fill_super"),
+    ("VFS: Busy inodes after unmount of sda1. Self-destruct in 5 seconds.  Have a nice day...\n",
+     "VFS: Busy inodes after unmount (use-after-free)"),
+    ("""VFS: Busy inodes after unmount of loop0 (frobfs)
+------------[ cut here ]------------
+kernel BUG at fs/super.c:650!
+""", "VFS: Busy inodes after unmount (use-after-free)"),
+]
+
+
+@pytest.mark.parametrize(("log", "title"), MODERN_FORMATS)
+def test_current_kernels_report_formats_get_general_titles(log: str, title: str) -> None:
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == title
+    assert not crash.corrupted
+
+
+def test_bad_unlock_balance_blames_the_release_site_not_a_held_lock() -> None:
+    # older lockdep prints the site on the line after "... at:"; the `#0: ... at:` entries are
+    # locks the task took fine earlier
+    log = """=====================================
+WARNING: bad unlock balance detected!
+frob/19522 is trying to release lock (frob_lock) at:
+[<00000000adc671f1>] frob_seq_stop+0xe1/0x130
+but there are no more locks to release!
+2 locks held by frob/19522:
+ #0:  (&f->f_pos_lock){+.+.}, at: [<00000000cd36f0f9>] __fdget_pos+0x131/0x1a0
+ #1:  (&p->lock){+.+.}, at: [<00000000c93d2595>] seq_lseek+0x58/0x3c0
+stack backtrace:
+Call Trace:
+ dump_stack+0x194/0x257
+ lock_release+0x5f9/0xda0
+ _raw_read_unlock+0x1a/0x30
+ frob_seq_stop+0xe1/0x130
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING: bad unlock balance in frob_seq_stop"
+
+
+def test_a_lock_still_held_is_blamed_on_the_site_that_took_it() -> None:
+    # here the held-locks list is the evidence: it names the lock left held
+    log = """================================================
+WARNING: lock held when returning to user space!
+frob/4242 is leaving the kernel with locks still held!
+1 lock held by frob/4242:
+ #0: ffff8880a1b2c3d4 (&fi->mutex){+.+.}-{3:3}, at: frob_lock_inode+0x1a/0x30
+"""
+    crash = title_of_log(log)
+    assert crash is not None
+    assert crash.title == "WARNING: lock held when returning to user space in frob_lock_inode"
+
+
+BAD_PAGE = """BUG: Bad page state in process frob  pfn:7071f
+page: refcount:0 mapcount:0 mapping:0000000000000000 index:0x7f467f1e8 pfn:0x7071f
+page dumped because: page_pool leak
+page_owner tracks the page as allocated
+page last allocated via order 0, migratetype Unmovable, gfp_mask 0x102820(GFP_ATOMIC|__GFP_NOWARN)
+ post_alloc_hook+0x1f3/0x230
+ get_page_from_freelist+0x2e4c/0x2f10
+ __alloc_pages_noprof+0x256/0x6c0
+ alloc_pages_bulk_noprof+0x729/0xd40
+ __page_pool_alloc_pages_slow+0x138/0x690
+ page_pool_alloc_pages+0xcb/0x150
+ frob_fill_rx_ring+0x939/0x2110
+page last free pid 8932 tgid 8930 stack trace:
+ free_unref_page+0xd22/0xea0
+ vfree+0x186/0x2e0
+ other_loader+0x7daa/0x19630
+Modules linked in:
+Call Trace:
+ <TASK>
+ dump_stack_lvl+0x241/0x360
+ bad_page+0x18e/0x200
+ free_unref_page+0xe47/0xea0
+ frob_drop_rx+0x1a5/0x3d0
+ </TASK>
+"""
+
+
+def test_a_bad_page_is_blamed_on_its_owner_from_page_owners_allocation_stack() -> None:
+    # page_pool is an allocator like the page allocator under it; the free stack is another's
+    crash = title_of_log(BAD_PAGE)
+    assert crash is not None and crash.title == "BUG: Bad page state in frob_fill_rx_ring"
+
+
+def test_a_bad_page_without_page_owner_is_blamed_from_the_call_trace() -> None:
+    start, end = BAD_PAGE.index("page_owner tracks"), BAD_PAGE.index("Modules linked in:")
+    crash = title_of_log(BAD_PAGE[:start] + BAD_PAGE[end:])
+    assert crash is not None and crash.title == "BUG: Bad page state in frob_drop_rx"
+
+
+def test_a_sanitizer_report_without_its_stack_is_not_blamed_on_the_allocation_stack() -> None:
+    log = """BUG: KASAN: use-after-free in memcpy+0x20/0x60
+Read of size 8 at addr ffff88803b8d8f48 by task frob/102
+
+Allocated by task 15859:
+ kasan_save_stack+0x1b/0x80
+ kmem_cache_alloc+0xd6/0x2d0
+ frob_getname+0xd2/0x5b0
+
+Freed by task 15859:
+ kmem_cache_free+0xb9/0x380
+ frob_putname+0xe1/0x120
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.corrupted and crash.frame is None
+
+
+@pytest.mark.parametrize("free_path", [
+    " __call_rcu_common.constprop.0+0x6a/0xa00\n call_rcu+0x12/0x20\n",
+    " __call_rcu.constprop.67+0xf2/0xef0\n call_rcu_sched+0x12/0x20\n",
+    " __vunmap+0xde/0x320\n vfree+0x68/0x100\n kvfree+0x4a/0x70\n",
+    " kmem_cache_free+0xb9/0x380\n",
+    " free_unref_page+0xd22/0xea0\n __free_pages+0x1a/0x30\n",
+    " kfree_call_rcu+0x1a/0x30\n",
+])
+def test_an_odebug_report_on_a_free_path_blames_the_caller_that_freed(free_path: str) -> None:
+    log = """ODEBUG: free active (active state 0) object type: timer_list hint: frob_timeout+0x0/0x50
+WARNING: CPU: 1 PID: 649 at lib/debugobjects.c:291 debug_print_object+0x16a/0x220
+Call Trace:
+ debug_check_no_obj_freed+0x65d/0xf1a
+""" + free_path + """ frob_free_table+0x126/0x180
+ frob_set_ctl+0x377/0x644
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING: ODEBUG bug in frob_free_table"
+
+
+@pytest.mark.parametrize("helper", [
+    "usb_kill_anchored_urbs", "usb_poison_anchored_urbs", "usb_kill_urb", "usb_poison_urb",
+    "usb_unlink_urb", "usb_free_urb",
+])
+def test_usb_core_urb_helpers_blame_the_driver_that_called_them(helper: str) -> None:
+    log = f"""BUG: KASAN: use-after-free in __lock_acquire+0x3377/0x3eb0
+Read of size 8 at addr ffff88803b8d8f48 by task kworker/0:2/102
+Call Trace:
+ kasan_report+0xe/0x12
+ __lock_acquire+0x3377/0x3eb0
+ lock_acquire+0x127/0x320
+ _raw_spin_lock_irq+0x2d/0x40
+ {helper}+0x1e/0x110
+ frob_usb_disconnect+0xd6/0xe4
+ usb_unbind_interface+0x1bd/0x8a0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KASAN: use-after-free Read in frob_usb_disconnect"
+
+
+def test_printk_machinery_is_never_blamed_whatever_its_prefix() -> None:
+    log = """WARNING: inconsistent lock state
+inconsistent {INITIAL USE} -> {IN-NMI} usage.
+swapper/0 [HC1[1]:SC0[0]:HE0:SE1] takes:
+ffffa00019b517b8 (logbuf_lock){....}-{2:2}, at: vprintk_emit+0xec/0x510
+{INITIAL USE} state was registered at:
+  __lock_acquire+0x5ac/0x58f0
+  _raw_spin_lock+0x90/0x120
+  frob_setup_cpu+0x44/0x50
+no locks held by swapper/0.
+stack backtrace:
+Call trace:
+ dump_stack+0x1f0/0x294
+ lock_acquire+0x94/0xc0
+ _raw_spin_lock+0x90/0x120
+ vprintk_emit+0xec/0x510
+ printk_deferred+0xbc/0xf4
+ __printk_safe_flush+0x4ac/0x4e0
+ printk_safe_flush_on_panic+0x104/0x130
+ panic+0x4a4/0x8b8
+ frob_bad_mode+0x14c/0x1b4
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "inconsistent lock state in frob_bad_mode"
+
+
+def test_a_stall_under_the_32bit_compat_ioctl_blames_the_files_ioctl_method() -> None:
+    # compat_SyS_ioctl has vfs_ioctl inlined: it dispatches to the file's ioctl method
+    log = STALL_HEAD + """Call Trace:
+ <IRQ>
+ apic_timer_interrupt+0x93/0xa0
+ </IRQ>
+RIP: 0010:qlist_free_all+0x4e/0x100
+ [<ffffffff81ad6427>] quarantine_reduce+0x167/0x1a0
+ [<ffffffff81acf498>] kmem_cache_alloc_trace+0x678/0x7a0
+ [<ffffffff810974dc>] frob_dev_ioctl+0x8cc/0x1980
+ [<ffffffff81075526>] frob_mux_dev_ioctl+0x26/0x30
+ [<ffffffff81cb214a>] compat_SyS_ioctl+0x13a/0x3260
+ [<ffffffff8101cf74>] do_fast_syscall_32+0x354/0xcfd
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_mux_dev_ioctl"
+
+
+def test_a_warning_in_a_destructor_blames_the_code_that_freed_the_object() -> None:
+    log = """frob_is_uptodate(folio, state) != folio_test_uptodate(folio)
+WARNING: fs/frob/buffered-io.c:289 at frob_state_free+0x344/0x400, CPU#0: kswapd0/69
+RIP: 0010:frob_state_free+0x344/0x400
+Call Trace:
+ <TASK>
+ frob_release_folio+0x254/0x450
+ shrink_folio_list+0x2364/0x5330
+ </TASK>
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING in frob_release_folio"

@@ -24,9 +24,12 @@ from dataclasses import dataclass
 
 from panicd.triage import console, rust_demangle
 from panicd.triage.title_rules import (
+    AUX_STACK_HEADER,
+    AUX_STACK_OVER,
     CRASH_KINDS,
     GENERIC_SKIP,
     HEADER_WORDS,
+    HELD_LOCK_ENTRY,
     LOCK_WRAPPER,
     NOT_A_CRASH,
     STALL_CROSS_CALL,
@@ -72,7 +75,7 @@ _STACK_END = re.compile(
     r"^(?:Allocated by task|Freed by task|The buggy address|Memory state around|Uninit was |"
     r"Local variable |Last potentially related work|Second to last|RIP: 0033:|---\[ end trace|"
     r"Kernel Offset:|Showing all locks held|INFO: task |NMI backtrace for cpu|Sending NMI from|"
-    r" </TASK>|Modules linked in:)")
+    r" </TASK>|Modules linked in:|unreferenced object 0x|page last free)")
 _WARN_HEADER = re.compile(r"^WARNING: (?:CPU: \d{1,5} PID: \d{1,9} at |at |\S{1,200}:\d{1,6} at )")
 _REPORT_END = re.compile(r"^(?:---\[ end trace|Kernel Offset:|---\[ end Kernel panic|Rebooting in )")
 # `Workqueue: events rtc_timer_do_work`: the work function a worker thread is running.
@@ -218,8 +221,20 @@ class _Report:
             marker = next((i for i in lines if _STACK_START.match(self.lines[i])), None)
             start = start if marker is None else marker + 1
         frames = _FrameList()
+        evidence = self.kind.evidence_stack
+        in_aux = False
         for line in self.lines[start:]:
+            if AUX_STACK_HEADER.match(line):
+                in_aux = evidence is None or not evidence.match(line)
+            elif in_aux and AUX_STACK_OVER.match(line):
+                in_aux = False
             fn = frame_of(line)
+            if in_aux:
+                # another stack's frames (an allocation's, a held lock's): never this crash's
+                if frames.names and _STACK_END.match(line):
+                    break
+                previous = line
+                continue
             # `Preemption disabled at:` prints one frame of context, not the stack.
             if fn is not None and not _CONTEXT_FRAME.match(previous):
                 frames.feed(line, fn)
@@ -335,17 +350,31 @@ class _Report:
     def blame_lock(self) -> str | None:
         """Lockdep: the site taking the new lock (the first `at: f+0x..`); when that is a generic
         helper (a workqueue flush, a lock primitive), the site of the lock already held."""
-        first = next((i for i, line in enumerate(self.lines) if _LOCK_AT.search(line)), None)
+        first = next((i for i, line in enumerate(self.lines) if self.lock_site(i) is not None), None)
         held = next((i + 1 for i, line in enumerate(self.lines) if _LOCK_HELD.match(line)), None)
         for site in (first, held):
-            match = _LOCK_AT.search(self.lines[site]) if site is not None and site < len(self.lines) else None
-            if match:
-                fn = function_name(match.group("fn"))
-                if not self.skipped(fn):
-                    return fn
+            fn = self.lock_site(site) if site is not None and site < len(self.lines) else None
+            if fn is not None and not self.skipped(fn):
+                return fn
         # Else the task's own backtrace; if all of it is generic, the first dependency chain.
         start = next((i for i, line in enumerate(self.lines) if _LOCK_BACKTRACE.match(line)), 0)
         return self.first_unskipped(self.stack(start)) or self.first_unskipped(self.stack())
+
+    def lock_site(self, index: int) -> str | None:
+        """The function a lockdep site line names: `(&lock){+.+.}, at: f+0x1/0x2`, or `... at:`
+        ending the line with the frame on the next (older kernels). Never a line of the list
+        of locks the task holds (`#0: (&lock){..}, at: f`), taken fine and earlier, unless the
+        kind reports a lock still held."""
+        line = self.lines[index]
+        if HELD_LOCK_ENTRY.match(line) and self.kind.evidence_stack is not HELD_LOCK_ENTRY:
+            return None
+        match = _LOCK_AT.search(line)
+        if match:
+            return function_name(match.group("fn"))
+        # (`{IN-HARDIRQ-W} state was registered at:` opens a stack of its own, not a site)
+        if line.endswith(" at:") and index + 1 < len(self.lines) and not AUX_STACK_HEADER.match(line):
+            return frame_of(self.lines[index + 1])
+        return None
 
     def blame(self, header_fn: str | None) -> str | None:
         strategy = self.kind.blame

@@ -10,7 +10,10 @@ How a title is made (panicd/triage/title.py applies this table):
    header's (KASAN prints "Read of size 8" two lines after its header). When `details` is set
    and not found, the kind is skipped and the next one is tried.
 3. `blame` names the strategy that picks the guilty frame (see `Blame`); `skip` adds frames,
-   beyond `GENERIC_SKIP`, that are never to blame for this kind.
+   beyond `GENERIC_SKIP`, that are never to blame for this kind. Frames are taken from the
+   report's own stack: the auxiliary stacks a report also prints (`AUX_STACK_HEADER`: where
+   the object was allocated or freed, the locks held, ...) are never walked, unless a kind
+   names one as its `evidence_stack`.
 4. `title` is formatted with the captures and `frame`; then title.py normalises it (pids,
    addresses, line numbers, numbers) and caps it. When the kind needs a frame and none is
    found, the title says "in corrupted" and the report is marked corrupted.
@@ -70,6 +73,10 @@ class CrashKind:
     # function that takes one (`rtnl_lock`) may be to blame; every other kind skips such
     # wrappers (`LOCK_WRAPPER`).
     blames_lock_functions: bool = False
+    # The auxiliary stack (one of `AUX_STACK_HEADER`'s) that is this kind's evidence: a bad
+    # page's state was set by whoever allocated it, so `BUG: Bad page state` walks page_owner's
+    # allocation stack first. Every other auxiliary stack is never walked.
+    evidence_stack: re.Pattern[str] | None = None
 
 
 def _re(pattern: str) -> re.Pattern[str]:
@@ -120,7 +127,12 @@ GENERIC_SKIP = _names(
     r"arch_timer_handler", r"_R\w{0,200}rust_begin_unwind", r"_R\w{0,200}panicking",
     # Rust's panic and formatting machinery (demangled): the code that overflowed is to blame
     r"core::", r"<core::", r"__rustc::", r"rust_begin_unwind", r"usb_control_msg",
-    r"usb_submit_urb", r"usb_start_wait_urb",
+    # the USB core's URB and anchor helpers act on the URBs their driver built or anchored
+    r"usb_submit_urb", r"usb_start_wait_urb", r"usb_(?:kill|poison|unpoison|unlink|block|unblock|"
+    r"free|alloc|get|put|anchor|unanchor)_urb$", r"usb_(?:kill|poison|unpoison|unlink|scuttle|"
+    r"wait|get_from)_anchored_urbs?$", r"usb_wait_anchor_empty", r"usb_anchor_urb",
+    # printk's own machinery, whatever its prefix (`__printk_safe_flush`, `printk_deferred`)
+    r"__printk", r"console_unlock", r"console_flush", r"console_emit",
     r"usb_bulk_msg", r"usb_interrupt_msg", r"__read_once", r"__seqprop", r"ref_tracker", r"__phys_addr",
     # sanitizers and coverage
     r"kasan", r"__kasan", r"__asan", r"asan_", r"check_memory_region", r"kmsan", r"__kmsan", r"__msan",
@@ -152,6 +164,14 @@ GENERIC_SKIP = _names(
     r"refcount_", r"__refcount_", r"kref_", r"atomic_", r"arch_atomic", r"__list_", r"list_",
     r"hlist_", r"__hlist", r"check_object_size", r"__check_object_size", r"check_heap_object",
     r"usercopy_", r"__virt_addr_valid", r"post_alloc_hook", r"prep_new_page", r"__kmem_cache",
+    # free-path and deferral helpers: they act on the object their caller hands over, so a
+    # debug-objects or sanitizer check in them ("free active object") is the caller's doing
+    r"call_rcu", r"__call_rcu", r"call_srcu", r"kfree_call_rcu", r"kvfree_call_rcu",
+    r"__kvfree_call_rcu", r"kfree_rcu", r"__vunmap", r"vunmap$", r"free_percpu", r"__free_percpu",
+    r"free_unref_", r"free_pcppages", r"__free_one_page", r"free_pages_prepare", r"__put_page",
+    r"put_page$", r"put_pages_list", r"release_pages", r"bad_page$",
+    r"page_pool_alloc", r"__page_pool_alloc", r"page_pool_put", r"__page_pool_put",
+    r"alloc_pages_bulk", r"__alloc_pages_bulk",
     r"alloc_page_interleave", r"__alloc_frozen_pages", r"alloc_frozen_pages", r"__folio_alloc",
     r"folio_alloc", r"xas_", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
     r"_atomic_dec_and", r"__bitmap", r"find_next_bit", r"find_first_bit", r"_find_next_bit",
@@ -213,7 +233,8 @@ HUNG_SKIP = _re(
     r"^console_(?:lock|trylock)")
 
 # A subsystem registry's teardown (`i2c_del_adapter`, `tty_unregister_device`, the netdev
-# unregister batch, srcu's destructor) acts on the object its caller hands over, and a WARN()
+# unregister batch, srcu's destructor) and an object's destructor (`*_free`: a library's
+# per-object state, freed on its owner's behalf) act on the object their caller hands over, and a WARN()
 # in or under it is a lifetime check on the state the caller left (still registered, still in
 # use): in a WARN() report (crash_type WARNING) these are skipped, as the WARN() site and when
 # walking up the stack, and the driver's remove/disconnect/destroy path is blamed. Not in
@@ -222,7 +243,34 @@ HUNG_SKIP = _re(
 # (`... in hso_probe` past tty_unregister_device), so no rule covers both.
 TEARDOWN = _re(
     r"^(?:\w{0,60}_)?unregister(?:_\w{0,60})?$|^\w{0,60}_del_adapter$|^rollback_registered|"
-    r"^cleanup_srcu_struct$")
+    r"^cleanup_srcu_struct$|^\w{1,60}_free$")
+
+# Stacks a report prints besides its own, each under one of these headers: where the object
+# was allocated or freed (KASAN, KFENCE, KMSAN, SLUB debug, page_owner), work queued on it
+# earlier, when a lock state or IRQ state was last set (lockdep), the locks a task holds
+# (lockdep's `#0: ... at: f`), another leaked object's backtrace. They explain the crash; they
+# are not where it happened, so no kind blames their frames (unless it names one as its
+# `evidence_stack`). A section runs from its header to `AUX_STACK_OVER` (or a stack's end).
+# Not listed: lockdep's dependency chain (`-> #1 (&lock){+.+.}:`), walked only when the
+# report's own backtrace is all generic (see title.py's blame_lock).
+AUX_STACK_HEADER = _re(
+    r"^(?:Allocated by task|Freed by task|(?:allocated|freed) by task \d|"
+    r"(?:INFO: )?(?:Allocated|Freed) in \S|"
+    r"Last potentially related work creation|Second to last potentially related work creation|"
+    r"Uninit was (?:created|stored)|Local variable \S{1,200} created at|"
+    r"page_owner tracks the page|page last allocated via|page last free|page_owner free stack|"
+    r"\{[A-Z -]{1,40}\} state was registered at|irq event stamp|(?:hard|soft)irqs last|"
+    r"\d{1,6} locks? held by|no locks held by|Showing all locks held|"
+    r"unreferenced object 0x)")
+LEAKED_OBJECT = _re(r"^unreferenced object 0x")
+# An entry of lockdep's list of the locks a task holds (`#0: ffff.. (&lock){+.+.}, at: f+0x..`):
+# evidence only for the kinds that report a lock still held.
+HELD_LOCK_ENTRY = _re(r"^ {0,4}#\d{1,4}: ")
+# Where an auxiliary section ends: the report's own stack, or its task and register preamble.
+AUX_STACK_OVER = _re(
+    r"^(?:Call Trace:|Call trace:|Backtrace:|stack backtrace:|CPU: \d|Hardware name:|"
+    r"Modules linked in|RIP: |pc : |PC is at |NIP \[|Workqueue: |other info that might help|"
+    r"-{3,}\[ |={10,}|-{10,})")
 
 # kmemleak's backtrace starts in the allocator: blame the first caller that is not allocating.
 LEAK_SKIP = _re(r"alloc|create_object|kmemleak|kstrdup|kmemdup|kasprintf|kvasprintf|krealloc|^__do_")
@@ -256,6 +304,9 @@ STALL_DISPATCH = _names(
     # and a stall there is the syscall's (`INFO: rcu detected stall in sys_recvmmsg`).
     r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
     r"\w{0,40}netlink_rcv_msg$", r"mmap_region", r"\w{0,60}_compat_ioctl$", r"do_dentry_open",
+    # the ioctl syscall itself when vfs_ioctl is inlined into it (the 32-bit compat_SyS_ioctl,
+    # titled `ioctl`; sys_ioctl): it calls the file's ioctl method
+    r"ioctl$", r"sys_ioctl$",
 )
 # The timer interrupt's entry: the frames after it are the code it found running (inside a
 # softirq or on the task's stack), whatever `<IRQ>` markers surround them.
@@ -352,10 +403,14 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"UBSAN: (?P<bug>[a-z-]+(?: [a-z-]+)*) in ", "UBSAN: {bug} in {frame}", crash_type=_ubsan_type),
     _kind(r"UBSAN: Undefined behaviour in ", "UBSAN: undefined-behaviour in {frame}", crash_type="UBSAN"),
     # --- kmemleak ---
-    _kind(r"unreferenced object 0x", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK"),
-    _kind(r"BUG: memory leak$", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK"),
+    # the first leaked object's backtrace is the report's own; the next object's is another's
+    _kind(r"unreferenced object 0x", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK",
+          evidence_stack=LEAKED_OBJECT),
+    _kind(r"BUG: memory leak$", "memory leak in {frame}", skip=LEAK_SKIP, crash_type="LEAK",
+          evidence_stack=LEAKED_OBJECT),
     # --- page faults and exceptions: the faulting PC is to blame ---
-    _kind(r"BUG: kernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer "
+    # `BUG: Kernel NULL pointer dereference on read at 0x10` is powerpc's spelling
+    _kind(r"BUG: [Kk]ernel NULL pointer dereference", "BUG: unable to handle kernel NULL pointer "
           "dereference in {frame}", blame=Blame.RIP, crash_type="NULL-POINTER-DEREFERENCE"),
     _kind(r"BUG: unable to handle kernel NULL pointer dereference", "BUG: unable to handle kernel "
           "NULL pointer dereference in {frame}", blame=Blame.RIP, crash_type="NULL-POINTER-DEREFERENCE"),
@@ -367,6 +422,10 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           "in {frame}", blame=Blame.RIP, crash_type=_fault_type),
     _kind(r"Unable to handle kernel (?P<what>NULL pointer dereference|paging request|access to user memory)",
           "BUG: unable to handle kernel {what} in {frame}", blame=Blame.RIP, crash_type=_fault_type),
+    # arm64's permission faults on kernel memory: bad accesses of a mapped page, titled as paging
+    _kind(r"Unable to handle kernel (?:execute from non-executable memory|write to read-only memory)",
+          "BUG: unable to handle kernel paging request in {frame}", blame=Blame.RIP,
+          crash_type="MEMORY_SAFETY_BUG"),
     _kind(r"BUG: Unable to handle kernel (?:data access|instruction fetch)",
           "BUG: unable to handle kernel paging request in {frame}", blame=Blame.RIP,
           crash_type="MEMORY_SAFETY_BUG"),
@@ -394,35 +453,40 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"Internal error: ", "Internal error in {frame}", blame=Blame.RIP, crash_type="DoS"),
     _kind(r"Unhandled fault: ", "Unhandled fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
     _kind(r"Alignment trap: ", "Alignment trap in {frame}", blame=Blame.RIP, crash_type="DoS"),
-    # --- lockdep ---
-    _kind(r"(?:WARNING|INFO): possible circular locking dependency detected",
+    # --- lockdep --- (its headers' wording is matched case-insensitively: the kernel changed
+    # case across versions, `nested lock was not taken` became `Nested lock was not taken`)
+    _kind(r"(?:WARNING|INFO): (?i:possible circular locking dependency detected)",
           "possible deadlock in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True,
           crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|INFO): possible recursive locking detected", "possible deadlock in {frame}",
+    _kind(r"(?:WARNING|INFO): (?i:possible recursive locking detected)", "possible deadlock in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|INFO): possible irq lock inversion dependency detected",
+    _kind(r"(?:WARNING|INFO): (?i:possible irq lock inversion dependency detected)",
           "possible deadlock in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True,
           crash_type="LOCKDEP"),
     # An IRQ-safe -> IRQ-unsafe order: the first stack shows where the lock became IRQ-safe,
     # i.e. the interrupt-context user whose lock the new dependency endangers.
-    _kind(r"(?:WARNING|INFO): .{0,40}-safe -> .{0,40}-unsafe lock order detected",
+    _kind(r"(?:WARNING|INFO): (?i:.{0,40}-safe -> .{0,40}-unsafe lock order detected)",
           "possible deadlock in {frame}", blame=Blame.TRACE, skip=LOCK_SKIP, blames_lock_functions=True,
           crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|INFO): inconsistent lock state", "inconsistent lock state in {frame}",
+    _kind(r"(?:WARNING|INFO): (?i:inconsistent lock state)", "inconsistent lock state in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?P<level>WARNING|BUG): bad unlock balance detected", "{level}: bad unlock balance in {frame}",
+    _kind(r"(?P<level>WARNING|BUG): (?i:bad unlock balance detected)",
+          "{level}: bad unlock balance in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): held lock freed", "BUG: held lock freed in {frame}", blame=Blame.LOCK,
+    _kind(r"(?:WARNING|BUG): (?i:held lock freed)", "BUG: held lock freed in {frame}", blame=Blame.LOCK,
           skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): nested lock was not taken", "WARNING: nested lock was not taken in {frame}",
+    _kind(r"(?:WARNING|BUG): (?i:nested lock was not taken)", "WARNING: nested lock was not taken in {frame}",
           crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): lock held when returning to user space",
+    _kind(r"(?:WARNING|BUG): (?i:lock held when returning to user space)",
           "WARNING: lock held when returning to user space in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP,
-          blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|INFO|BUG): .{0,40} still has locks held", "WARNING: still has locks held in {frame}",
-          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
+          blames_lock_functions=True, crash_type="LOCKDEP",
+          evidence_stack=HELD_LOCK_ENTRY),
+    _kind(r"(?:WARNING|INFO|BUG): (?i:.{0,40} still has locks held)",
+          "WARNING: still has locks held in {frame}",
+          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP",
+          evidence_stack=HELD_LOCK_ENTRY),
     # Kernels before 4.15 printed it as `INFO:`; syzkaller classes only the `WARNING:` form.
-    _kind(r"(?P<level>WARNING|INFO): suspicious RCU usage", "{level}: suspicious RCU usage in {frame}",
+    _kind(r"(?P<level>WARNING|INFO): (?i:suspicious RCU usage)", "{level}: suspicious RCU usage in {frame}",
           crash_type=_rcu_usage_type),
     _kind(r"INFO: trying to register non-static key", "INFO: trying to register non-static key in {frame}",
           crash_type=None),
@@ -433,29 +497,32 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     # --- WARN(): the specific ones first, by the text printed before or with them ---
     _kind(r"refcount_t: ", "WARNING: refcount bug in {frame}",
           skip=_names(r"refcount", r"__refcount"), crash_type="REFCOUNT_WARNING"),
-    _kind(r"WARNING: .{0,200} at lib/refcount\.c", "WARNING: refcount bug in {frame}",
+    _kind(r"WARNING: (?:.{0,200} at )?lib/refcount\.c", "WARNING: refcount bug in {frame}",
           skip=_names(r"refcount", r"__refcount"), crash_type="REFCOUNT_WARNING"),
     _kind(r"ODEBUG: ", "WARNING: ODEBUG bug in {frame}", skip=_names(r"debug_", r"__debug"),
           crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at lib/debugobjects\.c", "WARNING: ODEBUG bug in {frame}",
+    _kind(r"WARNING: (?:.{0,200} at )?lib/debugobjects\.c", "WARNING: ODEBUG bug in {frame}",
           crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at kernel/locking/lockdep\.c", "WARNING: locking bug in {frame}",
+    _kind(r"WARNING: (?:.{0,200} at )?kernel/locking/lockdep\.c", "WARNING: locking bug in {frame}",
           blame=Blame.TRACE, crash_type="LOCKDEP"),
     _kind(r"DEBUG_LOCKS_WARN_ON", "WARNING: locking bug in {frame}", crash_type="LOCKDEP"),
-    _kind(r"WARNING: .{0,200} at mm/slab_common\.c", "WARNING: kmalloc bug in {frame}",
+    # lockdep's wait-type check (5.9+): a lock taken in a context that may not sleep as it can
+    _kind(r"BUG: (?i:invalid wait context)", "WARNING: locking bug in {frame}", crash_type="LOCKDEP"),
+    _kind(r"WARNING: (?:.{0,200} at )?mm/slab_common\.c", "WARNING: kmalloc bug in {frame}",
           blame=Blame.TRACE, crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at mm/util\.c", "WARNING: kmalloc bug in {frame}", blame=Blame.TRACE,
+    _kind(r"WARNING: (?:.{0,200} at )?mm/util\.c", "WARNING: kmalloc bug in {frame}", blame=Blame.TRACE,
           crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at mm/vmalloc\.c:\d{1,6} __vmalloc", "WARNING: zero-size vmalloc in {frame}",
+    _kind(r"WARNING: (?:.{0,200} at )?mm/vmalloc\.c:\d{1,6} (?:at )?__vmalloc",
+          "WARNING: zero-size vmalloc in {frame}",
           blame=Blame.TRACE, crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at fs/proc/generic\.c", "WARNING: proc registration bug in {frame}",
+    _kind(r"WARNING: (?:.{0,200} at )?fs/proc/generic\.c", "WARNING: proc registration bug in {frame}",
           blame=Blame.TRACE, crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at lib/kobject\.c", "WARNING: kobject bug in {frame}", blame=Blame.TRACE,
+    _kind(r"WARNING: (?:.{0,200} at )?lib/kobject\.c", "WARNING: kobject bug in {frame}", blame=Blame.TRACE,
           crash_type="WARNING"),
     # usb_submit_urb() warns about the URB its caller built: the caller is named, with the check.
-    _kind(r"WARNING: .{0,200} at drivers/usb/core/urb\.c:\d{1,6} usb_submit_urb",
+    _kind(r"WARNING: (?:.{0,200} at )?drivers/usb/core/urb\.c:\d{1,6} (?:at )?usb_submit_urb",
           "WARNING in {frame}/usb_submit_urb", blame=Blame.TRACE, crash_type="WARNING"),
-    _kind(r"WARNING: .{0,200} at mm/usercopy\.c", "WARNING: bad usercopy in {frame}", blame=Blame.TRACE,
+    _kind(r"WARNING: (?:.{0,200} at )?mm/usercopy\.c", "WARNING: bad usercopy in {frame}", blame=Blame.TRACE,
           crash_type="WARNING"),
     _kind(r"WARNING: kernel stack regs at [0-9a-f]{6,16} .{0,80} has bad '(?P<reg>\w+)' value",
           "WARNING: kernel stack regs has bad '{reg}' value", blame=Blame.NONE, needs_frame=False,
@@ -509,13 +576,19 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           "BUG: using {fn_name}() in preemptible code in {frame}",
           skip=_names(r"check_preemption_disabled", r"debug_smp_processor_id", r"__this_cpu_preempt"),
           crash_type="LOCKDEP"),
-    _kind(r"BUG: Bad page state", "BUG: Bad page state in {frame}", crash_type=None),
+    # A page found in a bad state when freed was put in it by its owner: with page_owner on,
+    # the allocation stack names the owner (the free path in the Call Trace is generic).
+    _kind(r"BUG: Bad page state", "BUG: Bad page state in {frame}", crash_type=None,
+          evidence_stack=_re(r"^page last allocated via")),
     _kind(r"BUG: Bad page map", "BUG: Bad page map in {frame}", crash_type=None),
     _kind(r"BUG: Bad rss-counter", "BUG: Bad rss-counter state", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
     _kind(r"BUG: Dentry .{0,80} still in use", "BUG: Dentry still in use in {frame}", crash_type=None),
     _kind(r"BUG: (?P<what>[A-Za-z][^:]{0,60}?) \(", "BUG: {what}", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
+    # generic_shutdown_super() found inodes still referenced after the filesystem went away
+    _kind(r"VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount (use-after-free)",
+          blame=Blame.NONE, needs_frame=False, crash_type=None),
     _kind(r"VFS: Close: file count is 0", "VFS: Close: file count is zero (use-after-free)",
           blame=Blame.NONE, needs_frame=False, crash_type="DoS"),
     # --- syzkaller's own executor failures, and Rust's integer-overflow panics ---
@@ -536,8 +609,11 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"Kernel panic - not syncing: (?P<reason>VFS: Unable to mount root fs on \S{0,64})",
           "kernel panic: {reason}", blame=Blame.NONE, needs_frame=False, kind="kernel panic",
           crash_type="DoS"),
-    _kind(r"Kernel panic - not syncing: (?P<reason>.{1,200}?)(?: \.\.\.)?$", "kernel panic: {reason}",
-          blame=Blame.NONE, needs_frame=False, kind="kernel panic", crash_type="DoS"),
+    # the reason, less the `---[ end Kernel panic - not syncing: ... ]---` marker's tail (a log
+    # cut before the panic's first line still ends with the marker)
+    _kind(r"Kernel panic - not syncing: (?P<reason>.{1,200}?)(?: \.\.\.)?(?: \]---)?$",
+          "kernel panic: {reason}", blame=Blame.NONE, needs_frame=False, kind="kernel panic",
+          crash_type="DoS"),
     _kind(r"Kernel panic - not syncing:?$", "kernel panic", blame=Blame.NONE, needs_frame=False,
           crash_type="DoS"),
 )
@@ -554,4 +630,4 @@ NOT_A_CRASH = re.compile(
 HEADER_WORDS = re.compile(
     r"BUG|WARNING|INFO:|KASAN|KMSAN|KCSAN|KFENCE|UBSAN|fault|error|panic|PANIC|unreferenced|"
     r"Unable|Unhandled|Alignment|refcount_t|ODEBUG|DEBUG_LOCKS|corruption|usercopy|"
-    r"unregister_netdevice|VFS: Close|SYZFAIL|overflow")
+    r"unregister_netdevice|VFS: Close|VFS: Busy|SYZFAIL|overflow")
