@@ -41,6 +41,8 @@ class AlertKind(Enum):
     CONFIG_REJECTED = ("02cdfd2d24e449eda40bfd9e0bca15b9", 3)  # err: a reload kept the old config
     STORE_FAILED = ("1fdf9a4dcbbf4490bce3d44528aeff4f", 3)  # err: incident store replaced or unwritable
     NEW_CRASH_SIGNATURE = ("01d1e4d3cb5747b4ac8d402e56a114f6", 2)  # crit: a crash never seen here
+    WATCHDOG = ("3ae472753c3e43d080781675949b4fc6", 2)  # crit: a guest's watchdog fired (hung)
+    GUEST_ACTION = ("ecf0b6f473de4f4c991caea7c0bb0658", 5)  # notice: an operator's action, audited
 
     @property
     def message_id(self) -> str:
@@ -87,7 +89,8 @@ TAKE_OVER_HINT = (
 
 
 def panic(incident: Incident, steps: list[str]) -> Alert:
-    """PANIC or CRASH_LOADED: an incident seen, and the steps its policy will take."""
+    """An incident seen, and the steps it will take: PANIC, CRASH_LOADED, WATCHDOG, or
+    GUEST_ACTION (a manual one, audited with the caller's uid)."""
     guest = incident.guest
     plan = ", ".join(steps) if steps else "nothing (alert only)"
     fields = {
@@ -98,6 +101,22 @@ def panic(incident: Incident, steps: list[str]) -> Alert:
     }
     if incident.info is not None:
         fields["PANIC_INFO"] = incident.info.model_dump_json()
+    if incident.kind is IncidentKind.WATCHDOG:
+        return Alert(
+            AlertKind.WATCHDOG,
+            f"Guest {guest.name} hung: its watchdog fired (QEMU action: {incident.action}); "
+            f"steps: {plan}",
+            guest,
+            fields,
+        )
+    if incident.kind is IncidentKind.MANUAL:
+        fields["CALLER_UID"] = str(incident.requested_by) if incident.requested_by is not None else ""
+        return Alert(
+            AlertKind.GUEST_ACTION,
+            f"Guest {guest.name}: uid {incident.requested_by} asked panicd for: {plan}",
+            guest,
+            fields,
+        )
     if incident.kind is IncidentKind.CRASH_LOADED:
         return Alert(
             AlertKind.CRASH_LOADED,

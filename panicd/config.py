@@ -43,7 +43,7 @@ from panicd.errors import ConfigError
 from panicd.text import printable
 
 #: What a policy may do on a panic, in the order the operator lists them.
-StepName = Literal["dump", "pause", "resume", "restart", "poweroff", "exec"]
+StepName = Literal["dump", "pause", "resume", "restart", "poweroff", "exec", "nmi", "wait_panic"]
 STEP_NAMES: tuple[str, ...] = StepName.__args__  # type: ignore[attr-defined]
 
 #: Formats of QMP's dump-guest-memory (qapi/dump.json, DumpGuestMemoryFormat).
@@ -110,6 +110,12 @@ def console_log_path(template: str, guest_name: str) -> Path | None:
     return Path(template.format(name=guest_name))
 
 
+class WaitPanicSettings(_Strict):
+    """How long `wait_panic` waits for the GUEST_PANICKED an `nmi` should cause."""
+
+    timeout: Seconds = 60.0
+
+
 class RestartLimit(_Strict):
     """Crash-loop guard: at most `max` restarts by panicd within `within` seconds."""
 
@@ -123,7 +129,15 @@ class Policy(_Strict):
     match: str = "*"
     on_panic: list[StepName] = Field(default_factory=lambda: list[StepName](["dump", "pause"]))
     on_crash_loaded: list[StepName] = Field(default_factory=list)
+    #: The guest's watchdog fired (a hung guest): dump it, then restart it, by default.
+    on_watchdog: list[StepName] = Field(
+        default_factory=lambda: list[StepName](["dump", "restart"]))
+    #: What QEMU does on a panic, set by panicd on connect: pause (so that it can be dumped),
+    #: or none: the guest keeps running (a Windows guest writes its own MEMORY.DMP and reboots;
+    #: libvirt's "preserve-running"). Takes effect with [daemon] take_over_panic_action.
+    panic_action: Literal["pause", "none"] = "pause"
     dump: DumpSettings = DumpSettings()
+    wait_panic: WaitPanicSettings = WaitPanicSettings()
     exec: ExecSettings | None = None
     #: Past the budget the guest is left paused instead of restarted, with a crash-loop alert.
     restart: RestartLimit | None = None
@@ -133,7 +147,7 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _exec_needs_command(self) -> Policy:
-        if self.exec is None and "exec" in (*self.on_panic, *self.on_crash_loaded):
+        if self.exec is None and "exec" in (*self.on_panic, *self.on_crash_loaded, *self.on_watchdog):
             raise ValueError('the step "exec" needs exec = { command = [...] } in the same policy')
         return self
 
@@ -194,6 +208,9 @@ class DaemonConfig(_Strict):
     #: Where `panicd status` reaches the daemon; mode 0600, 0660 with control_group.
     control_socket: Path = Path("/run/panicd/control.sock")
     control_group: str | None = None
+    #: Besides root, the uids (SO_PEERCRED) allowed to act on guests through the control socket
+    #: (`panicd guest NAME ACTION`); anyone who can open the socket may read `panicd status`.
+    control_allowed_uids: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: auto: the journal under systemd (JOURNAL_STREAM), console on a terminal, else JSON.
     log_format: Literal["auto", "console", "json", "journal"] = "auto"

@@ -9,6 +9,7 @@ dropped by the caller, never passed on raw. The events panicd acts on (qapi/run-
   QEMU releases (hyper-v, s390, tdx, sev...): unknown types are kept, not refused.
 - GUEST_CRASHLOADED {action: run, info?}: CRASH_LOADED (bit 2), the guest's own kdump kernel
   took over; the guest keeps running.
+- WATCHDOG {action, ...}: the guest's watchdog device (i6300esb, ib700) was not fed in time.
 - RESUME / RESET: the guest runs again, so the next panic is a new one.
 """
 
@@ -70,8 +71,14 @@ class DumpCompletedData(BaseModel):
 
 
 class IncidentKind(StrEnum):
+    #: GUEST_PANICKED: the guest's kernel panicked (pvpanic, Hyper-V crash MSRs).
     PANIC = "panic"
+    #: GUEST_CRASHLOADED: the guest's own crash kernel (kdump) took over.
     CRASH_LOADED = "crash-loaded"
+    #: WATCHDOG: the guest's watchdog device fired (the guest hung).
+    WATCHDOG = "watchdog"
+    #: An operator's `panicd guest NAME ACTION`, through the control socket.
+    MANUAL = "manual"
 
 
 class Detection(StrEnum):
@@ -127,6 +134,10 @@ class Incident:
     info: PanicInfo | None = None
     received_at: float = field(default_factory=time.time)
     id: str = field(default_factory=new_incident_id)
+    #: A manual incident's steps, as the operator asked (None: the policy's for its kind).
+    requested_steps: tuple[str, ...] | None = None
+    #: Who asked for a manual incident (the control socket peer's uid).
+    requested_by: int | None = None
 
     @property
     def qemu_exiting(self) -> bool:

@@ -8,8 +8,9 @@
 
 - identify: query-name and query-uuid, QEMU's version from the greeting, QEMU's pid from
   SO_PEERCRED. The configured name wins, then query-name, then the socket file's stem.
-- take over: `set-action panic=pause`, because QEMU's default panic action (shutdown) powers
-  the guest off and leaves nothing to dump.
+- take over: `set-action panic=pause,watchdog=pause`, because QEMU's default panic action
+  (shutdown) powers the guest off and its default watchdog action (reset) reboots it, leaving
+  nothing to dump (a policy's `panic_action = "none"` keeps a panicked guest running instead).
 - query-status on connect, and every event after, go to the guest's `IncidentDetector`
   (detection.py), which decides what is an incident (a panic found on connect, resumed, a
   duplicate). Events are read by the session's reader and handed over synchronously: that path
@@ -269,8 +270,12 @@ class GuestMonitor:
         self.detector.new_connection()
         # First of all: under QEMU's default (shutdown) a panic during identification is lost.
         if self.settings.take_over_panic_action:
-            await self._take_over_panic_action(session)
+            # Before identifying, under the name known so far (a panic during identification
+            # must not power the guest off), then again under the identified name's policy.
+            await self._take_over_actions(session)
         await self._identify(session)
+        if self.settings.take_over_panic_action and self._wants_other_panic_action():
+            await self._take_over_actions(session)
         status = await session.execute("query-status")
         self.runstate = str(status.get("status")) if isinstance(status, dict) else None
         self.state = ConnectionState.CONNECTED
@@ -321,9 +326,19 @@ class GuestMonitor:
         self._instance = qemu_instance(str(self.spec.socket), session.peer_pid)
         structlog.contextvars.bind_contextvars(guest=name)
 
-    async def _take_over_panic_action(self, session: QmpSession) -> None:
+    def _wants_other_panic_action(self) -> bool:
+        return self.responder.policy_for(self._identity.name).panic_action != "pause"
+
+    async def _take_over_actions(self, session: QmpSession) -> None:
+        """QEMU's actions on a panic and on a watchdog, as panicd needs them.
+
+        Panic: `pause` keeps a panicked guest whole for a dump (QEMU's default, shutdown,
+        powers it off); a policy's `panic_action = "none"` leaves the guest running instead (a
+        Windows guest writes its own MEMORY.DMP and reboots). Watchdog: `pause`, so that a
+        hung guest can be dumped (QEMU's default, reset, would reboot it first)."""
+        panic = self.responder.policy_for(self._identity.name).panic_action
         try:
-            await session.execute("set-action", {"panic": "pause"})
+            await session.execute("set-action", {"panic": panic, "watchdog": "pause"})
         except QmpCommandError as exc:
             if exc.kind != QmpCommandError.REFUSED:
                 raise

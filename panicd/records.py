@@ -330,12 +330,18 @@ class IncidentRecord(_Record):
     console: ConsoleMark | None = None
     #: The crash's title and signature (from the dump's triage, else the console log).
     crash: CrashSighting | None = None
+    #: A manual incident's steps as the operator asked them, and who asked (uid).
+    requested_steps: list[str] | None = None
+    requested_by: int | None = None
 
     @classmethod
     def of(cls, incident: Incident, instance: str | None) -> IncidentRecord:
         return cls(id=incident.id, guest=GuestRecord.of(incident.guest), instance=instance,
                    kind=incident.kind, detection=incident.detection, action=incident.action,
-                   seen_at=incident.received_at, event=incident.raw_event)
+                   seen_at=incident.received_at, event=incident.raw_event,
+                   requested_steps=(list(incident.requested_steps)
+                                    if incident.requested_steps is not None else None),
+                   requested_by=incident.requested_by)
 
     @property
     def outcome(self) -> str:

@@ -40,8 +40,16 @@ log = structlog.get_logger("panicd.respond")
 _NEEDS_QEMU = frozenset({"dump", "pause", "resume", "restart", "poweroff"})
 
 def planned_steps(incident: Incident, policy: Policy) -> list[str]:
-    """The steps `policy` takes for this kind of incident, in order."""
-    return list(policy.on_panic if incident.kind is IncidentKind.PANIC else policy.on_crash_loaded)
+    """The steps this incident takes, in order: a manual one's as asked, else its policy's for
+    its kind."""
+    if incident.requested_steps is not None:
+        return list(incident.requested_steps)
+    return list({
+        IncidentKind.PANIC: policy.on_panic,
+        IncidentKind.CRASH_LOADED: policy.on_crash_loaded,
+        IncidentKind.WATCHDOG: policy.on_watchdog,
+        IncidentKind.MANUAL: policy.on_panic,
+    }[incident.kind])
 
 
 class PanicResponder:

@@ -75,7 +75,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     [
         ('[daemon]\ndump_dirr = "/x"\n', "daemon.dump_dirr", "unknown key"),
         ('[[policy]]\non_panic = ["dump", "reboot"]\n', "policy[0].on_panic[1]",
-         "'reboot' is not one of dump, pause, resume, restart, poweroff, exec"),
+         "'reboot' is not one of dump, pause, resume, restart, poweroff, exec, nmi, wait_panic"),
         ('[[policy]]\ndump = { format = "zip" }\n', "policy[0].dump.format",
          "'zip' is not one of elf, kdump-zlib,"),
         ('[[guest]]\nname = "web"\n', "guest[0].socket", "Field required"),
@@ -113,7 +113,7 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check-config", "-c", str(bad)]) == 1
     err = capsys.readouterr().err
     assert ("policy[0].on_panic[1]: 'explode' is not one of dump, pause, resume, restart, "
-            "poweroff, exec") in err.splitlines()
+            "poweroff, exec, nmi, wait_panic") in err.splitlines()
 
     assert main(["check-config", "-c", str(tmp_path / "missing.toml")]) == 1
     assert "cannot read" in capsys.readouterr().err
@@ -129,5 +129,5 @@ def test_keys_and_values_from_the_file_are_escaped_one_problem_per_line() -> Non
     assert lines[1:] == [
         "daemon.evil\\nkey: unknown key",
         "policy[0].on_panic[1]: '\\x1b[31mred' is not one of dump, pause, resume, restart, "
-        "poweroff, exec",
+        "poweroff, exec, nmi, wait_panic",
     ]
