@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sys
 import time
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from panicd.triage import console
 from panicd.triage.console import kernel_lines
 from panicd.triage.rust_demangle import demangle
 from panicd.triage.title import MAX_TITLE, CrashTitle, crash_title, signature_of, title_of_log
@@ -399,6 +403,15 @@ def _with_prefixes(log: str, style: str) -> str:
             "journal": f"Nov 26 12:00:{n % 60:02d} web-01 kernel: {line}",
             "level": f"<4>{stamp} {line}",
             "ansi": f"\x1b[32m{stamp}\x1b[0m {line}",
+            # journalctl -k -o short-precise / short-monotonic / short-full / short-unix
+            "short-precise": f"Nov 26 12:00:{n % 60:02d}.{n:06d} web-01 kernel: {line}",
+            "short-monotonic": f"{stamp} web-01 kernel: {line}",
+            "short-full": f"Thu 2026-11-26 12:00:{n % 60:02d} UTC web-01 kernel: {line}",
+            "short-unix": f"1764158400.{n:06d} web-01 kernel: {line}",
+            # dmesg --time-format iso; dmesg -x (--decode), without and with a timestamp
+            "dmesg-iso": f"2026-11-26T12:00:{n % 60:02d},{n:06d}+00:00 {line}",
+            "dmesg-decode": f"kern  :{'emerg' if n == 0 else 'warn':<6}: {line}",
+            "dmesg-decode-stamp": f"kern  :warn  : {stamp} {line}",
         }[style])
     return "\n".join(out)
 
@@ -427,7 +440,7 @@ def _real_lines() -> list[str]:
 def _check(result: CrashTitle | None) -> None:
     if result is not None:
         assert len(result.title) <= MAX_TITLE
-        assert not any(ord(c) < 32 or ord(c) == 127 for c in result.title)
+        assert not any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in result.title)
         assert len(result.signature) == 16
 
 
@@ -1381,3 +1394,205 @@ Call Trace:
 """
     crash = title_of_log(log)
     assert crash is not None and crash.title == "WARNING in frob_release_folio"
+
+
+# --- (6) a long-lived guest: the report that panicked it, not the first one it survived ---------
+
+BOOT_WARNING = """WARNING: CPU: 0 PID: 1 at drivers/frob/frob_drv.c:412 frob_modeset_init+0x1a2/0x2c0 [frob]
+Modules linked in: frob(+)
+""" + TASK + """RIP: 0010:frob_modeset_init+0x1a2/0x2c0 [frob]
+Call Trace:
+ <TASK>
+ frob_probe+0x91/0x140 [frob]
+ local_pci_probe+0x41/0x90
+ work_for_cpu_fn+0x16/0x20
+ process_one_work+0x1c7/0x380
+ </TASK>
+---[ end trace 0000000000000000 ]---
+"""
+
+# Ordinary kernel output of a guest that went on running after the WARNING.
+LIFE_GOES_ON = """EXT4-fs (vda1): mounted filesystem with ordered data mode. Quota mode: none.
+systemd[1]: Started systemd-journald.service - Journal Service.
+random: crng init done
+e1000: ens3 NIC Link is Up 1000 Mbps Full Duplex, Flow Control: RX
+"""
+
+TCP_OOPS = """BUG: kernel NULL pointer dereference, address: 0000000000000010
+#PF: supervisor read access in kernel mode
+#PF: error_code(0x0000) - not-present page
+Oops: 0000 [#1] PREEMPT SMP NOPTI
+""" + TASK + """RIP: 0010:tcp_sendmsg_locked+0x2f1/0xe90
+Code: 00 00 00 00 <48> 8b 42 10 48 85 c0 74 0a
+RSP: 0018:ffffb3a0c0013c40 EFLAGS: 00010246
+Call Trace:
+ <TASK>
+ ? __die+0x1f/0x70
+ ? page_fault_oops+0x171/0x4e0
+ ? exc_page_fault+0x77/0x170
+ ? asm_exc_page_fault+0x26/0x30
+ tcp_sendmsg+0x28/0x40
+ sock_sendmsg+0x5e/0x70
+ __sys_sendto+0x113/0x190
+ __x64_sys_sendto+0x24/0x30
+ do_syscall_64+0x58/0xc0
+ entry_SYSCALL_64_after_hwframe+0x64/0xce
+ </TASK>
+Modules linked in: frob
+CR2: 0000000000000010
+---[ end trace 0000000000000000 ]---
+RIP: 0010:tcp_sendmsg_locked+0x2f1/0xe90
+Code: 00 00 00 00 <48> 8b 42 10 48 85 c0 74 0a
+RSP: 0018:ffffb3a0c0013c40 EFLAGS: 00010246
+RAX: 0000000000000000 RBX: ffff8880045c1a00 RCX: 0000000000000000
+FS:  00007f3a1c2b7740(0000) GS:ffff88803ec00000(0000) knlGS:0000000000000000
+CS:  0010 DS: 0000 ES: 0000 CR0: 0000000080050033
+Kernel panic - not syncing: Fatal exception
+Kernel Offset: 0x2a000000 from 0xffffffff81000000 (relocation range: 0xffffffff80000000-0xffffffffbfffffff)
+---[ end Kernel panic - not syncing: Fatal exception ]---
+"""
+TCP_OOPS_TITLE = "BUG: unable to handle kernel NULL pointer dereference in tcp_sendmsg_locked"
+
+
+def _serial_at(seconds: float, log: str) -> str:
+    """`log` as a serial console prints it `seconds` after boot."""
+    return "".join(f"[{seconds + n / 1000:>12.6f}] {line}\n" for n, line in enumerate(log.splitlines()))
+
+
+def test_a_survived_boot_warning_does_not_title_the_oops_that_panicked_hours_later() -> None:
+    records = BOOT_WARNING + LIFE_GOES_ON + TCP_OOPS
+    crash = crash_title(records.splitlines())
+    assert crash is not None and crash.title == TCP_OOPS_TITLE
+    console = _serial_at(2.0, "Linux version 6.1.0-18-amd64\n" + BOOT_WARNING + LIFE_GOES_ON) \
+        + _serial_at(8000.0, TCP_OOPS)
+    assert title_of_log(console) == crash
+    # the Oops alone gets the same title: the WARNING changed nothing
+    assert title_of_log(TCP_OOPS) == crash
+
+
+def test_without_a_panic_line_the_first_report_is_the_title() -> None:
+    oops_without_panic = TCP_OOPS.split("Kernel panic")[0]
+    crash = title_of_log(BOOT_WARNING + LIFE_GOES_ON + oops_without_panic)
+    assert crash is not None and crash.title == "WARNING in frob_modeset_init"
+
+
+def test_a_survived_warning_does_not_title_a_later_sysrq_panic() -> None:
+    crash = title_of_log(BOOT_WARNING + LIFE_GOES_ON + SYSRQ)
+    assert crash is not None and crash.title == "kernel panic: sysrq triggered crash"
+
+
+def test_a_report_printed_while_handling_an_oops_does_not_take_its_title() -> None:
+    # do_exit() after the Oops finds the task in atomic context: a second report right after
+    # `end trace`, with no ordinary line between, is the Oops's aftermath, not a survival.
+    oops = TCP_OOPS.split("Kernel panic")[0]
+    crash = title_of_log(oops + SLEEPING + "Kernel panic - not syncing: Fatal exception\n")
+    assert crash is not None and crash.title == TCP_OOPS_TITLE
+    # nor does one printed inside it, before its `end trace` (lockdep while oopsing)
+    inside = oops.replace("Modules linked in: frob\n", "Modules linked in: frob\n" + DEADLOCK)
+    crash = title_of_log(inside + LIFE_GOES_ON + "Kernel panic - not syncing: Fatal exception\n")
+    assert crash is not None and crash.title == TCP_OOPS_TITLE
+
+
+def test_a_sanitizer_report_followed_at_once_by_the_oops_it_foresaw_keeps_its_title() -> None:
+    # KASAN closes its report with a banner; the fault it saw coming follows with no ordinary
+    # line between: the KASAN report is the cause (as syzkaller titles it), not a survived one.
+    crash = title_of_log(KASAN + "==================================================================\n"
+                         + GPF + "Kernel panic - not syncing: Fatal exception\n")
+    assert crash is not None and crash.title == "KASAN: slab-use-after-free Read in my_driver_read"
+    # once ordinary output came between, the guest had survived it
+    crash = title_of_log(KASAN + "==================================================================\n"
+                         + LIFE_GOES_ON + GPF + "Kernel panic - not syncing: Fatal exception\n")
+    assert crash is not None and crash.title == "general protection fault in tipc_frob"
+
+
+def test_a_report_then_other_output_then_its_fatal_exception_keeps_the_reports_title() -> None:
+    # syzkaller's logs interleave the executor's output (and other tasks' printk) between an
+    # Oops's end and its panic: the "Fatal exception" panic still belongs to the Oops.
+    executor = "executing program 1:\nr0 = socket$inet_tcp(0x2, 0x1, 0x0)\nsendto(r0, 0x0, 0x0)\n"
+    oops, panic = TCP_OOPS.split("Kernel panic", 1)
+    crash = title_of_log(oops + executor + LIFE_GOES_ON + "Kernel panic" + panic)
+    assert crash is not None and crash.title == TCP_OOPS_TITLE
+    warn = title_of_log(BOOT_WARNING + executor + "Kernel panic - not syncing: panic_on_warn set ...\n")
+    assert warn is not None and warn.title == "WARNING in frob_modeset_init"
+
+
+def test_a_fake_early_report_cannot_take_over_a_later_crashs_title() -> None:
+    fake = ("WARNING: CPU: 0 PID: 666 at evil.c:1 take_over_the_title+0x1/0x2\nCall Trace:\n"
+            " take_over_the_title+0x1/0x2\n---[ end trace 0000000000000000 ]---\nevil: done\n")
+    crash = title_of_log(fake + TCP_OOPS)
+    assert crash is not None and crash.title == TCP_OOPS_TITLE
+
+
+# --- (7) invisible characters, more journalctl and dmesg formats, long panic messages -------------
+
+INVISIBLE_SAMPLES = "\x85\x9b\x9f\u202e\u2066\u200b\u200f\u2028\u2029\ufeff\xad\U000e0041"
+
+
+def _visible(title: str) -> bool:
+    return not any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in title)
+
+
+def test_invisible_and_bidi_characters_never_reach_a_title() -> None:
+    reason = "evil" + "".join(f"{c}x" for c in INVISIBLE_SAMPLES)
+    panic = f"Kernel panic - not syncing: {reason}"
+    for log in (panic, f"[    1.000000] {panic}"):
+        crash = title_of_log(log)
+        assert crash is not None and _visible(crash.title), ascii(crash)
+    bare = crash_title([f"Kernel panic - not syncing: {reason}"])
+    assert bare is not None
+    assert bare.title == "kernel panic: evil" + " x" * len(INVISIBLE_SAMPLES)
+
+
+def test_console_lines_drop_c1_and_format_characters() -> None:
+    assert kernel_lines("[    1.000000] sys\u202erq: \x9b31mx\u2028y\u200bz") == ["sysrq: 31mxyz"]
+
+
+def test_the_invisible_class_covers_every_control_format_and_separator_character() -> None:
+    invisible = re.compile("[" + console.INVISIBLE + "]")
+    missing = [hex(c) for c in range(sys.maxunicode + 1)
+               if unicodedata.category(chr(c)) in {"Cc", "Cf", "Zl", "Zp"} and not invisible.match(chr(c))]
+    assert missing == []
+
+
+@settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_real_lines()), st.text(alphabet=INVISIBLE_SAMPLES + "ab ", max_size=20),
+       st.integers(0, 200))
+def test_invisible_characters_spliced_into_real_lines_never_reach_a_title(
+        line: str, noise: str, cut: int) -> None:
+    # a panic's reason is copied into its title: the spliced line reaches the title
+    log = f"Kernel panic - not syncing: {line[:cut]}{noise}{line[cut:]}"
+    for crash in (crash_title([log]), title_of_log(log), title_of_log(f"[    1.000000] {log}")):
+        assert crash is not None
+        _check(crash)
+
+
+@pytest.mark.parametrize("style", [
+    "short-precise", "short-monotonic", "short-full", "short-unix", "dmesg-iso", "dmesg-decode",
+    "dmesg-decode-stamp"])
+@pytest.mark.parametrize("log", [NULL_DEREF, KERNEL_BUG, WARN, SYSRQ, KASAN, HUNG, RCU_STALL])
+def test_journalctl_and_dmesg_formats_give_the_bare_records_title(log: str, style: str) -> None:
+    bare = crash_title(log.splitlines())
+    assert bare is not None
+    assert title_of_log(_with_prefixes(log, style)) == bare
+
+
+def test_journalctl_and_dmesg_prefixes_are_stripped_exactly() -> None:
+    text = "\n".join([
+        "Nov 26 12:00:00.123456 web-01 kernel:  ? foo+0x1/0x2",
+        "[ 1234.567890] web-01 kernel: sysrq: a",
+        "Thu 2026-11-26 12:00:00 UTC web-01 kernel: sysrq: b",
+        "1764158400.123456 web-01 kernel: sysrq: c",
+        "2026-11-26T12:00:00,123456+00:00  ? bar+0x1/0x2",
+        "kern  :emerg : sysrq: d",
+        "kern  :warn  : [ 1234.567890]  ? baz+0x1/0x2",
+    ])
+    assert kernel_lines(text) == [" ? foo+0x1/0x2", "sysrq: a", "sysrq: b", "sysrq: c", " ? bar+0x1/0x2",
+                                  "sysrq: d", " ? baz+0x1/0x2"]
+
+
+def test_a_panic_message_over_200_characters_is_cut_not_dropped() -> None:
+    crash = title_of_log("Kernel panic - not syncing: " + "frob failed badly " * 20)
+    assert crash is not None
+    assert crash.title.startswith("kernel panic: frob failed badly frob")
+    assert len(crash.title) == MAX_TITLE
+    assert crash.kind == "kernel panic" and crash.frame is None

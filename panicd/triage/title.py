@@ -10,8 +10,13 @@ find the frame it blames, format and normalise the title.
 
 Input is guest-written text: lines are capped in number and length, every pattern is linear,
 and `crash_title` returns None or a title for any input; it never raises. Titles are
-normalised (pids, addresses, line numbers and numbers folded) and capped at 120 characters, so
-a hostile guest cannot mint unbounded unique titles.
+normalised (pids, addresses, line numbers and numbers folded; control, format and separator
+characters such as U+202E turned into spaces) and capped at 120 characters, so a hostile guest
+cannot mint unbounded unique titles nor hide text in them.
+
+A log may hold several reports: the title is the first one's, unless the log shows the guest
+survived it (`_panicking_report`: a long-lived guest's boot-time WARNING must not title the
+Oops that panicked it hours later).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from panicd.triage.title_rules import (
     HELD_LOCK_ENTRY,
     LOCK_WRAPPER,
     NOT_A_CRASH,
+    PANIC_AFTER_REPORT,
+    PANIC_LINE,
+    REPORT_ENDED,
+    REPORT_RESIDUE,
     STALL_CROSS_CALL,
     STALL_CROSS_CALL_NAME,
     STALL_DISPATCH,
@@ -91,7 +100,7 @@ _COMPAT_SYSCALL = re.compile(
 
 # Normalisation of a title, in order. Each pattern is linear (no nested quantifiers).
 _NORMALISE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"[\x00-\x1f\x7f]"), " "),
+    (re.compile("[" + console.INVISIBLE + "]"), " "),   # controls, bidi overrides, separators
     (re.compile(r"syz-executor[.\d]*\d|syz-executor(?=\b)"), "syz-executor"),
     (re.compile(r"(?P<fn>[A-Za-z_][\w.]{0,200})\+0x[0-9a-f]{1,16}/0x[0-9a-f]{1,16}"), r"\g<fn>"),
     (re.compile(r"(?P<file>\w[\w.\-/]{0,200}\.(?:c|h|S|rs|cc)):\d{1,9}(?::\d{1,9})?"), r"\g<file>:LINE"),
@@ -396,8 +405,13 @@ _LOCK_HELD = re.compile(r"^but task is already holding lock:")
 _LOCK_BACKTRACE = re.compile(r"^stack backtrace:")
 
 
-def _find_report(lines: Sequence[str]) -> tuple[int, CrashKind, dict[str, str]] | None:
-    for index, line in enumerate(lines[:MAX_LINES_SCANNED]):
+_Found = tuple[int, CrashKind, dict[str, str]]
+
+
+def _find_report(lines: Sequence[str], start: int = 0) -> _Found | None:
+    """The first report starting at or after line `start`: its line, kind and captures."""
+    for index in range(start, min(len(lines), MAX_LINES_SCANNED)):
+        line = lines[index]
         if not HEADER_WORDS.search(line) or NOT_A_CRASH.search(line):
             continue
         for kind in CRASH_KINDS:
@@ -414,6 +428,44 @@ def _find_report(lines: Sequence[str]) -> tuple[int, CrashKind, dict[str, str]] 
     return None
 
 
+def _panicking_report(lines: Sequence[str]) -> _Found | None:
+    """The report that led to the panic: the first one that was not survived.
+
+    syzkaller titles a log by its first report, which holds for its guests (panic_on_warn=1,
+    oops=panic: the first report panics). A long-lived guest may have survived earlier ones (a
+    boot-time WARNING hours before the Oops that panicked it): when the log has a panic line, a
+    report whose trace ended (`REPORT_ENDED`) and was followed by an ordinary line and then by
+    another report before the panic, or by a panic of its own (`sysrq triggered crash`), was
+    survived. Without a panic line, the first report is the title. See title_rules.py."""
+    found = _find_report(lines)
+    if found is None:
+        return None
+    limit = min(len(lines), MAX_LINES_SCANNED)
+    panic = next((i for i in range(found[0], limit) if PANIC_LINE.search(lines[i])), None)
+    if panic is None:
+        return found
+    while found[0] < panic:
+        following = _find_report(lines, found[0] + 1)
+        boundary = panic if following is None else min(following[0], panic)
+        if boundary == panic and PANIC_AFTER_REPORT.search(lines[panic]):
+            return found   # "Fatal exception", panic_on_warn: this report's own panic
+        if not _survived(lines, found[0] + 1, boundary):
+            return found
+        if following is None or following[0] > panic:
+            return found   # the panic line starts no report of its own (cannot title it)
+        found = following
+    return found
+
+
+def _survived(lines: Sequence[str], start: int, boundary: int) -> bool:
+    """Whether lines[start:boundary], the rest of a report and what follows it up to the next
+    report, show the report ended and the kernel went on: an end marker, then an ordinary line."""
+    ended = next((i for i in range(start, boundary) if REPORT_ENDED.match(lines[i])), None)
+    if ended is None:
+        return False
+    return any(not REPORT_RESIDUE.match(lines[i]) for i in range(ended + 1, boundary))
+
+
 def _report_lines(lines: Sequence[str], start: int) -> list[str]:
     report = [lines[start][:MAX_LINE]]
     for line in lines[start + 1:start + MAX_REPORT_LINES]:
@@ -425,7 +477,7 @@ def _report_lines(lines: Sequence[str], start: int) -> list[str]:
 
 def crash_title(lines: Sequence[str]) -> CrashTitle | None:
     """Kernel lines (bare printk text, no console prefixes) -> the crash's title; None: no crash."""
-    found = _find_report(lines)
+    found = _panicking_report(lines)
     if found is None:
         return None
     start, kind, captures = found

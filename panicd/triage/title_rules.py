@@ -5,7 +5,9 @@ How a title is made (panicd/triage/title.py applies this table):
 1. The first kernel line that matches some kind's `header` starts the crash report; on that
    line the kinds are tried top to bottom and the first whose header matches wins. So a
    specific kind (`WARNING: refcount bug`, matched on the `refcount_t:` text it prints) comes
-   before the general one (`WARNING`). Lines in `NOT_A_CRASH` never start a report.
+   before the general one (`WARNING`). Lines in `NOT_A_CRASH` never start a report. When the
+   log has a panic line, a report the guest survived is passed over for the next one (see
+   `PANIC_LINE` at the end: a boot-time WARNING does not title a later Oops).
 2. `details`, when set, is searched for in the report's next lines; its named groups join the
    header's (KASAN prints "Read of size 8" two lines after its header). When `details` is set
    and not found, the kind is skipped and the next one is tried.
@@ -614,7 +616,10 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"Kernel panic - not syncing: (?P<reason>.{1,200}?)(?: \.\.\.)?(?: \]---)?$",
           "kernel panic: {reason}", blame=Blame.NONE, needs_frame=False, kind="kernel panic",
           crash_type="DoS"),
-    _kind(r"Kernel panic - not syncing:?$", "kernel panic", blame=Blame.NONE, needs_frame=False,
+    # a reason too long for the entry above: its first 200 characters (the title is capped anyway)
+    _kind(r"Kernel panic - not syncing: (?P<reason>.{1,200})", "kernel panic: {reason}", blame=Blame.NONE,
+          needs_frame=False, kind="kernel panic", crash_type="DoS"),
+    _kind(r"Kernel panic - not syncing:? {0,16}$", "kernel panic", blame=Blame.NONE, needs_frame=False,
           crash_type="DoS"),
 )
 
@@ -631,3 +636,33 @@ HEADER_WORDS = re.compile(
     r"BUG|WARNING|INFO:|KASAN|KMSAN|KCSAN|KFENCE|UBSAN|fault|error|panic|PANIC|unreferenced|"
     r"Unable|Unhandled|Alignment|refcount_t|ODEBUG|DEBUG_LOCKS|corruption|usercopy|"
     r"unregister_netdevice|VFS: Close|VFS: Busy|SYZFAIL|overflow")
+
+# --- which report the panic came from, on a guest that survived earlier ones ---
+# A long-lived guest may print a report it survives (a boot-time WARNING: `---[ end trace ]---`,
+# then ordinary kernel output) hours before the one that panics it. When the log has a panic
+# line, title.py titles the first report that was not survived: one whose end (`REPORT_ENDED`)
+# is followed by at least one ordinary line (not `REPORT_RESIDUE`) and then another report
+# before the panic was survived. A report printed while handling another (lockdep during an
+# Oops, an Oops `[#2]`) follows the first with no ordinary line between: not survived.
+PANIC_LINE = _re(r"Kernel panic - not syncing")
+# A panic that only finishes the report printed before it (die() -> "Fatal exception",
+# panic_on_warn, the hung-task and lockup detectors' panic_on_* switches): the report before
+# it caused it, whatever lines come between (syzkaller's executor output, other tasks' printk).
+# Any other panic (`sysrq triggered crash`, `Attempted to kill init!`, a driver's panic()) is a
+# report of its own: a report ended and followed by ordinary lines before it was survived.
+PANIC_AFTER_REPORT = _re(
+    r"Kernel panic - not syncing: (?:.{0,60}Fatal exception|.{0,60}panic_on_|hung_task: |"
+    r"(?:soft|hard)lockup: |Hard LOCKUP|RCU Stall|Machine halted|scheduling while atomic|bad mode)")
+# Where a report's trace ended: the oops/WARN end marker, or the closing banner of a
+# sanitizer's report (KASAN, KCSAN, KMSAN, UBSAN print one before their header and one after).
+REPORT_ENDED = _re(r"^(?:---\[ end trace|={20,}$)")
+# The lines a report prints after its end marker or that accompany any report: register dumps
+# repeated after `end trace` (x86 >= 5.x), code bytes, module lists, stack frames and their
+# markers, the panic's own tail. Every other line is ordinary kernel (or user-space) output.
+REPORT_RESIDUE = _re(
+    r"^(?:$|\s|[A-Z]{1,3}\d{0,2}: ?[0-9a-f]{4}|R\d{1,2}: |[RE]?IP: |Code: |Modules linked in|"
+    r"Kernel Offset|CR\d: |DR\d: |PKRU: |FS: |CS: |[a-z]{1,3}\d{0,2} ?: [0-9a-f]{8}|pc ?: |lr ?: |sp ?: |"
+    r"(?:NIP|LR|CTR|MSR)\b|Call Trace|Call trace|Backtrace|<TASK>|</TASK>|<IRQ>|</IRQ>|---\[|={20,}|"
+    r"note: |Dumping ftrace|Rebooting in|Fixing recursive fault|Disabling lock debugging|"
+    r"irq event stamp|hardirqs last|softirqs last|CPU: \d|Hardware name|Tainted|Workqueue: |"
+    r"Stack:|Exception stack|Process |Internal error|Kernel panic)")
