@@ -13,6 +13,7 @@ so its text and fields are the same wherever it is sent from.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -20,10 +21,12 @@ from typing import Protocol
 import structlog
 
 from panicd import journal
+from panicd.bugcheck import BugCheck
+from panicd.bugcheck import decode as decode_bugcheck
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
-from panicd.records import CrashSighting, DumpRecord, GuestRecord, TriageResult
+from panicd.records import CrashSighting, DumpRecord, GuestRecord, IncidentRecord, TriageResult
 from panicd.text import journal_text
 
 log = structlog.get_logger("panicd.alerts")
@@ -101,6 +104,9 @@ def panic(incident: Incident, steps: list[str]) -> Alert:
     }
     if incident.info is not None:
         fields["PANIC_INFO"] = incident.info.model_dump_json()
+    bugcheck = decode_bugcheck(incident.info)
+    if bugcheck is not None:
+        fields.update(bugcheck_fields(bugcheck))
     if incident.kind is IncidentKind.WATCHDOG:
         return Alert(
             AlertKind.WATCHDOG,
@@ -110,13 +116,10 @@ def panic(incident: Incident, steps: list[str]) -> Alert:
             fields,
         )
     if incident.kind is IncidentKind.MANUAL:
-        fields["CALLER_UID"] = str(incident.requested_by) if incident.requested_by is not None else ""
-        return Alert(
-            AlertKind.GUEST_ACTION,
-            f"Guest {guest.name}: uid {incident.requested_by} asked panicd for: {plan}",
-            guest,
-            fields,
-        )
+        # The control socket sends its own (with the caller's pid and the action's name):
+        # this is for a manual incident alerted from anywhere else.
+        return guest_action(guest, guest.name, " ".join(steps), uid=incident.requested_by,
+                            pid=None, refused=None, incident_id=incident.id, steps=steps)
     if incident.kind is IncidentKind.CRASH_LOADED:
         return Alert(
             AlertKind.CRASH_LOADED,
@@ -129,9 +132,46 @@ def panic(incident: Incident, steps: list[str]) -> Alert:
         text += TAKE_OVER_HINT
     elif incident.detection is Detection.ON_CONNECT:
         text = f"Guest {guest.name} panicked while panicd was not connected; steps: {plan}"
+    elif bugcheck is not None:
+        # A Windows guest: its bugcheck is what an operator knows the crash by.
+        text = (f"Guest {guest.name} crashed: {bugcheck.describe()} (QEMU action: "
+                f"{incident.action}); steps: {plan}")
     else:
         text = f"Guest {guest.name} panicked (QEMU action: {incident.action}); steps: {plan}"
     return Alert(AlertKind.PANIC, text, guest, fields)
+
+
+def bugcheck_fields(bugcheck: BugCheck) -> dict[str, str]:
+    """A Windows bugcheck's alert fields: BUGCHECK_CODE (`0x0000007E`), BUGCHECK_NAME (absent
+    for a code panicd's table lacks), BUGCHECK_PARAMETERS (four, space-separated)."""
+    fields = {"BUGCHECK_CODE": bugcheck.code_text, "BUGCHECK_PARAMETERS": bugcheck.parameters_text}
+    if bugcheck.name:
+        fields["BUGCHECK_NAME"] = bugcheck.name
+    return fields
+
+
+def guest_action(guest: GuestIdentity | None, guest_name: str, action: str, *, uid: int | None,
+                 pid: int | None, refused: str | None, incident_id: str | None = None,
+                 steps: Sequence[str] = ()) -> Alert:
+    """GUEST_ACTION: an operator's `panicd guest NAME ACTION`, audited with who asked (the
+    control socket peer's uid and pid, SO_PEERCRED): accepted (an incident, its steps), or
+    refused and why (`refused`). `guest` is None when no guest of that name is known."""
+    fields = {"REQUESTED_ACTION": action, "OUTCOME": "refused" if refused else "accepted",
+              "CALLER_UID": "" if uid is None else str(uid),
+              "CALLER_PID": "" if pid is None else str(pid), "POLICY_STEPS": " ".join(steps)}
+    if guest is None:
+        fields["GUEST_NAME"] = guest_name  # the name asked for, for matching all the same
+    who = f"uid {uid}" + (f" (pid {pid})" if pid is not None else "")
+    if refused:
+        fields["REASON"] = refused
+        text = f"Guest {guest_name}: {who} asked panicd to {action}: refused: {refused}"
+    else:
+        plan = ", ".join(steps) if steps else "nothing"
+        text = f"Guest {guest_name}: {who} asked panicd to {action}: accepted; steps: {plan}"
+    if incident_id is not None:
+        fields["INCIDENT_ID"] = incident_id
+        text += f" (incident {incident_id})"
+    return Alert(AlertKind.GUEST_ACTION, text, guest, fields)
 
 
 def step_failed(guest: GuestIdentity, incident_id: str | None, exc: StepFailed) -> Alert:
@@ -170,6 +210,8 @@ def dump_completed(record: DumpRecord, not_recorded: dict[str, str],
     lead = f"{crash.title} ({_novelty(crash)}); " if crash is not None else ""
     text = (f"Guest {record.guest.name}: {lead}memory dump written to {dump.path} ({size}, "
             f"{dump.format}{took}){away}")
+    if dump.format_fallback:
+        text += f"; {dump.format_fallback}"
     if triage.panic_reason:
         text += f"; Kernel panic - not syncing: {triage.panic_reason}"
     text += "".join(f"; {why}" for why in not_recorded.values())
@@ -177,6 +219,9 @@ def dump_completed(record: DumpRecord, not_recorded: dict[str, str],
               "DUMP_BYTES": str(dump.size_bytes or 0),
               "DUMP_SECONDS": f"{seconds:.3f}" if seconds is not None else "",
               **triage.journal_fields(), **not_recorded}
+    if dump.format_fallback:
+        fields["DUMP_REQUESTED_FORMAT"] = dump.requested_format or ""
+        fields["DUMP_FORMAT_FALLBACK"] = dump.format_fallback
     if crash is not None:
         fields.update(crash_fields(crash))
     if record.incident.id is not None:
@@ -225,9 +270,28 @@ def crash_loop(guest: GuestIdentity, incident_id: str, restarts: int, within: fl
         AlertKind.CRASH_LOOP,
         f"Guest {guest.name} is in a crash loop: it panicked again after {restarts} restarts "
         f"within {within:g} s; left paused instead of restarted. Look at its dumps "
-        f"(panicd incidents --guest {guest.name}), then resume it with QMP cont",
+        f"(panicd incidents --guest {guest.name}), then resume it with "
+        f"'panicd guest {guest.name} resume' (or restart it: 'panicd guest {guest.name} restart')",
         guest,
-        {"RESTARTS": str(restarts), "WITHIN_SECONDS": f"{within:g}", "INCIDENT_ID": incident_id},
+        {"RESTARTS": str(restarts), "WITHIN_SECONDS": f"{within:g}", "INCIDENT_ID": incident_id,
+         "REBOOTED_BY": "panicd"},
+    )
+
+
+def self_reboot_loop(record: IncidentRecord, crashes: int, within: float) -> Alert:
+    """CRASH_LOOP for a guest that reboots itself (guest_crash_loop.py): its crash kernel, or
+    Windows after its MEMORY.DMP, brings it back each time; panicd restarted nothing, and does
+    nothing to the guest."""
+    name = record.guest.name
+    return Alert(
+        AlertKind.CRASH_LOOP,
+        f"Guest {name} is in a crash loop: it crashed {crashes} times within {within:g} s, "
+        f"rebooting itself each time (panicd did not restart it, and has left it running). "
+        f"Look at its incidents (panicd incidents --guest {name}); "
+        f"'panicd guest {name} poweroff' stops it",
+        _identity(record.guest),
+        {"CRASHES": str(crashes), "WITHIN_SECONDS": f"{within:g}", "INCIDENT_ID": record.id,
+         "REBOOTED_BY": "guest"},
     )
 
 

@@ -6,6 +6,8 @@ at a config it accepts and say what panicd would actually do with it:
 - a policy that can never apply, because an earlier `match` takes every guest it would;
 - steps in an order that loses the crash (`dump` after `restart`) or that cannot work
   (anything but `exec` after `poweroff`: QEMU has exited);
+- a `wait_panic` with no `nmi` before it (nothing provokes the panic it waits for), and
+  `nmi` or `wait_panic` in on_panic (the guest has panicked already);
 - an `exec` hook whose program is missing, not executable, or not on PATH;
 - a `control_group` this host does not have;
 - with the installed systemd unit (`panicd.sandbox`): a `dump_dir`, `state_dir` or socket
@@ -68,6 +70,7 @@ def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding
         findings += _shadowed(index, config.policy)
         findings += _shared_console_log(index, policy)
         findings += _step_order(index, policy)
+        findings += _nmi_steps(index, policy)
         findings += _hook(index, policy, sandbox)
     return findings
 
@@ -287,6 +290,42 @@ def _step_order(index: int, policy: Policy) -> Iterator[Finding]:
                     "not hold the crash",
                     "put 'dump' before 'resume'")
             first.setdefault(step, f"{list_name}[{k}]")
+
+
+def _nmi_steps(index: int, policy: Policy) -> Iterator[Finding]:
+    timeout = f"{policy.wait_panic.timeout:g} s"
+    for k, step in enumerate(policy.on_panic):
+        where = f"policy[{index}].on_panic[{k}]"
+        if step == "nmi":
+            # The panicked kernel is stopped in its panic loop: an NMI changes nothing.
+            yield Finding(
+                Severity.WARNING, where,
+                "'nmi' in on_panic: the guest has already panicked, so an NMI turns nothing "
+                "into a panic (it only disturbs the panicked kernel if the guest runs again)",
+                "remove it; 'nmi' belongs in on_watchdog, for a guest that hung")
+        elif step == "wait_panic":
+            # The panic that started the incident is latched: a second one never comes.
+            yield Finding(
+                Severity.WARNING, where,
+                f"'wait_panic' in on_panic: the guest has already panicked, so it waits "
+                f"{timeout} (wait_panic.timeout) at every panic for a panic that never comes, "
+                "before the next steps run",
+                "remove it; 'wait_panic' belongs after an 'nmi' in on_watchdog")
+    for list_name, steps in (("on_watchdog", policy.on_watchdog),
+                             ("on_crash_loaded", policy.on_crash_loaded)):
+        nmi_seen = False
+        for k, step in enumerate(steps):
+            nmi_seen = nmi_seen or step == "nmi"
+            if step == "wait_panic" and not nmi_seen:
+                # A hung guest does not panic by itself: only an NMI (unknown_nmi_panic=1)
+                # makes it, and the NMI must be injected before anything waits for it.
+                yield Finding(
+                    Severity.WARNING, f"policy[{index}].{list_name}[{k}]",
+                    f"'wait_panic' does not come after an 'nmi': nothing provokes the panic it "
+                    f"waits for, so it usually waits the whole {timeout} (wait_panic.timeout) "
+                    "before the next steps run",
+                    "put 'nmi' before it (and boot the guest with unknown_nmi_panic=1), "
+                    "or remove it")
 
 
 def _hook(index: int, policy: Policy, sandbox: ServiceSandbox | None) -> Iterator[Finding]:

@@ -2,6 +2,8 @@
 
     panicd run -c FILE             watch the configured guests (the daemon)
     panicd status [--json]         every guest of the running daemon, over its control socket
+    panicd guest NAME ACTION       act on a guest through the daemon: dump, resume, restart,
+                                   poweroff, nmi, run-policy (its on_panic steps)
     panicd incidents [--json]      every incident panicd has seen on this host, from its store
     panicd incidents show ID       one incident whole
     panicd check-config -c FILE    validate a config: bad keys, and what it would do wrong
@@ -22,15 +24,28 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from panicd import __version__
-from panicd.config import load
+from panicd.config import DumpFormat, load
 from panicd.errors import ConfigError
 from panicd.events import IncidentKind
 from panicd.store import FILE_NAME, IncidentQueries, StoreError, connect, when
+from panicd.table import cell, human_size, render
 from panicd.text import printable
 
 DEFAULT_CONFIG = Path("/etc/panicd/panicd.toml")
+#: `panicd guest NAME ACTION`: what each action does (guest_actions.py runs them).
+GUEST_ACTIONS = {
+    "dump": "a memory dump, as the policy's dump step makes it",
+    "resume": "cont (a paused or panicked guest runs again)",
+    "restart": "system_reset, then cont",
+    "poweroff": "quit: QEMU exits",
+    "nmi": "inject-nmi (a guest booted with unknown_nmi_panic=1 panics)",
+    "run-policy": "the guest's policy's on_panic steps, now (a hung guest)",
+}
+#: Exit status of `panicd guest` when the daemon refused the request.
+REFUSED = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
                              f"given; default {DEFAULT_CONFIG})")
     status.add_argument("--socket", type=Path, help="the daemon's control socket")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    guest = sub.add_parser("guest", help="act on a guest through the running daemon (an "
+                                         "incident of kind manual)")
+    guest.add_argument("name", help="the guest's name, as `panicd status` shows it")
+    guest.add_argument("action", choices=list(GUEST_ACTIONS),
+                       help="; ".join(f"{k}: {v}" for k, v in GUEST_ACTIONS.items()))
+    guest.add_argument("--format", choices=list(DumpFormat.__args__),  # type: ignore[attr-defined]
+                       help="with dump: this format instead of the policy's dump.format")
+    guest.add_argument("--no-wait", action="store_true",
+                       help="return once the daemon accepted it, without waiting for the steps")
+    guest.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                       help="wait at most this long for the steps (default 900)")
+    guest.add_argument("-c", "--config", type=Path, default=None,
+                       help="read control_socket from this config (when --socket is not "
+                            f"given; default {DEFAULT_CONFIG})")
+    guest.add_argument("--socket", type=Path, help="the daemon's control socket")
 
     incidents = sub.add_parser("incidents", help="list the incidents in the store (newest first)")
     _store_arguments(incidents)
@@ -127,7 +158,7 @@ def _since(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "check-config": _check_config, "run": _run, "status": _status,
+        "check-config": _check_config, "run": _run, "status": _status, "guest": _guest,
         "incidents": _incidents, "triage": _triage, "mock-guest": _mock_guest, "demo": _demo,
     }
     return commands[args.command](args)
@@ -243,6 +274,74 @@ def _status(args: argparse.Namespace) -> int:
     # JSON keeps names exact (json.dumps escapes control characters); the table escapes them.
     print(json.dumps(reply, indent=2, default=str) if args.json else control.format_table(reply))
     return 0
+
+
+def _guest(args: argparse.Namespace) -> int:
+    """`panicd guest NAME ACTION`: 0 when every step was ok, 1 when one failed (or the steps
+    did not finish in time, or the daemon could not be asked), 2 when the daemon refused."""
+    from panicd import control  # noqa: PLC0415
+    from panicd.config import DaemonConfig, load_control_socket  # noqa: PLC0415
+
+    if args.format is not None and args.action not in ("dump", "run-policy"):
+        print(f"panicd guest: --format goes with dump (or run-policy), not {args.action}",
+              file=sys.stderr)
+        return REFUSED
+    path = args.socket if args.socket is not None else _daemon_path(
+        "guest", args.config, key="control_socket", load_leniently=load_control_socket,
+        default=DaemonConfig().control_socket, use="asking it at")
+    wait = 0.0 if args.no_wait else max(args.timeout, 0.1)
+    what = printable(f"{args.name} {args.action}")
+    try:
+        with control.ControlConnection(path) as connection:
+            connection.send({"command": "guest", "guest": args.name, "action": args.action,
+                             "format": args.format, "wait": wait})
+            accepted = connection.receive()
+            if not accepted.get("ok"):
+                print(printable(f"panicd guest: {args.name} {args.action}: refused: "
+                                f"{accepted.get('error')}"), file=sys.stderr)
+                return REFUSED if accepted.get("refused") else 1
+            incident = printable(str(accepted.get("incident")))
+            steps = " ".join(str(s) for s in accepted.get("steps") or [])
+            print(f"{what}: accepted: incident {incident} (steps: {printable(steps)})")
+            if args.no_wait:
+                print(f"follow it with: panicd incidents show {incident}")
+                return 0
+            # The daemon answers by `wait`; a little longer here for the reply to travel.
+            outcome = connection.receive(timeout=wait + 10)
+    except (OSError, ValueError) as exc:
+        print(printable(f"panicd guest: cannot ask the daemon at {path}: {exc}"), file=sys.stderr)
+        return 1
+    return _print_guest_outcome(outcome, incident)
+
+
+def _print_guest_outcome(outcome: dict[str, Any], incident: str) -> int:
+    if not outcome.get("done"):
+        print(printable(f"incident {incident}: {outcome.get('error')}; see panicd incidents "
+                        f"show {incident}"), file=sys.stderr)
+        return 1
+    steps = [s for s in outcome.get("steps") or [] if isinstance(s, dict)]
+    rows = [(cell(s.get("name")), "ok" if s.get("ok") else "failed",
+             f"{s.get('seconds', 0):.2f} s", cell(_step_summary(s))) for s in steps]
+    print("\n".join(render(("STEP", "RESULT", "TOOK", "DETAIL"), rows)))
+    result = printable(str(outcome.get("outcome")))
+    print(f"incident {incident}: {result} (panicd incidents show {incident})")
+    return 0 if outcome.get("outcome") == "ok" else 1
+
+
+def _step_summary(step: dict[str, Any]) -> str:
+    """What a step did, in a few words: its error, its dump, the guest's runstate after it."""
+    if not step.get("ok"):
+        return f"{step.get('error')}"
+    parts = [f"skipped: {step['skipped']}"] if step.get("skipped") else []
+    dump = step.get("dump")
+    if isinstance(dump, dict) and dump.get("path"):
+        size = dump.get("bytes")
+        parts.append(f"{dump['path']} ({human_size(size) if isinstance(size, int) else '?'}, "
+                     f"{dump.get('format')}, {dump.get('result')})")
+    power = step.get("power")
+    if isinstance(power, dict) and power.get("status"):
+        parts.append(f"guest {power['status']}")
+    return "; ".join(parts) or "-"
 
 
 def _status_socket(config_path: Path | None) -> Path:

@@ -1,16 +1,23 @@
-"""The control socket: `panicd status` asks the running daemon how its guests are.
+"""The control socket: `panicd status` asks the running daemon how its guests are, and
+`panicd guest NAME ACTION` acts on one (guest_actions.py).
 
 Protocol: a client connects to the unix socket, sends one JSON object on one line, and gets
-one JSON object back on one line, then the connection closes.
+one JSON object back on one line (two for a guest action it waits for), then the connection
+closes.
 
     -> {"command": "status"}
     <- {"ok": true, "daemon": {...}, "guests": [{...}, ...]}
+    -> {"command": "guest", "guest": NAME, "action": ACTION, "format": F, "wait": SECONDS}
+    <- {"ok": true, "incident": ID, "steps": [...]}        at once (or ok false, refused)
+    <- {"ok": true, "done": true, "outcome": ..., "steps": [{...}, ...]}  when they have run
     -> anything else
     <- {"ok": false, "error": "why"}
 
-The socket is mode 0600 (0660 with `control_group`), so only root (and that group) may ask.
-A request is capped in size and time: a client that sends garbage, nothing, or a gigabyte
-gets an error reply or is dropped, and the daemon carries on.
+The socket is mode 0600 (0660 with `control_group`), so only root (and that group) may ask;
+acting on a guest also needs the caller's uid (SO_PEERCRED) to be root's or listed in
+`control_allowed_uids`. A request is capped in size and time: a client that sends garbage,
+nothing, or a gigabyte gets an error reply or is dropped, and the daemon carries on. A caller
+waiting for a guest action's steps holds none of the `MAX_CLIENTS` turns meanwhile.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import grp
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from panicd.listen import peer_credentials
 from panicd.table import cell, human_size, render
 
 log = structlog.get_logger("panicd.control")
@@ -35,12 +44,28 @@ MAX_REQUEST_BYTES = 4096
 REQUEST_TIMEOUT = 5.0
 MAX_CLIENTS = 16
 
+#: A reply, and how to get the second one when there is one (a guest action's outcome).
+Answer = tuple[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]] | None]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a control connection, as the kernel says (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+
+
+GuestActionHandler = Callable[[dict[str, Any], Peer | None], Awaitable[Answer]]
+
 
 class ControlServer:
-    def __init__(self, path: Path, status: Callable[[], dict[str, Any]], group: str | None = None) -> None:
+    def __init__(self, path: Path, status: Callable[[], dict[str, Any]], group: str | None = None,
+                 guest_action: GuestActionHandler | None = None) -> None:
         self.path = path
         self._status = status
         self._group = group
+        self._guest_action = guest_action
         self._slots = asyncio.Semaphore(MAX_CLIENTS)
 
     async def serve(self) -> None:
@@ -88,8 +113,11 @@ class ControlServer:
                 await self._reply(writer, {"ok": False, "error": "busy: too many clients"})
                 return
             async with self._slots:
-                reply = await self._answer(reader)
+                reply, then = await self._answer(reader, _peer(writer))
                 await self._reply(writer, reply)
+            if then is not None:
+                # Outside the turns: a caller waiting for a dump must not keep `status` out.
+                await self._reply(writer, await then())
         except (ConnectionError, TimeoutError) as exc:
             log.debug("control.client_gone", error=str(exc))
         finally:
@@ -97,24 +125,38 @@ class ControlServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    async def _answer(self, reader: asyncio.StreamReader, peer: Peer | None) -> Answer:
+        request = await self._request(reader)
+        if isinstance(request, str):
+            return {"ok": False, "error": request}, None
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, **self._status()}, None
+        if command == "guest" and self._guest_action is not None:
+            try:
+                return await self._guest_action(request, peer)
+            except Exception:
+                # A bug here costs this request, never the socket or the daemon.
+                log.exception("control.guest_action_failed")
+                return {"ok": False, "error": "internal error (see panicd's log)"}, None
+        log.info("control.bad_request", command=str(command)[:64])
+        known = "status, guest" if self._guest_action is not None else "status"
+        return {"ok": False, "error": f"unknown command {str(command)[:64]!r}; known: {known}"}, None
+
+    @staticmethod
+    async def _request(reader: asyncio.StreamReader) -> dict[str, Any] | str:
+        """The client's request, or what is wrong with it."""
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
         except TimeoutError:
-            return {"ok": False, "error": f"no request within {REQUEST_TIMEOUT:g} s"}
+            return f"no request within {REQUEST_TIMEOUT:g} s"
         except (asyncio.LimitOverrunError, ValueError):
-            return {"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
+            return f"request longer than {MAX_REQUEST_BYTES} bytes"
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "not a JSON object on one line"}
-        if not isinstance(request, dict):
-            return {"ok": False, "error": "not a JSON object on one line"}
-        command = request.get("command")
-        if command == "status":
-            return {"ok": True, **self._status()}
-        log.info("control.bad_request", command=str(command)[:64])
-        return {"ok": False, "error": f"unknown command {str(command)[:64]!r}; known: status"}
+            return "not a JSON object on one line"
+        return request if isinstance(request, dict) else "not a JSON object on one line"
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
@@ -122,22 +164,61 @@ class ControlServer:
         await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
 
 
-def request(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the daemon (blocking; for the CLI)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+def _peer(writer: asyncio.StreamWriter) -> Peer | None:
+    try:
+        pid, uid = peer_credentials(writer.get_extra_info("socket"))
+    except (OSError, TypeError) as exc:
+        log.warning("control.no_credentials", error=str(exc))
+        return None
+    return Peer(pid=pid, uid=uid)
+
+
+class ControlConnection:
+    """One conversation with the daemon (blocking; for the CLI): send, then read each reply.
+
+    OSError when the daemon cannot be reached or a reply is not in time; ValueError when a
+    reply is not a JSON object (or the daemon closed without one)."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(str(path))
+        except OSError:
+            self._sock.close()
+            raise
+        self._timeout = timeout
+        self._buffer = b""
+
+    def __enter__(self) -> ControlConnection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._sock.close()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next reply line, waited for up to `timeout` (the connection's by default)."""
+        self._sock.settimeout(timeout if timeout is not None else self._timeout)
+        while b"\n" not in self._buffer:
+            chunk = self._sock.recv(65536)
             if not chunk:
                 break
-            data += chunk
-    reply = json.loads(data)
-    if not isinstance(reply, dict):
-        raise ValueError("the daemon's reply is not a JSON object")  # noqa: TRY004 - bad data, not a bad call
-    return reply
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise ValueError("the daemon's reply is not a JSON object")  # noqa: TRY004 - bad data, not a bad call
+        return reply
+
+
+def request(path: Path, command: str = "status", timeout: float = 5.0) -> dict[str, Any]:
+    """Ask the daemon (blocking; for the CLI)."""
+    with ControlConnection(path, timeout) as connection:
+        connection.send({"command": command})
+        return connection.receive()
 
 
 COLUMNS = ("NAME", "SOCKET", "CONNECTION", "RUNSTATE", "LAST PANIC", "LAST DUMP", "RESTARTS",

@@ -2,7 +2,7 @@
 
     Daemon.run()
       ├── IncidentStore            every incident, in SQLite (its own thread; opened first)
-      ├── ControlServer.serve      answers `panicd status` on the control socket
+      ├── ControlServer.serve      answers `panicd status` and `panicd guest` (GuestActions)
       ├── _report_status           STATUS= to systemd whenever a guest's state changes
       ├── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
       └── GuestMonitor.run (x N)   one per [[guest]], each with its own IncidentWorker
@@ -37,6 +37,7 @@ from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
 from panicd.events import GuestIdentity
+from panicd.guest_actions import GuestActions
 from panicd.listen import IdentificationSlot, QemuListener
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.notify import Notifier
@@ -79,6 +80,10 @@ class Daemon:
         )
         self.responder.signatures.budget.per_hour = config.daemon.new_signature_alerts_per_hour
         self.monitors: dict[Path, GuestMonitor] = {}
+        #: `panicd guest NAME ACTION`: the guests and the config as they are at each request.
+        self.guest_actions = GuestActions(monitors=self.monitors.values,
+                                          config=lambda: self.config, responder=self.responder,
+                                          alerter=self.alerter)
         self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
         self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
         #: Sockets found by [discovery] rather than listed as [[guest]].
@@ -169,7 +174,8 @@ class Daemon:
                 self._tasks = tasks
                 self.responder.spawn = self._spawn
                 control = ControlServer(self.config.daemon.control_socket, self.status,
-                                        self.config.daemon.control_group)
+                                        self.config.daemon.control_group,
+                                        guest_action=self.guest_actions.request)
                 tasks.create_task(control.serve(), name="control")
                 if self.config.daemon.metrics_listen:
                     tasks.create_task(metrics.serve(self.responder.metrics,

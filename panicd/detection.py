@@ -9,10 +9,15 @@ classifies, records (the store's write is queued), alerts (queued) and queues.
                                               │ no
                                               v
                           Incident ──> store.create ──> worker.submit ──> PANIC alert
+    WATCHDOG ──> latched? ── yes ──> duplicate; no ──> Incident (kind watchdog), as above
+    GUEST_PANICKED while an incident waits for one (`catch_panic`: its nmi / wait_panic steps)
+        ──> handed to that incident (latched), never an incident of its own
     RESUME / RESET ──> the latch is cleared: what panics next is a new panic
     on connect, guest-panicked ──> resumed (an open incident of this QEMU), already handled
-                                   (a done one), or found (a panic panicd missed)
+    or watchdog                    (a done one), or found (a panic or watchdog panicd missed)
     on connect, otherwise ──> an open incident is settled (resumed in prelaunch, else closed)
+    raise_manual (an operator's `panicd guest NAME ACTION`) ──> Incident (manual) ──> as above,
+                                   with a GUEST_ACTION alert; it latches nothing
 
 One panic is handled once: after GUEST_PANICKED, further GUEST_PANICKED events are duplicates
 until the guest runs again. QEMU < 6.0 sends a second GUEST_PANICKED {action: poweroff} after
@@ -22,6 +27,9 @@ the first {action: pause}.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -29,8 +37,18 @@ from pydantic import ValidationError
 
 from panicd import alerts
 from panicd.actions import DURABLE_WAIT_SECONDS
-from panicd.alerts import Alerter
-from panicd.events import Detection, GuestIdentity, Incident, IncidentKind, PanickedData, QmpEvent
+from panicd.alerts import Alert, Alerter
+from panicd.events import (
+    CaughtPanic,
+    Detection,
+    GuestIdentity,
+    Incident,
+    IncidentKind,
+    PanickedData,
+    QmpEvent,
+    WatchdogData,
+)
+from panicd.guest_crash_loop import GuestCrashLoop
 from panicd.incident_worker import IncidentWorker
 from panicd.records import IncidentRecord, IncidentState
 from panicd.respond import PanicResponder, planned_steps
@@ -39,6 +57,14 @@ from panicd.store import IncidentStore
 log = structlog.get_logger("panicd.monitor")
 
 _PANIC_EVENTS = {"GUEST_PANICKED": IncidentKind.PANIC, "GUEST_CRASHLOADED": IncidentKind.CRASH_LOADED}
+#: Runstates that an incident left behind, found by query-status on connect. QEMU 7.2 stops a
+#: guest whose watchdog fired under `-action watchdog=pause` in runstate `watchdog`, not
+#: `paused` (seen: WATCHDOG {action: pause}, STOP, then query-status says "watchdog"), so a
+#: watchdog that fired while panicd was away is found like a missed panic.
+_STOPPED_BY = {"guest-panicked": IncidentKind.PANIC, "watchdog": IncidentKind.WATCHDOG}
+#: The log event an incident's detection is (CRITICAL: a guest in trouble).
+_DETECTED = {IncidentKind.PANIC: "panic.detected", IncidentKind.CRASH_LOADED: "panic.crash_loaded",
+             IncidentKind.WATCHDOG: "watchdog.detected", IncidentKind.MANUAL: "manual.requested"}
 
 
 class WatchedGuest(Protocol):
@@ -66,16 +92,47 @@ class IncidentDetector:
         self.store = store
         #: Kinds of incident seen since the guest last ran: more of them are duplicates.
         self._latched: set[IncidentKind] = set()
+        #: Incidents handed to the worker: each with its record and how many steps that
+        #: record held then (a resumed one's earlier steps). Pruned as the worker lets go.
+        self._submitted: dict[str, tuple[Incident, IncidentRecord, int]] = {}
+        #: The incident waiting for this guest's next GUEST_PANICKED, and where it goes.
+        self._panic_catch: tuple[str, asyncio.Future[CaughtPanic]] | None = None
+        #: A guest that crashes and reboots itself, over and over (CRASH_LOOP).
+        self.crash_loop = GuestCrashLoop(store, alerter)
 
     def new_connection(self) -> None:
         """A new connection may be a new QEMU: what was latched is learned again (from
         query-status and the incident store, `connected`)."""
         self._latched.clear()
+        # A panic caught on another connection's QEMU would be a guess: the waiting step
+        # (if it still runs) times out, and a panic found on connect is handled as found.
+        self._drop_panic_catch()
+
+    def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
+        """The guest's next GUEST_PANICKED, handed to incident `incident_id` rather than raised
+        as an incident of its own (with the on_panic steps): what an `nmi` step's NMI causes
+        belongs to the incident that injected it. Resolved by that event; cancel it to stop
+        catching. One incident at a time runs on a guest: the same incident asking again gets
+        the same future (the nmi step opens it, wait_panic awaits it), another's replaces it."""
+        if self._panic_catch is not None:
+            owner, caught = self._panic_catch
+            if owner == incident_id and not caught.cancelled():
+                return caught
+            self._drop_panic_catch()
+        caught = asyncio.get_running_loop().create_future()
+        self._panic_catch = (incident_id, caught)
+        return caught
+
+    def _drop_panic_catch(self) -> None:
+        if self._panic_catch is not None:
+            self._panic_catch[1].cancel()  # no-op once resolved
+            self._panic_catch = None
 
     def connected(self) -> None:
         """The guest is identified and its runstate known: what does it say of incidents?"""
-        if self.guest.runstate == "guest-panicked":
-            self._found_panicked()
+        stopped_by = _STOPPED_BY.get(self.guest.runstate or "")
+        if stopped_by is not None:
+            self._found_stopped(stopped_by)
         else:
             self._settle_open_incident()
             if self.guest.runstate == "running":
@@ -87,6 +144,15 @@ class IncidentDetector:
         if kind is not None:
             self._on_panic_event(kind, event, raw)
             return True
+        if event.event == "WATCHDOG":
+            self._on_watchdog_event(raw, event)
+            return True
+        if event.event == "RESET" and event.data.get("guest") is True:
+            # The guest reset itself (its kernel's panic=N, Windows after MEMORY.DMP): after a
+            # crash it was resumed from, that crash counts toward a self-reboot loop.
+            latest = self.store.latest_for_instance(self.guest.instance)
+            self.crash_loop.guest_reset_itself(
+                latest, held=latest is not None and self.worker.holds(latest.id))
         if event.event in ("RESUME", "RESET"):
             # The guest runs again: whatever panics next is a new panic.
             if self._latched:
@@ -107,6 +173,8 @@ class IncidentDetector:
             return
         if kind is IncidentKind.PANIC and data.action == "pause":
             self.guest.runstate = "guest-panicked"
+        if kind is IncidentKind.PANIC and self._hand_over(data, raw):
+            return
         self._raise_incident(
             Incident(
                 kind=kind,
@@ -118,32 +186,141 @@ class IncidentDetector:
             )
         )
 
-    def _found_panicked(self) -> None:
-        if IncidentKind.PANIC in self._latched:
-            return  # the GUEST_PANICKED event itself arrived while connecting
+    def _on_watchdog_event(self, raw: dict[str, Any], event: QmpEvent) -> None:
+        try:
+            data = WatchdogData.model_validate(event.data)
+        except ValidationError as exc:
+            # A watchdog with odd data still says the guest hung: handle it, say what was odd.
+            log.warning("qmp.bad_watchdog_data", error=exc.errors(include_url=False)[:3])
+            data = WatchdogData(action="unknown")
+        if IncidentKind.WATCHDOG in self._latched:
+            # i6300esb and ib700 fire once and disarm; a guest that re-arms its watchdog while
+            # stopped cannot, so this is QEMU repeating itself, not a second hang.
+            log.info("watchdog.duplicate", action=data.action)
+            return
+        # With an action other than pause (panicd could not take it over: QEMU < 6.0, or
+        # take_over_panic_action = false) QEMU has already reset or powered the guest down:
+        # the incident still records the hang; poweroff makes its QMP steps skip.
+        self._raise_incident(Incident(kind=IncidentKind.WATCHDOG, guest=self.guest.identity,
+                                      detection=Detection.EVENT, action=data.action,
+                                      raw_event=raw))
+
+    def _hand_over(self, data: PanickedData, raw: dict[str, Any]) -> bool:
+        """Give this GUEST_PANICKED to the incident catching it (`catch_panic`), if one is."""
+        if self._panic_catch is None or self._panic_catch[1].done():
+            return False
+        owner, caught = self._panic_catch
+        caught.set_result(CaughtPanic(data=data, raw_event=raw, received_at=time.time()))
+        # One panic is handled once: a repeat (QEMU < 6.0's second GUEST_PANICKED) is dropped.
+        self._latched.add(IncidentKind.PANIC)
+        record = self.store.latest_for_instance(self.guest.instance)
+        if record is not None and record.id == owner and record.cleared:
+            # The nmi step's `cont` (RESUME) cleared the incident; the guest stands stopped by
+            # it again, so a reconnect finds this incident's panic, not a missed one.
+            record.cleared = False
+            self.store.save(record)
+        log.warning("panic.handed_over", incident=owner, action=data.action)
+        return True
+
+    def raise_manual(self, action: str, steps: Sequence[str], *, uid: int, pid: int | None,
+                     dump_format: str | None = None) -> IncidentRecord:
+        """An operator's `panicd guest NAME ACTION` (the control socket checked who asked): an
+        incident of kind manual with `steps`, handled by this guest's worker like any other
+        (record, dumps, alerts, crash title), audited by its GUEST_ACTION alert once durable.
+        Returns its record, which the worker fills in as the steps run."""
+        incident = Incident(kind=IncidentKind.MANUAL, guest=self.guest.identity,
+                            detection=Detection.REQUESTED, action=None,
+                            requested_steps=tuple(steps), requested_by=uid,
+                            dump_format=dump_format)
+        audit = alerts.guest_action(incident.guest, incident.guest.name, action, uid=uid, pid=pid,
+                                    refused=None, incident_id=incident.id, steps=steps)
+        return self._raise_incident(incident, alert=audit)
+
+    def pending_dump(self) -> IncidentRecord | None:
+        """The incident in this guest's worker (being handled or queued) whose dump is still to
+        be written, if any: QEMU writes one dump at a time, so a second one is refused."""
+        self._forget_finished()
+        for incident, record, ran_before in list(self._submitted.values()):
+            planned = planned_steps(incident, self.responder.policy_for(incident.guest.name))
+            # Dumps done: those a resumed incident made before (not run again), and this run's.
+            dumps_done = sum(step.name == "dump" and (step.ok or index >= ran_before)
+                             for index, step in enumerate(record.steps))
+            if planned.count("dump") > dumps_done:
+                return record
+        return None
+
+    def _forget_finished(self) -> None:
+        """Incidents the worker no longer holds are done with (or dropped by a reload)."""
+        for incident_id in [i for i in self._submitted if not self.worker.holds(i)]:
+            del self._submitted[incident_id]
+
+    def _found_stopped(self, kind: IncidentKind) -> None:
+        """Connected to a guest stopped by a panic or a watchdog (`_STOPPED_BY`): an incident
+        of this QEMU already handled or handling it, or one panicd missed."""
+        name = kind.value  # panic.found_on_connect, watchdog.found_on_connect...
+        if kind in self._latched:
+            return  # the event itself arrived while connecting
         latest = self.store.latest_for_instance(self.guest.instance)
-        if latest is not None and latest.kind is IncidentKind.PANIC and not latest.cleared:
+        if latest is not None and not latest.cleared and self._stopped_by(latest, kind):
             if self.worker.holds(latest.id):
                 # Reconnected while its steps run: the worker carries on with it.
-                log.info("panic.still_handled", incident=latest.id)
-                self._latched.add(IncidentKind.PANIC)
+                log.info(f"{name}.still_handled", incident=latest.id)
+                self._latched.add(kind)
                 return
             if latest.state is IncidentState.DONE:
-                log.info("panic.already_handled", status=self.guest.runstate, incident=latest.id)
-                self._latched.add(IncidentKind.PANIC)
+                log.info(f"{name}.already_handled", status=self.guest.runstate, incident=latest.id)
+                self._latched.add(kind)
                 return
             # Seen before, but its steps never all ran (panicd stopped, a reload, a crash):
             # the same incident goes on, its record keeping the steps that did run.
-            log.warning("panic.resumed", status=self.guest.runstate, incident=latest.id)
-            incident = Incident(kind=IncidentKind.PANIC, guest=self.guest.identity,
+            log.warning(f"{name}.resumed", status=self.guest.runstate, incident=latest.id)
+            incident = Incident(kind=latest.kind, guest=self.guest.identity,
                                 detection=Detection.RESUMED, action="pause",
-                                received_at=latest.seen_at, id=latest.id)
+                                received_at=latest.seen_at, id=latest.id,
+                                # A manual one goes on with the steps its operator asked for.
+                                requested_steps=(tuple(latest.requested_steps)
+                                                 if latest.requested_steps is not None else None),
+                                requested_by=latest.requested_by)
             latest.detection = Detection.RESUMED
             self._raise_incident(incident, latest)
             return
-        log.warning("panic.found_on_connect", status=self.guest.runstate)
-        self._raise_incident(Incident(kind=IncidentKind.PANIC, guest=self.guest.identity,
+        if latest is not None and latest.kind is IncidentKind.MANUAL and not latest.cleared:
+            # An operator acted on this guest (`panicd guest`) since it last ran, so it was
+            # stopped before that, and panicd has had its turn at it: what is left is theirs.
+            # (Taken for a missed one, it would be dumped and acted on again.)
+            log.info(f"{name}.already_handled", status=self.guest.runstate, incident=latest.id,
+                     by="operator")
+            self._latched.add(kind)
+            return
+        log.warning(f"{name}.found_on_connect", status=self.guest.runstate)
+        self._raise_incident(Incident(kind=kind, guest=self.guest.identity,
                                       detection=Detection.ON_CONNECT, action="pause"))
+
+    def _stopped_by(self, latest: IncidentRecord, kind: IncidentKind) -> bool:
+        """Whether `latest` is what left the guest stopped as `kind`: an incident of that kind,
+        or a watchdog (or manual) incident whose NMI's panic it caught (`_hand_over`)."""
+        if latest.kind is kind:
+            return True
+        return kind is IncidentKind.PANIC and (
+            self.worker.holds(latest.id)
+            or any(step.wait_panic is not None and step.wait_panic.panic_action is not None
+                   for step in latest.steps))
+
+    async def _after_crash(self, record: IncidentRecord, durable: asyncio.Future[None]) -> None:
+        """A new crash, once durable (after its PANIC alert): a Windows guest's bugcheck becomes
+        its crash title (signatures.py), and the crash is counted for a guest that reboots
+        itself (guest_crash_loop.py). Off the event path: both read the store."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(durable), DURABLE_WAIT_SECONDS)
+        try:
+            if record.bugcheck is not None:
+                await self.responder.signatures.sight_bugcheck(
+                    record.guest, record.id, record.bugcheck, record.seen_at)
+            limit = self.responder.policy_for(record.guest.name).restart
+            await self.crash_loop.crashed(record, limit)
+        except Exception:
+            # A bug here costs the title or the loop alert, never the daemon's task group.
+            log.exception("crash.after_failed", incident=record.id)
 
     def _settle_open_incident(self) -> None:
         """An open incident of this QEMU whose guest is no longer guest-panicked: its steps were
@@ -155,7 +332,7 @@ class IncidentDetector:
         if (latest is None or latest.state is not IncidentState.OPEN
                 or self.worker.holds(latest.id)):
             return
-        if self.guest.runstate == "prelaunch" and latest.kind is IncidentKind.PANIC:
+        if self.guest.runstate == "prelaunch" and latest.kind in _STOPPED_BY.values():
             log.warning("panic.resumed", status=self.guest.runstate, incident=latest.id)
             latest.detection = Detection.RESUMED
             self._raise_incident(Incident(kind=latest.kind, guest=self.guest.identity,
@@ -166,9 +343,13 @@ class IncidentDetector:
         latest.state = IncidentState.DONE
         self.store.save(latest)
 
-    def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None) -> None:
-        self._latched.add(incident.kind)
-        self.guest.last_incident = incident
+    def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None,
+                        alert: Alert | None = None) -> IncidentRecord:
+        if incident.kind is not IncidentKind.MANUAL:
+            # A manual incident is no event of the guest's: it latches nothing (the guest's
+            # next panic is a panic), and is not its last panic in `panicd status`.
+            self._latched.add(incident.kind)
+            self.guest.last_incident = incident
         durable: asyncio.Future[None] | None = None
         if record is None:
             record = IncidentRecord.of(incident, self.guest.instance)
@@ -176,20 +357,24 @@ class IncidentDetector:
             # first command that changes the guest (the first queries leave meanwhile).
             durable = self.store.create(record)
         log.critical(
-            "panic.detected" if incident.kind is IncidentKind.PANIC else "panic.crash_loaded",
+            _DETECTED[incident.kind],
             action=incident.action,
             detection=incident.detection.value,
             incident=incident.id,
         )
+        self._forget_finished()  # so that a guest that crashes for months costs no memory
+        self._submitted[record.id] = (incident, record, len(record.steps))
         self.worker.submit(incident, record, durable)  # first: whatever the alert does
+        if durable is not None and incident.kind in _PANIC_EVENTS.values():
+            self.responder.spawn(self._after_crash(record, durable), f"after-crash:{record.id}")
         if incident.kind is IncidentKind.PANIC:
             self.responder.metrics.panics.inc()
-        else:
+        elif incident.kind is IncidentKind.CRASH_LOADED:
             self.responder.metrics.crash_loaded.inc()
         if durable is None:
             # Right after the worker has had its turn: its first QMP command (the guest's
             # first step) goes out before the journal is written to.
-            asyncio.get_running_loop().call_soon(self._alert, incident)
+            asyncio.get_running_loop().call_soon(self._alert, incident, alert)
         else:
             # Alerted once durable (the store's write ends either way, never raising): the
             # alert names an incident that a panicd killed right after will find on restart.
@@ -200,14 +385,18 @@ class IncidentDetector:
                 nonlocal alerted
                 if not alerted:
                     alerted = True
-                    self._alert(incident)
+                    self._alert(incident, alert)
 
             durable.add_done_callback(alert_once)
             asyncio.get_running_loop().call_later(DURABLE_WAIT_SECONDS, alert_once)
+        return record
 
-    def _alert(self, incident: Incident) -> None:
+    def _alert(self, incident: Incident, alert: Alert | None = None) -> None:
+        """The incident's alert: `alert` when its raiser made it, else its kind's."""
         try:
-            policy = self.responder.policy_for(incident.guest.name)
-            self.alerter.send(alerts.panic(incident, planned_steps(incident, policy)))
+            if alert is None:
+                policy = self.responder.policy_for(incident.guest.name)
+                alert = alerts.panic(incident, planned_steps(incident, policy))
+            self.alerter.send(alert)
         except Exception:
             log.exception("alert.failed", kind=incident.kind.value)

@@ -6,7 +6,8 @@ dropped by the caller, never passed on raw. The events panicd acts on (qapi/run-
 
 - GUEST_PANICKED {action: pause|poweroff|run, info?}: the pvpanic device saw PANICKED (bit 1),
   or Hyper-V crash MSRs / s390 reported a crash. `info` is a union on "type" that grows with
-  QEMU releases (hyper-v, s390, tdx, sev...): unknown types are kept, not refused.
+  QEMU releases (hyper-v, s390, tdx, sev...): unknown types are kept, not refused; a
+  `hyper-v` one (a Windows bugcheck) is read by `PanicInfo.hyper_v` and bugcheck.py.
 - GUEST_CRASHLOADED {action: run, info?}: CRASH_LOADED (bit 2), the guest's own kdump kernel
   took over; the guest keeps running.
 - WATCHDOG {action, ...}: the guest's watchdog device (i6300esb, ib700) was not fed in time.
@@ -20,9 +21,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Timestamp(BaseModel):
@@ -33,11 +34,46 @@ class Timestamp(BaseModel):
         return self.seconds + self.microseconds / 1e6
 
 
+#: QAPI's uint64, as QEMU prints it: an unsigned decimal JSON number.
+UInt64 = Annotated[int, Field(ge=0, le=2**64 - 1, strict=True)]
+
+
+class HyperVCrashInfo(BaseModel):
+    """GuestPanicInformationHyperV (qapi/run-state.json, QEMU >= 2.9): the five Hyper-V crash
+    MSRs (HV_X64_MSR_CRASH_P0..P4) that a guest with `-cpu ...,hv-crash` wrote before it
+    wrote CRASH_CTL. QEMU's x86_cpu_get_crash_info copies them as they are into arg1..arg5:
+
+        {"type": "hyper-v", "arg1": 126, "arg2": 18446744072635809797, ...}
+
+    Windows writes its bugcheck (STOP) code into arg1 and the code's four parameters into
+    arg2..arg5 (bugcheck.py decodes them). A Linux guest on Hyper-V writes them too, with its
+    own meaning (an error code, its guest OS id, ip, ax, sp): see `bugcheck.decode`.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    type: Literal["hyper-v"]
+    arg1: UInt64
+    arg2: UInt64
+    arg3: UInt64
+    arg4: UInt64
+    arg5: UInt64
+
+
 class PanicInfo(BaseModel):
     """GuestPanicInformation: a union on `type`; members panicd does not know are kept as-is."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str
+
+    def hyper_v(self) -> HyperVCrashInfo | None:
+        """The Hyper-V crash MSRs, when this is a well-formed `hyper-v` member; else None
+        (another type, or one whose arguments are not uint64s: kept raw, never refused)."""
+        if self.type != "hyper-v":
+            return None
+        try:
+            return HyperVCrashInfo.model_validate(self.model_dump())
+        except ValidationError:
+            return None
 
 
 class QmpEvent(BaseModel):
@@ -56,6 +92,27 @@ class PanickedData(BaseModel):
     # Not a Literal: a newer QEMU may add an action, and a panic must never be dropped for it.
     action: str = Field(max_length=64)
     info: PanicInfo | None = None
+
+
+class WatchdogData(BaseModel):
+    """Data of WATCHDOG (qapi/run-state.json): the action QEMU took, a WatchdogAction (reset,
+    shutdown, poweroff, pause, debug, none, inject-nmi). panicd sets `pause` on connect; the
+    others are what a QEMU panicd could not take over reports."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    # Not a Literal, as for panics: a hung guest must never be dropped for a new action name.
+    action: str = Field(max_length=64)
+
+
+@dataclass(frozen=True)
+class CaughtPanic:
+    """A GUEST_PANICKED handed to the incident that was waiting for it (the `wait_panic` step,
+    after an `nmi`), instead of raised as an incident of its own."""
+
+    data: PanickedData
+    #: The event exactly as QEMU sent it.
+    raw_event: dict[str, Any]
+    received_at: float
 
 
 class DumpCompletedData(BaseModel):
@@ -88,6 +145,8 @@ class Detection(StrEnum):
     ON_CONNECT = "on-connect"
     #: Found on connect, and panicd had seen it before but its steps never all ran.
     RESUMED = "resumed"
+    #: Asked for by an operator (`panicd guest NAME ACTION`): a manual incident.
+    REQUESTED = "requested"
 
 
 @dataclass(frozen=True)
@@ -138,6 +197,8 @@ class Incident:
     requested_steps: tuple[str, ...] | None = None
     #: Who asked for a manual incident (the control socket peer's uid).
     requested_by: int | None = None
+    #: A manual dump's format (`panicd guest NAME dump --format F`), over the policy's.
+    dump_format: str | None = None
 
     @property
     def qemu_exiting(self) -> bool:

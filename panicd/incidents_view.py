@@ -27,7 +27,8 @@ _RECORDS = TypeAdapter(list[IncidentRecord])
 _SIGNATURES = TypeAdapter(list[SignatureSummary])
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
-#: CRASH: the crash title when the incident has one, else the kernel's panic reason.
+#: CRASH: the crash title when the incident has one (a Windows guest's: its bugcheck, `Bug Check
+#: 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED`), else the kernel's panic reason.
 COLUMNS = ("ID", "TIME (UTC)", "GUEST", "KIND", "DETECTION", "STEPS", "DUMP", "CRASH")
 SIGNATURE_COLUMNS = ("SIGNATURE", "COUNT", "GUESTS", "FIRST SEEN (UTC)", "LAST SEEN (UTC)",
                      "TITLE", "NEWEST DUMP")
@@ -92,6 +93,9 @@ def format_incident(record: IncidentRecord) -> str:
             pairs.append(("state", f"{cell(record.state.value)} (outcome: {record.outcome})"))
         elif name == "dump":
             pairs += _model_pairs("dump", dump_of(record))
+        elif name == "bugcheck":
+            # As Windows shows it: `Bug Check 0x7E NAME (0xFFFFFFFFC0000005, 0x..., ...)`.
+            pairs.append(("bugcheck", cell(record.bugcheck.describe()) if record.bugcheck else "-"))
         elif name == "crash" and record.crash is not None:
             pairs += [(label, utc_time(record.crash.first_seen) if label == "crash first seen"
                        else text) for label, text in _model_pairs("crash", record.crash)]

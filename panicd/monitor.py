@@ -36,6 +36,7 @@ from panicd.config import DaemonConfig, GuestConfig
 from panicd.detection import IncidentDetector
 from panicd.errors import GuestUnreachable
 from panicd.events import (
+    CaughtPanic,
     DumpCompletedData,
     GuestIdentity,
     Incident,
@@ -193,6 +194,9 @@ class GuestMonitor:
         future: asyncio.Future[DumpCompletedData] = asyncio.get_running_loop().create_future()
         self._dump_waiters.append(future)
         return future
+
+    def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
+        return self.detector.catch_panic(incident_id)
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -11,10 +11,13 @@ restarts from, and what a restarted panicd resumes an interrupted panic from.
     ├── state: open ──(every step has run)──> done
     ├── steps: [StepResult]         name, ok, started_at, seconds, error, command, reply,
     │                               skipped, guest_gone, and what it did: dump | power | hook
+    │                               | nmi | wait_panic
     ├── dump: DumpSummary | None    path, format, bytes, seconds, result, panic_reason
     ├── console: ConsoleMark | None the guest's console log, and how far it went at the panic
-    └── crash: CrashSighting | None the crash title and signature, from the dump or the console
-                                    log, and whether this host had seen it before
+    ├── crash: CrashSighting | None the crash title and signature, from the dump, the console
+    │                               log or the bugcheck, and whether this host had seen it before
+    ├── bugcheck: BugCheck | None   a Windows guest's bugcheck: code, name, four parameters
+    └── rebooted_itself, crash_loop the guest reset itself after it (counted for CRASH_LOOP)
 
 Models are pydantic: they are validated where they enter (a row read back from the store, a
 step's outcome), and passed as models inside panicd, never as dicts read by key.
@@ -29,12 +32,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from panicd.bugcheck import BugCheck, decode
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 
 #: Crash titles are capped (triage/title.py cuts them at 120 characters); the models refuse
 #: longer ones, so that a hostile report cannot grow the store.
 MAX_TITLE = 200
-TitleSource = Literal["dump", "console_log"]
+#: Where a crash title came from: the dump's kernel log, the console log, or (a Windows guest)
+#: the bugcheck QEMU reported with the panic (bugcheck.py).
+TitleSource = Literal["dump", "console_log", "bugcheck"]
 
 
 class IncidentState(StrEnum):
@@ -102,6 +108,28 @@ class HookStepDetail(StepDetail):
     stderr: str = ""
 
 
+class NmiStepDetail(StepDetail):
+    """The `nmi` step: the runstate it found, and whether it let a stopped guest run to take
+    the NMI (QEMU queues it on the stopped vCPUs: actions/nmi.py)."""
+
+    field_name: ClassVar[str] = "nmi"
+    status_before: str | None = None
+    resumed: bool = False
+    status: str | None = None
+
+
+class WaitPanicStepDetail(StepDetail):
+    """The `wait_panic` step: the GUEST_PANICKED it was handed (its action, info and when),
+    or none within the policy's timeout (`skipped` then says so)."""
+
+    field_name: ClassVar[str] = "wait_panic"
+    waited_seconds: float
+    #: QEMU's panic action as the caught GUEST_PANICKED reported it; None: no panic came.
+    panic_action: str | None = None
+    panic_info: dict[str, JsonValue] | None = None
+    panicked_at: dt.datetime | None = None
+
+
 #: Which detail model a (legacy) step's `detail` dict is, by step name.
 _DETAIL_OF_STEP: dict[str, type[StepDetail]] = {
     "dump": DumpStepDetail, "exec": HookStepDetail,
@@ -130,6 +158,8 @@ class StepResult(_Record):
     dump: DumpStepDetail | None = None
     power: PowerStepDetail | None = None
     hook: HookStepDetail | None = None
+    nmi: NmiStepDetail | None = None
+    wait_panic: WaitPanicStepDetail | None = None
     #: A record stored before these fields existed, whose `detail` did not fit them: kept as is,
     #: to be shown, never read by key. Left out of the JSON when there is none.
     detail: dict[str, JsonValue] | None = Field(default=None, exclude_if=lambda v: v is None)
@@ -254,6 +284,9 @@ class DumpInfo(BaseModel):
     path: str
     format: str
     requested_format: str | None = None
+    #: Why `format` is not `requested_format` (this QEMU lacks it, or refused it: win-dmp of
+    #: a guest that is not Windows); None when it is the one asked for.
+    format_fallback: str | None = None
     paging: bool = False
     started_at: dt.datetime
     waited_for_slot_seconds: float = 0.0
@@ -333,6 +366,13 @@ class IncidentRecord(_Record):
     #: A manual incident's steps as the operator asked them, and who asked (uid).
     requested_steps: list[str] | None = None
     requested_by: int | None = None
+    #: A Windows guest's bugcheck, decoded from the event's Hyper-V crash information.
+    bugcheck: BugCheck | None = None
+    #: The guest reset itself after this crash (RESET {guest: true}), panicd did not.
+    rebooted_itself: bool = False
+    #: This crash raised CRASH_LOOP for a guest that reboots itself: how many crashes, this one
+    #: included, the guest had had within the policy's `restart.within`.
+    crash_loop: int | None = None
 
     @classmethod
     def of(cls, incident: Incident, instance: str | None) -> IncidentRecord:
@@ -341,7 +381,7 @@ class IncidentRecord(_Record):
                    seen_at=incident.received_at, event=incident.raw_event,
                    requested_steps=(list(incident.requested_steps)
                                     if incident.requested_steps is not None else None),
-                   requested_by=incident.requested_by)
+                   requested_by=incident.requested_by, bugcheck=decode(incident.info))
 
     @property
     def outcome(self) -> str:
@@ -349,6 +389,17 @@ class IncidentRecord(_Record):
         if self.state is IncidentState.OPEN:
             return "open"
         return "ok" if all(step.ok for step in self.steps) else "failed"
+
+    @property
+    def reboots_itself(self) -> bool:
+        """A crash the guest came back from by itself, not by a panicd restart: its crash
+        kernel took over (crash-loaded), QEMU let it run on (panic action none: a Windows
+        guest writes MEMORY.DMP and reboots), or it reset itself afterwards."""
+        if self.restarts():
+            return False
+        if self.kind is IncidentKind.CRASH_LOADED:
+            return True
+        return self.kind is IncidentKind.PANIC and (self.action == "run" or self.rebooted_itself)
 
     def restarts(self) -> list[float]:
         """When panicd restarted the guest for this incident (epoch seconds), for the budget."""

@@ -23,7 +23,7 @@ import structlog
 from panicd import alerts
 from panicd.actions import GuestHandle, Spawn, Step, StepContext, registry, spawn_detached
 from panicd.alerts import Alerter
-from panicd.config import Policy, console_log_path
+from panicd.config import DumpSettings, Policy, console_log_path
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import GuestIdentity, Incident, IncidentKind
@@ -37,7 +37,7 @@ from panicd.store import IncidentStore
 log = structlog.get_logger("panicd.respond")
 
 #: Steps that need QEMU; when QEMU is about to exit (panic action poweroff) they are skipped.
-_NEEDS_QEMU = frozenset({"dump", "pause", "resume", "restart", "poweroff"})
+_NEEDS_QEMU = frozenset({"dump", "pause", "resume", "restart", "poweroff", "nmi", "wait_panic"})
 
 def planned_steps(incident: Incident, policy: Policy) -> list[str]:
     """The steps this incident takes, in order: a manual one's as asked, else its policy's for
@@ -50,6 +50,21 @@ def planned_steps(incident: Incident, policy: Policy) -> list[str]:
         IncidentKind.WATCHDOG: policy.on_watchdog,
         IncidentKind.MANUAL: policy.on_panic,
     }[incident.kind])
+
+
+def policy_for_incident(incident: Incident, policy: Policy) -> Policy:
+    """The guest's policy as it applies to this incident. A manual one (`panicd guest`) writes
+    its dump in the format the operator asked, if any, and is not held to the crash-loop
+    budget: that budget brakes panicd's own restarts, and a person asked for this one."""
+    if incident.kind is not IncidentKind.MANUAL:
+        return policy
+    update: dict[str, Any] = {"restart": None}
+    if incident.dump_format is not None:
+        # QEMU refuses paging for every format but elf: the policy's paging goes with elf only.
+        update["dump"] = DumpSettings.model_validate({
+            **policy.dump.model_dump(), "format": incident.dump_format,
+            "paging": policy.dump.paging and incident.dump_format == "elf"})
+    return policy.model_copy(update=update)
 
 
 class PanicResponder:
@@ -98,7 +113,7 @@ class PanicResponder:
         the first command that changes the guest."""
         record = record or IncidentRecord.of(incident, None)
         # The policy is looked up now, not at event time: a reload applies to the next panic.
-        policy = self.policy_for(incident.guest.name)
+        policy = policy_for_incident(incident, self.policy_for(incident.guest.name))
         if record.console is None:
             # Before any step: a restart starts a boot whose lines would follow the crash's.
             record.console = await self._console_mark(incident.guest)

@@ -5,7 +5,12 @@ way syzbot names bugs) and a signature, a short hash of the title. Two crashes w
 are one bug. Each incident that gets a title is a *sighting*, one row in the store's
 `crash_sightings` table (store.py, migration 2), which outlives the incident's own record:
 
-    incident, signature, title, kind, guest, seen_at, source (dump | console_log), dump
+    incident, signature, title, kind, guest, seen_at, source (dump | console_log | bugcheck), dump
+
+A Windows guest's crash is titled by its bugcheck (bugcheck.py: `Bug Check 0x7E
+SYSTEM_THREAD_EXCEPTION_NOT_HANDLED`), read from the Hyper-V crash information QEMU sends with
+the panic, as soon as the panic is seen (`sight_bugcheck`); it groups and alerts as a Linux
+title does. A dump of a Windows guest holds no Linux kernel log to title it otherwise.
 
 From the sightings:
 - a title no other incident had is **new**: NEW_CRASH_SIGNATURE is alerted (priority 2), once
@@ -32,10 +37,12 @@ from pydantic import BaseModel
 
 from panicd import alerts
 from panicd.alerts import Alerter
+from panicd.bugcheck import TITLE_KIND, BugCheck
 from panicd.metrics import Metrics
 from panicd.records import CrashSighting, GuestRecord, TitleSource, TriageResult
 from panicd.store import IncidentStore
 from panicd.store.queries import where
+from panicd.triage.title import signature_of
 
 log = structlog.get_logger("panicd.signatures")
 
@@ -205,6 +212,13 @@ class CrashSignatures:
                 self.metrics.new_signature_alerts_suppressed.inc()
             log.warning("signature.alert_withheld", signature=sighting.signature, why=withheld)
         return sighting
+
+    async def sight_bugcheck(self, guest: GuestRecord, incident_id: str, bugcheck: BugCheck,
+                             seen_at: float) -> CrashSighting | None:
+        """Record a Windows guest's bugcheck as its incident's crash title (source `bugcheck`)."""
+        report = TriageResult(title=bugcheck.title, signature=signature_of(bugcheck.title),
+                              crash_kind=TITLE_KIND, source="bugcheck")
+        return await self.sight(guest, incident_id, report, seen_at, None)
 
     def _remember(self, signature: str, guest: str, seen_at: float) -> _Seen:
         known = self._memory.get(signature)

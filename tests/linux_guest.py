@@ -12,6 +12,12 @@ crashes the kernel one of several ways (`CRASH_KINDS`):
   panicd_crash_warn. The kernel command line has oops=panic (Debian's kernel only kills the
   task on an Oops) and panic_on_warn=1, so each of them panics.
 
+A guest that hangs instead (`watchdog_qemu_args`): its /init loads the watchdog core and
+i6300esb modules, arms QEMU's `-device i6300esb` through busybox's `watchdog` applet, then kills
+the applet with SIGKILL (no magic close, so the armed device is never disabled) and idles:
+nobody feeds the watchdog, and QEMU reports WATCHDOG a few seconds later. Booted with
+`unknown_nmi_panic=1` (`WATCHDOG_NMI_COMMAND_LINE`), such a guest panics on an NMI.
+
 loglevel=7 (no `quiet`) lets the whole report reach the serial console: with `quiet` the
 console shows only levels below 4, and the WARNING line, registers and call trace are level 4.
 Booted under TCG a guest panics in about 5 s. Needs linux-image-amd64, linux-headers-amd64 and
@@ -67,6 +73,27 @@ _CRASH_COMMANDS: dict[CrashKind, str] = {
     "init-exit": "exit 1",
     **{kind: f"/bin/busybox insmod /panicd_crash.ko crash={kind}" for kind in MODULE_CRASHES},
 }
+
+
+WATCHDOG_MARKER = "panicd-test-guest: watchdog armed, no longer fed"
+#: The hanging guest's command line with unknown_nmi_panic=1: an NMI no driver claims panics
+#: it ("Kernel panic - not syncing: NMI: Not continuing").
+WATCHDOG_NMI_COMMAND_LINE = f"{KERNEL_COMMAND_LINE} unknown_nmi_panic=1"
+#: The applet's timeout (-T) and feeding period (-t), in seconds.
+WATCHDOG_TIMEOUT, WATCHDOG_PERIOD = 2, 1
+
+# The applet runs in the background (-F: not daemonized, so $! is its pid). Killed with SIGKILL
+# it cannot write the magic 'V' that disables the device on close (it does on SIGTERM), so the
+# i6300esb stays armed, unfed ("watchdog did not stop!"). PID 1 then idles: its exit would be a
+# panic. QEMU's WATCHDOG comes about 5 s after (the device counts two stages), ~9 s after boot.
+_WATCHDOG_INIT = f"""{_INIT_PRELUDE}/bin/busybox insmod /watchdog.ko
+/bin/busybox insmod /i6300esb.ko
+/bin/busybox watchdog -F -T {WATCHDOG_TIMEOUT} -t {WATCHDOG_PERIOD} /dev/watchdog &
+/bin/busybox sleep 2
+kill -KILL $!
+echo "{WATCHDOG_MARKER}" > /dev/kmsg
+while true; do /bin/busybox sleep 3600; done
+"""
 
 
 def init_script(crash: CrashKind = "sysrq") -> str:
@@ -168,16 +195,36 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(dest: Path, crash: CrashKind = "sysrq") -> Path:
+def _drivers() -> Path:
     _, release = kernel()
-    mods = MODULES / release / "kernel" / "drivers"
-    files = {
+    return MODULES / release / "kernel" / "drivers"
+
+
+def _base_modules() -> dict[str, Path]:
+    mods = _drivers()
+    return {
         "pvpanic.ko": mods / "misc/pvpanic/pvpanic.ko",
         "pvpanic-mmio.ko": mods / "misc/pvpanic/pvpanic-mmio.ko",
         "qemu_fw_cfg.ko": mods / "firmware/qemu_fw_cfg.ko",
     }
+
+
+def build_initramfs(dest: Path, crash: CrashKind = "sysrq") -> Path:
+    files = _base_modules()
     if crash in MODULE_CRASHES:
         files["panicd_crash.ko"] = crash_module()
+    return _write_initramfs(dest, init_script(crash), files)
+
+
+def build_watchdog_initramfs(dest: Path) -> Path:
+    """The initramfs of a guest that arms its i6300esb watchdog and stops feeding it."""
+    mods = _drivers()
+    files = {**_base_modules(), "watchdog.ko": mods / "watchdog/watchdog.ko",
+             "i6300esb.ko": mods / "watchdog/i6300esb.ko"}
+    return _write_initramfs(dest, _WATCHDOG_INIT, files)
+
+
+def _write_initramfs(dest: Path, init: str, files: dict[str, Path]) -> Path:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise RuntimeError("/bin/busybox is missing: install busybox-static (./run does)")
@@ -187,7 +234,7 @@ def build_initramfs(dest: Path, crash: CrashKind = "sysrq") -> Path:
         ("sys", stat.S_IFDIR | 0o755, b""),
         ("dev", stat.S_IFDIR | 0o755, b""),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
-        ("init", stat.S_IFREG | 0o755, init_script(crash).encode()),
+        ("init", stat.S_IFREG | 0o755, init.encode()),
     ]
     entries += [(name, stat.S_IFREG | 0o644, path.read_bytes()) for name, path in files.items()]
     dest.write_bytes(_newc(entries))
@@ -205,8 +252,23 @@ def qemu_args(directory: Path, *, vmcoreinfo: bool = True, memory_mib: int = 256
 
     The initramfs is written into `directory`, and the serial console to `serial_log(directory)`.
     """
-    image, _ = kernel()
     initramfs = build_initramfs(directory / "initramfs.cpio", crash)
+    return _boot_args(directory, initramfs, vmcoreinfo=vmcoreinfo, memory_mib=memory_mib,
+                      command_line=command_line)
+
+
+def watchdog_qemu_args(directory: Path, *, memory_mib: int = 256,
+                       command_line: str = KERNEL_COMMAND_LINE) -> list[str]:
+    """Arguments (after the binary) that boot a guest whose i6300esb watchdog goes unfed a few
+    seconds in (`WATCHDOG_MARKER` on its console); add -qmp and the watchdog action yourself."""
+    initramfs = build_watchdog_initramfs(directory / "initramfs.cpio")
+    return [*_boot_args(directory, initramfs, vmcoreinfo=True, memory_mib=memory_mib,
+                        command_line=command_line), "-device", "i6300esb"]
+
+
+def _boot_args(directory: Path, initramfs: Path, *, vmcoreinfo: bool, memory_mib: int,
+               command_line: str) -> list[str]:
+    image, _ = kernel()
     args = ["-machine", "pc", "-accel", "tcg", "-m", str(memory_mib), "-display", "none",
             "-nodefaults", "-kernel", str(image), "-initrd", str(initramfs),
             "-append", command_line, "-device", "pvpanic",

@@ -296,7 +296,7 @@ def test_fail_on_chooses_what_fails_the_command(
     config.write_text('[[policy]]\non_panic = ["explode"]\n')
     assert main(["check-config", "-c", str(config), "--fail-on", "syntax"]) == 1
     assert ("policy[0].on_panic[0]: 'explode' is not one of dump, pause, resume, restart, "
-            "poweroff, exec") in capsys.readouterr().err.splitlines()
+            "poweroff, exec, nmi, wait_panic") in capsys.readouterr().err.splitlines()
 
 
 def test_the_shipped_config_and_unit_agree(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,7 @@ async def test_hostile_names_are_escaped_in_the_table_and_exact_in_json_despite_
         assert err.splitlines() == [
             f"panicd status: warning: {daemon.config_path}: invalid configuration:",
             "policy[0].on_panic[0]: 'explode' is not one of dump, pause, resume, restart, "
-            "poweroff, exec",
+            "poweroff, exec, nmi, wait_panic",
             f"panicd status: the daemon would refuse {daemon.config_path} on reload or restart "
             f"(see panicd check-config -c {daemon.config_path}); asking it at "
             f"{short_tmp}/control.sock, as the file says",

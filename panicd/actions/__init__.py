@@ -16,6 +16,8 @@ connection drops, or after `WAIT_FOR_QEMU_SECONDS` without a reply.
                                       qemu_dump.py  QEMU writing it: fd, stalls, progress
     pause, resume, restart, poweroff  power.py  stop / cont / system_reset+cont / quit
     exec                              hook.py   the operator's command, event in its environment
+    nmi                               nmi.py    inject-nmi (and cont, if the guest is stopped)
+    wait_panic                        wait_panic.py  the GUEST_PANICKED an nmi should cause
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from panicd.alerts import Alerter
 from panicd.config import Policy
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import DumpFailed, StepFailed
-from panicd.events import DumpCompletedData, GuestIdentity, Incident
+from panicd.events import CaughtPanic, DumpCompletedData, GuestIdentity, Incident
 from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError, QmpSession
@@ -61,6 +63,12 @@ class GuestHandle(Protocol):
 
     def expect_dump_completed(self) -> asyncio.Future[DumpCompletedData]:
         """A future resolved by the next DUMP_COMPLETED event of this guest."""
+        ...
+
+    def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
+        """A future resolved by this guest's next GUEST_PANICKED, which is then handed to
+        incident `incident_id` instead of raising an incident of its own; cancel it to stop
+        catching (detection.IncidentDetector.catch_panic)."""
         ...
 
 
@@ -198,7 +206,7 @@ async def patient_execute(
 
 def registry() -> dict[str, Step]:
     """Every step by its config name."""
-    from panicd.actions import dump, hook, power  # noqa: PLC0415 - they import this module
+    from panicd.actions import dump, hook, nmi, power, wait_panic  # noqa: PLC0415 - they import this module
 
     return {
         "dump": dump.dump,
@@ -207,4 +215,6 @@ def registry() -> dict[str, Step]:
         "restart": power.restart,
         "poweroff": power.poweroff,
         "exec": hook.run_hook,
+        "nmi": nmi.nmi,
+        "wait_panic": wait_panic.wait_panic,
     }

@@ -2,7 +2,12 @@
 
 1. Ask QEMU which formats it can write (query-dump-guest-memory-capability); a format it lacks
    (Debian's 7.2 has no kdump-lzo/snappy) falls back to elf, with a warning. Ask the guest's RAM
-   size (query-memory-size-summary), for the disk guard.
+   size (query-memory-size-summary), for the disk guard. win-dmp is always offered, but QEMU
+   writes it only for a Windows guest that filled the vmcoreinfo device: for any other guest
+   QEMU 7.2 fails the dump at once, writing nothing (detached: DUMP_COMPLETED {status: failed,
+   completed: 0, error: "win-dump: invalid vmcoreinfo note size"}, seen), and the dump is made
+   again as elf, in the same turn. Either fallback is said in `dump.format_unavailable` /
+   `dump.format_refused`, the record's `format_fallback` and the DUMP_COMPLETED text.
 2. Wait for a host-wide dump turn (`max_concurrent_dumps`): the guest stays stopped meanwhile.
    Both questions above are asked before: a QEMU that does not answer them holds no turn.
 3. Check the disk guard, create the file (dumps.DumpStore: 0600, unique, never overwriting),
@@ -72,7 +77,7 @@ async def dump(ctx: StepContext) -> DumpStepDetail:
             return made
     # Every wait for QEMU in this dump ends by this deadline (module docstring).
     deadline = time.monotonic() + settings.timeout
-    fmt = await _usable_format(ctx, settings.format, deadline)
+    fmt, fallback = await _usable_format(ctx, settings.format, deadline)
     need = await _guest_ram(ctx, deadline)
 
     slots = ctx.dump_slots
@@ -85,7 +90,19 @@ async def dump(ctx: StepContext) -> DumpStepDetail:
         await _check_space(ctx, need)
         slots.reserved_bytes += need
         try:
-            written = await _dump_in_slot(ctx, fmt, waited, slot, deadline)
+            try:
+                written = await _dump_in_slot(ctx, fmt, waited, slot, deadline,
+                                              fallback=fallback)
+            except DumpFailed as exc:
+                refusal = _windows_dump_refused(fmt, exc)
+                if refusal is None:
+                    raise
+                # Its file is already removed (QEMU wrote nothing into it).
+                fallback = f"QEMU refused {fmt} ({refusal}): written as elf"
+                log.warning("dump.format_refused", wanted=fmt, error=refusal, using="elf")
+                fmt = "elf"
+                written = await _dump_in_slot(ctx, fmt, waited, slot, deadline,
+                                              fallback=fallback)
         finally:
             slots.reserved_bytes -= need
     if isinstance(written, DumpStepDetail):
@@ -176,7 +193,8 @@ async def _check_space(ctx: StepContext, need: int) -> None:
 
 
 async def _dump_in_slot(
-    ctx: StepContext, fmt: str, waited: float, slot: DumpSlot, deadline: float
+    ctx: StepContext, fmt: str, waited: float, slot: DumpSlot, deadline: float,
+    *, fallback: str | None = None,
 ) -> DumpStepDetail | tuple[DumpRecord, DumpCompletedData, float]:
     """QEMU writes the dump: (its record, QEMU's result, seconds), or, when the connection
     dropped meanwhile, the step's result saying it is left running."""
@@ -192,7 +210,7 @@ async def _dump_in_slot(
     if fmt != "elf":
         args["format"] = fmt
     progress = Progress()
-    record = _record(ctx, path, fmt, started_at, waited)
+    record = _record(ctx, path, fmt, started_at, waited, fallback=fallback)
     try:
         # Written before QEMU is asked: a dump QEMU may be writing always has its record.
         await asyncio.to_thread(ctx.dumps.write_metadata, path, record.model_dump(mode="json"))
@@ -262,7 +280,7 @@ async def _finish_late(ctx: StepContext, record: DumpRecord) -> None:
 
 
 def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
-            waited: float) -> DumpRecord:
+            waited: float, *, fallback: str | None) -> DumpRecord:
     settings = ctx.policy.dump
     incident = ctx.incident
     return DumpRecord(
@@ -274,20 +292,37 @@ def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
                               console=ctx.console),
         event=jsonable(incident.raw_event),  # type: ignore[arg-type]
         dump=DumpInfo(path=str(path), format=fmt, requested_format=settings.format,
-                      paging=settings.paging, started_at=started_at,
+                      format_fallback=fallback, paging=settings.paging, started_at=started_at,
                       waited_for_slot_seconds=round(waited, 3)),
     )
 
 
-async def _usable_format(ctx: StepContext, wanted: str, deadline: float) -> str:
+async def _usable_format(ctx: StepContext, wanted: str, deadline: float) -> tuple[str, str | None]:
+    """The format to ask QEMU for, and why it is not `wanted` (None when it is)."""
     if wanted == "elf":
-        return wanted
+        return wanted, None
     caps = await run_command(ctx, "dump", "query-dump-guest-memory-capability",
                              give_up_after=time_left(deadline))
     formats = caps.get("formats", []) if isinstance(caps, dict) else []
     if wanted in formats:
-        return wanted
+        return wanted, None
     log.warning("dump.format_unavailable", wanted=wanted, available=formats, using="elf")
-    return "elf"
+    offered = ", ".join(str(f) for f in formats) or "none"
+    return "elf", f"this QEMU does not offer {wanted} (it offers: {offered}): written as elf"
+
+
+def _windows_dump_refused(fmt: str, exc: DumpFailed) -> str | None:
+    """QEMU's reason, when it refused a win-dmp dump because the guest is not (yet) Windows:
+    QEMU 7.2's dump/win_dump.c says "win-dump: ..." (no vmcoreinfo, or not Windows'); later
+    QEMUs may refuse the command itself ("Windows dump is only available for x86-64")."""
+    if fmt != "win-dmp":
+        return None
+    reply = exc.reply if isinstance(exc.reply, dict) else {}
+    error = reply.get("error")
+    texts = [error if isinstance(error, str) else "", exc.reason]
+    refusal = next((t for t in texts if "win-dump" in t.lower() or "windows dump" in t.lower()),
+                   None)
+    # QEMU's own words, without panicd's "QEMU reports the dump failed: " in front.
+    return None if refusal is None else refusal.removeprefix("QEMU reports the dump failed: ")
 
 

@@ -12,6 +12,7 @@ The pipeline inside, one module each:
     qmp_server.py   QMP on a unix stream (json_stream.py frames input, qapi.py checks it)
     commands.py     the commands, with QEMU's replies and refusals
     qtest.py        a qtest-compatible control socket (``outb 0x505 0x1``)
+    hyperv.py       a Windows guest's bugcheck, as Hyper-V crash information (hv-crash)
     guest.py        `MockGuest`, which ties them together
     cli.py          ``panicd mock-guest``
 """

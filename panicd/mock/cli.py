@@ -5,6 +5,8 @@ with a pvpanic device) and logs one line per QMP event to stderr. Make it panic:
 
   kill -USR1 PID                          the guest kernel panics (pvpanic PANICKED)
   kill -USR2 PID                          it loads its crash kernel (pvpanic CRASH_LOADED)
+  --bugcheck 0x7E                         its panics are Windows bugchecks with that code
+                                          (Hyper-V crash information, as -cpu ...,hv-crash)
   --panic-after 5                         it panics 5 s after start
   --qtest PATH, then:
     echo 'outb 0x505 0x1' | socat - UNIX-CONNECT:PATH     panic (0x2: crash-loaded)
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "like -chardev socket,path=PATH,reconnect=1 -mon mode=control")
     parser.add_argument("--dump-mib-per-second", type=float, metavar="MIB",
                         help="write dumps this slowly (default: as fast as possible)")
+    parser.add_argument("--bugcheck", type=lambda text: int(text, 0), metavar="CODE",
+                        help="panic as a Windows guest with hv-crash does: GUEST_PANICKED with "
+                             "Hyper-V crash information, bugcheck CODE (e.g. 0x7E)")
     parser.add_argument("--console-log", type=Path, metavar="PATH",
                         help="like -serial file:PATH: a panic first prints a Linux crash report "
                              "there (for trying console_log and crash titles)")
@@ -82,12 +87,19 @@ async def _main(args: argparse.Namespace) -> int:
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, guest.port.write, 1)
+
+    def panic() -> None:
+        if args.bugcheck is not None:
+            guest.bugcheck(args.bugcheck)
+        else:
+            guest.port.write(1)
+
+    loop.add_signal_handler(signal.SIGUSR1, panic)
     loop.add_signal_handler(signal.SIGUSR2, guest.port.write, 2)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     if args.panic_after is not None:
-        loop.call_later(args.panic_after, guest.port.write, 1)
+        loop.call_later(args.panic_after, panic)
     if args.crash_loaded_after is not None:
         loop.call_later(args.crash_loaded_after, guest.port.write, 2)
     sockets = " ".join(str(p) for p in args.qmp)

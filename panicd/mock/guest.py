@@ -36,6 +36,7 @@ from panicd.mock.commands import DUMP_FORMATS, Identity, build_commands
 from panicd.mock.console import SerialConsole
 from panicd.mock.core_files import ram_blocks
 from panicd.mock.dump import Dumper
+from panicd.mock.hyperv import crash_info
 from panicd.mock.machine import Machine
 from panicd.mock.pvpanic import PvPanicPort
 from panicd.mock.qmp_server import QmpMonitor
@@ -134,6 +135,20 @@ class MockGuest:
         """Wait until the guest has exited (or was stopped); return QEMU's exit status."""
         await self._exited.wait()
         return self._exit_status if self._exit_status is not None else 0
+
+    # -- what the guest OS does, beyond the pvpanic port -----------------------------------------
+
+    def bugcheck(self, code: int, parameters: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """A Windows guest with `-cpu ...,hv-crash` bugchecks: GUEST_PANICKED with its Hyper-V
+        crash information (mock/hyperv.py), then QEMU's panic action, as for any panic."""
+        self.machine.guest_panicked(crash_info(code, parameters))
+
+    def reboots_itself(self) -> None:
+        """The running guest resets itself (a kernel's panic=N, kdump's reboot, Windows once
+        its MEMORY.DMP is written): RESET {guest: true, reason: guest-reset}. A stopped guest
+        runs no code, so it cannot."""
+        if self.machine.running:
+            self.machine.system_reset("guest-reset")
 
     # -- hooks for tests ------------------------------------------------------------------------
 

@@ -1,0 +1,172 @@
+"""Windows guests: a bugcheck reported with the panic (Hyper-V crash information) is decoded
+into the incident record, the PANIC alert and `panicd incidents`, titled by its name, grouped.
+
+This machine's KVM has no Hyper-V emulation (a guest's wrmsr to the crash MSRs faults), so no
+real `hv-crash` guest can run here: the built-in mock sends GUEST_PANICKED exactly as QEMU's
+QAPI schema defines it (checked against the real QEMU's own schema in
+tests/test_windows_contract.py), to a real `panicd run`, alerting into the real journald.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from panicd.alerts import AlertKind
+from panicd.bugcheck import BugCheck, decode
+from panicd.events import PanicInfo
+from panicd.mock import MockGuest
+from panicd.mock.hyperv import crash_info
+from tests.daemon_process import PanicdProcess, daemon_section, unique, wait_for
+from tests.journal import Journald
+from tests.test_incident_store_e2e import incidents_of
+
+Start = Callable[..., PanicdProcess]
+
+#: What a SYSTEM_THREAD_EXCEPTION_NOT_HANDLED blue screen shows: an access violation
+#: (0xC0000005, sign-extended by the 64-bit MSR) at a kernel address.
+PARAMETERS = (0xFFFFFFFFC0000005, 0xFFFFF8012A2B3C4D, 0xFFFFD0012345E8A8, 0xFFFFD0012345E0E0)
+
+
+def info(code: int, parameters: tuple[int, int, int, int] = PARAMETERS) -> PanicInfo:
+    return PanicInfo.model_validate(crash_info(code, parameters))
+
+
+def test_a_known_code_is_named_and_titled_as_microsoft_heads_it() -> None:
+    bugcheck = decode(info(0x7E))
+    assert bugcheck == BugCheck(code=0x7E, name="SYSTEM_THREAD_EXCEPTION_NOT_HANDLED",
+                                parameters=PARAMETERS)
+    assert bugcheck.code_text == "0x0000007E"
+    assert bugcheck.title == "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+    assert bugcheck.parameters_text == ("0xFFFFFFFFC0000005 0xFFFFF8012A2B3C4D "
+                                        "0xFFFFD0012345E8A8 0xFFFFD0012345E0E0")
+
+
+def test_an_unknown_code_keeps_its_number() -> None:
+    bugcheck = decode(info(0x1F0))
+    assert bugcheck is not None
+    assert bugcheck.name is None
+    assert bugcheck.title == "Bug Check 0x1F0"
+
+
+@pytest.mark.parametrize("raw", [
+    {"type": "s390", "core": 0, "psw-mask": 0, "psw-addr": 0, "reason": "disabled-wait"},
+    {"type": "hyper-v", "arg1": -1, "arg2": 0, "arg3": 0, "arg4": 0, "arg5": 0},
+    {"type": "hyper-v", "arg1": "0x7e", "arg2": 0, "arg3": 0, "arg4": 0, "arg5": 0},
+    {"type": "hyper-v", "arg1": 0x7E, "arg2": 0},
+    {"type": "hyper-v", "arg1": 2**64, "arg2": 0, "arg3": 0, "arg4": 0, "arg5": 0},
+    # QAPI: a Linux guest writes its guest OS id (vendor 0x8100 in bits 48-63) into arg2.
+    {"type": "hyper-v", "arg1": 0, "arg2": 0x8100_0006_0100_0000, "arg3": 0, "arg4": 0, "arg5": 0},
+])
+def test_what_is_no_windows_bugcheck_is_not_decoded(raw: dict[str, Any]) -> None:
+    assert decode(PanicInfo.model_validate(raw)) is None
+
+
+@pytest.fixture
+async def mocks(short_tmp: Path) -> AsyncIterator[Callable[..., Any]]:
+    guests: list[MockGuest] = []
+
+    async def make(name: str) -> MockGuest:
+        guest = MockGuest(name=name, memory_bytes=8 * 2**20)
+        await guest.start(short_tmp / f"{len(guests)}.qmp")
+        guests.append(guest)
+        return guest
+
+    yield make
+    for guest in guests:
+        await guest.stop()
+
+
+async def cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "panicd", *args,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, args
+    return out.decode()
+
+
+async def test_bugchecks_are_decoded_alerted_titled_and_grouped(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    names = [unique("win-a"), unique("win-b")]
+    guests = [await mocks(name) for name in names]
+    # Windows' own way: QEMU lets it run on, it writes MEMORY.DMP and reboots itself.
+    config = (daemon_section(short_tmp)
+              + "".join(f'[[guest]]\nsocket = "{short_tmp}/{n}.qmp"\n' for n in range(2))
+              + '[[policy]]\npanic_action = "none"\non_panic = []\n')
+    daemon = panicd(config)
+    for name in names:
+        await daemon.wait_event("qmp.connected", guest=name)
+    assert guests[0].machine.panic_action == "none"
+
+    guests[0].bugcheck(0x7E, PARAMETERS)
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=names[0])
+    assert panic["BUGCHECK_CODE"] == "0x0000007E"
+    assert panic["BUGCHECK_NAME"] == "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+    assert panic["BUGCHECK_PARAMETERS"] == ("0xFFFFFFFFC0000005 0xFFFFF8012A2B3C4D "
+                                            "0xFFFFD0012345E8A8 0xFFFFD0012345E0E0")
+    assert panic["PANIC_ACTION"] == "run"
+    assert "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED (0xFFFFFFFFC0000005" in panic["MESSAGE"]
+    assert guests[0].machine.runstate == "running"  # preserve-running: QEMU let it run on
+
+    # The same bug on a second guest, and a code panicd's table lacks on the first.
+    guests[0].reboots_itself()
+    guests[1].bugcheck(0x7E, (0, 0, 0, 0))
+    await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=names[1])
+    guests[0].bugcheck(0x1F0)
+    (_, unknown) = await journal.find(count=2, MESSAGE_ID=AlertKind.PANIC.message_id,
+                                      GUEST_NAME=names[0])
+    assert unknown["BUGCHECK_CODE"] == "0x000001F0"
+    assert "BUGCHECK_NAME" not in unknown
+
+    title = "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+    # New the first time only: one NEW_CRASH_SIGNATURE for the two guests' one bug.
+    (new,) = await journal.find(MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
+                                GUEST_NAME=names[0], CRASH_TITLE=title)
+    assert new["CRASH_TITLE_SOURCE"] == "bugcheck"
+    await daemon.wait_event("signature.sighted", count=3)
+
+    newest, first = incidents_of(short_tmp, names[0])
+    assert first.bugcheck is not None and first.bugcheck.parameters == PARAMETERS
+    assert first.crash is not None and first.crash.title == title
+    assert first.crash.source == "bugcheck"
+    assert newest.crash is not None and newest.crash.title == "Bug Check 0x1F0"
+    (second,) = incidents_of(short_tmp, names[1])
+    assert second.crash is not None and not second.crash.new and second.crash.guests == 2
+
+    table = await cli("incidents", "-c", str(daemon.config_path), "--guest", names[0])
+    assert title in table and "Bug Check 0x1F0" in table
+    show = await cli("incidents", "-c", str(daemon.config_path), "show", first.id)
+    lines = {line.split(None, 1)[0]: line.split(None, 1)[1].strip()
+             for line in show.splitlines()[1:] if line.startswith("  ") and line.strip()}
+    assert lines["bugcheck"] == ("Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED "
+                                 "(0xFFFFFFFFC0000005, 0xFFFFF8012A2B3C4D, 0xFFFFD0012345E8A8, "
+                                 "0xFFFFD0012345E0E0)")
+    grouped = json.loads(await cli("incidents", "-c", str(daemon.config_path),
+                                   "--by-signature", "--json"))
+    by_title = {g["title"]: g for g in grouped}
+    assert by_title[title]["count"] == 2 and by_title[title]["guests"] == 2
+    assert by_title["Bug Check 0x1F0"]["count"] == 1
+    assert await daemon.stop() == 0
+
+
+async def test_a_malformed_hyperv_report_is_still_a_panic(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    name = unique("win-odd")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\non_panic = ["pause"]\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.machine.guest_panicked({"type": "hyper-v", "arg1": "0x7E", "arg2": -5})
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+    assert "BUGCHECK_CODE" not in panic
+    assert json.loads(panic["PANIC_INFO"])["arg1"] == "0x7E"  # kept as QEMU sent it
+    (record,) = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                        if r.state.value == "done"], what="the incident done")
+    assert record.bugcheck is None
+    assert guest.machine.runstate == "guest-panicked"
