@@ -1596,3 +1596,252 @@ def test_a_panic_message_over_200_characters_is_cut_not_dropped() -> None:
     assert crash.title.startswith("kernel panic: frob failed badly frob")
     assert len(crash.title) == MAX_TITLE
     assert crash.kind == "kernel panic" and crash.frame is None
+
+
+# --- (4) rules found on a third development sample of syzkaller's reports ----------------------
+# Hand-written logs, one per rule family; each names the principle it checks.
+
+GENERALISED_RULES = [
+    # KMSAN's first reports (2017-18) spelled the bug out in words
+    ("""BUG: KMSAN: use of uninitialized memory in frob_route_update+0x4d8/0xa70
+CPU: 0 PID: 8319 Comm: frob Not tainted 4.16.0-rc4+ #63
+Call Trace:
+ dump_stack+0x185/0x1d0
+ kmsan_report+0x142/0x1f0
+ __msan_warning_32+0x6c/0xb0
+ frob_route_update+0x4d8/0xa70
+ frob_notify+0x319/0x6b0
+""", "KMSAN: use of uninitialized memory in frob_route_update"),
+    # lockdep's held-lock-freed report keeps the level the kernel printed (WARNING since 5.x)
+    ("""=========================
+WARNING: held lock freed!
+5.2.0-rc6+ #75 Not tainted
+-------------------------
+frob/8559 is freeing memory ffff88809faed2c0-ffff88809faedabf, with a lock still held there!
+00000000cf45dbdb (sk_lock-AF_FROB){+.+.}, at: frob_release+0x11a/0x3b0
+1 lock held by frob/8559:
+ #0: 00000000cf45dbdb (sk_lock-AF_FROB){+.+.}, at: frob_release+0x11a/0x3b0
+stack backtrace:
+Call Trace:
+ dump_stack+0x172/0x1f0
+ debug_check_no_locks_freed.cold+0x9d/0xa9
+ kfree+0xb1/0x220
+ frob_destroy_socket+0x3df/0x4a0
+ frob_release+0x323/0x3b0
+""", "WARNING: held lock freed in frob_release"),
+    ("""BUG: held lock freed!
+frob/1234 is freeing memory ffff88809faed2c0-ffff88809faedabf, with a lock still held there!
+ (sk_lock-AF_FROB){+.+.}, at: [<ffffffff81234567>] frob_sendmsg+0x11a/0x3b0
+stack backtrace:
+Call Trace:
+ kfree+0xb1/0x220
+ frob_sendmsg+0x323/0x3b0
+""", "BUG: held lock freed in frob_sendmsg"),
+    # KCSAN's ASSERT_EXCLUSIVE_*() reports: one racer, or both
+    ("""==================================================================
+BUG: KCSAN: assert: race in frob_dequeue+0x6df/0x760
+
+race at unknown origin, with assert no writes to 0xffff8881001cb1e8 of 4 bytes by task 4926 on cpu 0:
+ frob_dequeue+0x6df/0x760
+ frob_pick_next+0x7d/0x410
+""", "KCSAN: assert: race in frob_dequeue"),
+    ("""BUG: KCSAN: assert: race in frob_dequeue / frob_enqueue
+
+write (marked) to 0xffff8881001cb1e8 of 4 bytes by task 1 on cpu 1:
+ frob_enqueue+0x1a/0x60
+""", "KCSAN: assert: race in frob_dequeue / frob_enqueue"),
+    # The kernel names the function that used the CPU number (`caller is`): blamed even when
+    # it is a library's; the check itself (`debug_smp_processor_id`) leaves it to the trace
+    ("""BUG: using smp_processor_id() in preemptible [00000000] code: frob/12078
+caller is radix_tree_node_alloc.constprop.0+0x200/0x330
+Call Trace:
+ dump_stack+0x188/0x20d
+ debug_smp_processor_id.cold+0x88/0x9b
+ radix_tree_node_alloc.constprop.0+0x200/0x330
+ radix_tree_extend+0x234/0x4a0
+ idr_alloc+0xc2/0x130
+ frob_bind+0x12e/0x5c0
+""", "BUG: using smp_processor_id() in preemptible code in radix_tree_node_alloc"),
+    ("""BUG: using smp_processor_id() in preemptible [00000000] code: frob/4088
+caller is debug_smp_processor_id+0x1c/0x26
+Call Trace:
+ dump_stack+0x188/0x20d
+ check_preemption_disabled+0x120/0x130
+ frob_cache_size+0x2b/0x90
+ frob_probe+0x55/0x100
+""", "BUG: using smp_processor_id() in preemptible code in frob_cache_size"),
+    # page_owner's own frames top the allocation stack of a bad page: its owner is below them
+    ("""BUG: Bad page state in process frob  pfn:ab652
+page dumped because: page_pool leak
+page_owner tracks the page as allocated
+page last allocated via order 0, migratetype Unmovable, gfp_mask 0x2820(GFP_ATOMIC|__GFP_NOWARN), pid 1
+ __set_page_owner+0xa2/0x70c
+ post_alloc_hook+0xec/0x1e4
+ get_page_from_freelist+0xdaa/0x295a
+ __alloc_pages_noprof+0x1e2/0x1eb6
+ page_pool_alloc_pages+0x20/0x62
+ frob_run_batch.constprop.0+0x362/0x1816
+page last free pid 16342 tgid 16342 stack trace:
+ __reset_page_owner+0x8c/0x400
+ free_unref_page+0x592/0xf08
+Call Trace:
+ dump_stack+0x1c/0x24
+ bad_page+0x268/0x2da
+ free_unref_page+0x78a/0xf08
+ frob_free_head+0x1ce/0x2ec
+""", "BUG: Bad page state in frob_run_batch"),
+    # a checksum helper reads the buffer its caller hands it
+    ("""BUG: KASAN: slab-out-of-bounds in crc16+0xcb/0xe0
+Read of size 1 at addr ffff88803a42e048 by task frob/32756
+Call Trace:
+ dump_stack_lvl+0xcd/0x134
+ kasan_report.cold+0x83/0xdf
+ crc16+0xcb/0xe0
+ frob_desc_csum+0x646/0x9c0
+ frob_desc_csum_set+0xc7/0x2a0
+""", "KASAN: slab-out-of-bounds Read in frob_desc_csum"),
+    # complete() takes the completion's lock for the caller that signals it
+    ("""INFO: trying to register non-static key.
+the code is fine but needs lockdep annotation.
+Call Trace:
+ <IRQ>
+ dump_stack+0xef/0x16e
+ register_lock_class+0x102a/0x11c0
+ __lock_acquire+0xfe/0x49d0
+ lock_acquire+0x130/0x340
+ _raw_spin_lock_irqsave+0x32/0x50
+ complete+0x13/0x70
+ frob_rx_msg+0x7c7/0xae0
+ frob_urb_complete+0x1ba/0x630
+""", "INFO: trying to register non-static key in frob_rx_msg"),
+    # the page API's lock helpers fault on the page their caller hands over
+    ("""Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008
+Internal error: Oops: 0000000096000006 [#1] PREEMPT SMP
+pc : _compound_head include/linux/page-flags.h:253 [inline]
+pc : unlock_page+0x18/0xb8 mm/folio-compat.c:20
+lr : unlock_page+0x18/0xb8 mm/folio-compat.c:19
+Call trace:
+ unlock_page+0x18/0xb8 mm/folio-compat.c:19
+ frob_readpage_compressed+0x328/0x7cc fs/frob/frecord.c:2139
+ frob_read_folio+0xd8/0x128 fs/frob/inode.c:697
+""", "BUG: unable to handle kernel NULL pointer dereference in frob_readpage_compressed"),
+    # a WARN() under the page cache's truncation (in a destructor of its per-folio state) is
+    # the filesystem's evict path's
+    ("""WARNING: fs/iomap/buffered-io.c:295 at ifs_free+0x34a/0x410, CPU#1: frob/5758
+RIP: 0010:ifs_free+0x34a/0x410
+Call Trace:
+ <TASK>
+ truncate_cleanup_folio+0xcb/0x190
+ truncate_inode_pages_range+0x2c4/0xd80
+ frob_evict_inode+0x19/0x40
+ evict+0x624/0xb50
+""", "WARNING in frob_evict_inode"),
+    # FORTIFY_SOURCE's reporter WARNs for the caller whose string call overflowed
+    ("""WARNING: CPU: 0 PID: 3004 at lib/string_helpers.c:1029 __fortify_report+0x6c/0x74
+strnlen: detected buffer overflow: 17 byte read of buffer size 16
+RIP: 0010:__fortify_report+0x6c/0x74
+Call Trace:
+ <TASK>
+ __fortify_report+0x6c/0x74
+ __fortify_panic+0x10/0x14
+ frob_get_label+0x1e/0x78
+ frob_ioctl+0x10/0x14
+""", "WARNING in frob_get_label"),
+    # addrconf's missing host route: the address is folded
+    ("IPv6: BUG: Address 2001:0db8:85a3:0000:0000:8a2e:0370:7334 on device lo is missing its host route.\n",
+     "BUG: Address IPV6ADDR on device lo is missing its host route."),
+    # a pre-4.17 syscall wrapper (`SyS_rmdir`) is titled with the bare syscall name, as its
+    # 32-bit compat twin is; 4.17+'s `__x64_sys_rmdir` stays `sys_rmdir`
+    (STALL_HEAD + """ <EOI>
+ [<ffffffff8278b454>] _raw_spin_lock_nested+0x44/0x50
+ [<ffffffff81548219>] d_walk.part.10+0x1b9/0x710
+ [<ffffffff815488f7>] shrink_dcache_parent+0xd7/0x130
+ [<ffffffff81529bd9>] vfs_rmdir+0x1c9/0x410
+ [<ffffffff81533264>] do_rmdir+0x304/0x3b0
+ [<ffffffff81534d9a>] SyS_rmdir+0x1a/0x20
+ [<ffffffff8100554f>] do_syscall_64+0x19f/0x480
+""", "INFO: rcu detected stall in rmdir"),
+    (STALL_HEAD + """ </IRQ>
+ _raw_spin_lock_nested+0x44/0x50
+ d_walk+0x1b9/0x710
+ do_rmdir+0x304/0x3b0
+ __x64_sys_rmdir+0x1a/0x20
+ do_syscall_64+0x19f/0x480
+""", "INFO: rcu detected stall in sys_rmdir"),
+    # a stall in a netlink dump is the family's dump callback's, called by netlink_dump
+    (STALL_HEAD + """ </IRQ>
+ <TASK>
+ asm_sysvec_apic_timer_interrupt+0x1a/0x20
+RIP: 0010:kasan_check_range+0x53/0x190
+ lock_release+0xd9/0x810
+ xa_find+0x1a0/0x330
+ frob_devs_find_get.constprop.0+0x93/0x260
+ frob_nl_port_get_dumpit+0x11d/0x4e0
+ netlink_dump+0x570/0xc50
+ __netlink_dump_start+0x64b/0x910
+ genl_family_rcv_msg_dumpit+0x2be/0x310
+ genl_rcv_msg+0x419/0x7e0
+ netlink_rcv_skb+0x165/0x440
+ netlink_unicast+0x547/0x7f0
+ netlink_sendmsg+0x91b/0xe10
+ sock_sendmsg+0xd3/0x120
+ __sys_sendto+0x23a/0x340
+ __x64_sys_sendto+0xe1/0x1b0
+ do_syscall_64+0x39/0xb0
+""", "INFO: rcu detected stall in frob_nl_port_get_dumpit"),
+]
+
+
+@pytest.mark.parametrize(("log", "title"), GENERALISED_RULES)
+def test_rules_from_the_third_sample_give_general_titles(log: str, title: str) -> None:
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == title
+    assert not crash.corrupted
+
+
+def _recursion(frames: int) -> str:
+    """A stack of stacked netdevs notifying each other, `frames` frames deep."""
+    chain = (" frob_notifier_call_chain+0x7c/0x108\n frob_sync_lower_features+0x13c/0x21c\n"
+             " frob_update_features+0x284/0xa88\n frob_device_event+0x1a8/0x25c\n")
+    return chain * (frames // 4) + """ frob_add_slave+0x7c/0x98
+ do_setlink+0x5f8/0x17a4
+ rtnl_newlink+0x988/0xa04
+ rtnetlink_rcv_msg+0x484/0x82c
+ netlink_rcv_skb+0xe4/0x1d0
+ netlink_unicast+0x164/0x248
+ netlink_sendmsg+0x484/0x584
+ __sys_sendmsg+0x1ac/0x228
+ __x64_sys_sendmsg+0x2c/0x3c
+ do_syscall_64+0x35/0xb0
+"""
+
+
+def test_a_stack_overflow_blames_the_entry_point_of_the_recursion() -> None:
+    # the recursion runs to ~600 frames: the entry point is past the first 400 lines
+    x86 = """BUG: TASK stack guard page was hit at ffffc9000e4aff58 (stack is ffffc9000e4b0000..)
+stack guard page: 0000 [#1] PREEMPT SMP KASAN
+RIP: 0010:mark_lock+0x23/0x17b0
+Call Trace:
+ <TASK>
+ lock_acquire+0x100/0x1f8
+ frob_lower_dev_rcu+0x8/0xb0
+""" + _recursion(600)
+    crash = title_of_log(x86)
+    assert crash is not None and crash.title == "BUG: stack guard page was hit in rtnl_newlink"
+    arm64 = """Insufficient stack space to handle exception!
+ESR: 0x0000000096000047 -- DABT (current EL)
+Task stack:     [0xffff800015fe0000..0xffff800015fe4000]
+pc : mark_lock+0x4/0x1b4
+Kernel panic - not syncing: kernel stack overflow
+Call trace:
+ dump_backtrace+0x1c4/0x1f0
+ panic+0x218/0x50c
+ nmi_panic+0xbc/0xf0
+ panic_bad_stack+0x134/0x154
+ handle_bad_stack+0x34/0x48
+ __bad_stack+0x78/0x7c
+ mark_lock+0x4/0x1b4
+""" + _recursion(40)
+    crash = title_of_log(arm64)
+    assert crash is not None and crash.title == "kernel stack overflow in rtnl_newlink"
+    assert crash.crash_type == "DoS" and not crash.corrupted

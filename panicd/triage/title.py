@@ -54,7 +54,8 @@ from panicd.triage.title_rules import (
 
 MAX_TITLE = 120
 MAX_LINES_SCANNED = 20_000   # lines searched for the report's first line
-MAX_REPORT_LINES = 400       # lines of one report searched for its details and frames
+MAX_REPORT_LINES = 1000      # lines of one report searched for its details and frames: a stack
+# overflow's trace of a deep recursion runs to several hundred frames, its entry point last
 MAX_LINE = 512
 
 # A frame line, in every architecture's shape; `fn` is the function, `q` marks an unreliable one.
@@ -92,10 +93,12 @@ _WORKQUEUE = re.compile(r"^Workqueue: \S{1,64} " + r"(?P<fn>[A-Za-z_][\w.]{0,200
 _IRQ_EXIT = re.compile(r"^(?: {0,4}</IRQ>| {0,4}<EOI>|RIP: 0010:|RIP: \[<|pc ?: |PC is at |NIP \[)")
 _FN_SUFFIX = re.compile(r"\.(?:constprop|isra|part|cold|llvm|lto_priv|localalias)\b.{0,64}$")
 _SYSCALL = re.compile(
-    r"^(?:SyS|SYSC|__x64_sys|__ia32_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
+    r"^(?:SYSC|__x64_sys|__ia32_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
     r"__sys|ksys|sys)_(?P<name>\w{1,100})$")
-_COMPAT_SYSCALL = re.compile(
-    r"^(?:compat_SyS|C_SYSC|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
+# Syscall entry points titled with the bare syscall name: 32-bit compat ones, and the `SyS_x`
+# wrappers of kernels before 4.17 (native or compat), as syzkaller titles them.
+_BARE_SYSCALL = re.compile(
+    r"^(?:SyS|compat_SyS|C_SYSC|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
     r"__se_compat_sys|__do_compat_sys|compat_sys)_(?P<name>\w{1,100})$")
 
 # Normalisation of a title, in order. Each pattern is linear (no nested quantifiers).
@@ -136,13 +139,16 @@ def normalise(title: str) -> str:
 
 def function_name(raw: str) -> str:
     """A frame's symbol -> the function syzkaller names: no `.isra.N`, syscalls as `sys_x`
-    (compat ones as `x`), Rust v0 symbols demangled (`<rust_binder::process::Process>::update_ref`)."""
+    (compat ones and pre-4.17 `SyS_x` as `x`), Rust v0 symbols demangled
+    (`<rust_binder::process::Process>::update_ref`)."""
     name = _FN_SUFFIX.sub("", raw)
     if name.startswith("_R"):
         return rust_demangle.demangle(name) or name
-    # A 32-bit compat entry point (`compat_SyS_mount`, `__ia32_compat_sys_mount`) is titled with
-    # the bare syscall name, as syzkaller titles it (`BUG: soft lockup in mount`).
-    match = _COMPAT_SYSCALL.match(name)
+    # A 32-bit compat entry point (`compat_SyS_mount`, `__ia32_compat_sys_mount`) and a pre-4.17
+    # kernel's syscall wrapper (`SyS_rmdir`) are titled with the bare syscall name, as syzkaller
+    # titles them (`BUG: soft lockup in mount`, `INFO: rcu detected stall in rmdir`); 4.17+'s
+    # `__x64_sys_rmdir` and the old inner `SYSC_rmdir` are `sys_rmdir`.
+    match = _BARE_SYSCALL.match(name)
     if match:
         return match.group("name")
     match = _SYSCALL.match(name)
@@ -392,6 +398,9 @@ class _Report:
             return None
         if named is not None and (strategy is Blame.HEADER_AS_IS or
                                   (strategy is Blame.HEADER and not self.skipped(named))):
+            return named
+        if named is not None and strategy is Blame.NAMED and not (
+                self.kind.skip is not None and self.kind.skip.search(named)):
             return named
         by_strategy = {Blame.RIP: self.blame_rip, Blame.STALL: self.blame_stall, Blame.LOCK: self.blame_lock}
         if strategy in by_strategy:

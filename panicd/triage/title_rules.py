@@ -49,6 +49,8 @@ class Blame(enum.Enum):
     NONE = "none"            # the title names no function
     HEADER = "header"        # the function in the header line's `fn` capture, else the trace
     HEADER_AS_IS = "header as is"  # the header's `fn`, even a generic one (KCSAN names both racers)
+    NAMED = "named"          # the `fn` the report names as the culprit (`caller is f`), even a
+    #                          generic one, unless the kind's own `skip` matches it; else the trace
     RIP = "rip"              # the faulting PC (`RIP:`, `IP:`, `pc :`, `PC is at`), else the trace
     TRACE = "trace"          # the first frame of the report's stack trace that is not skipped
     STALL = "stall"          # an RCU stall or soft lockup: the stalled code's entry point
@@ -110,6 +112,9 @@ GENERIC_SKIP = _names(
     r"check_panic_on_warn", r"nmi_", r"arch_trigger", r"trigger_", r"rcu_dump_cpu_stacks",
     r"dump_header", r"watchdog", r"lockup_detector", r"dump_backtrace", r"__dump_backtrace",
     r"__stack_chk_fail", r"\w{0,60}_panic$", r"rust_helper_BUG", r"__pfx_",
+    # FORTIFY_SOURCE's reporter: it WARNs (6.9+) or panics (fortify_panic) for the caller whose
+    # string or memory call overflowed
+    r"__fortify_report", r"fortify_report",
     # assertion-failure reporters (`btrfs_assertfail`, `__assert_fail`), not a function that
     # checks a condition of its own (`assert_slb_presence` is the WARN site syzkaller names)
     r"\w{0,60}assert(?:ion)?_?fail", r"\w{0,60}_assert_", r"__assert", r"\w{0,60}assert$",
@@ -175,11 +180,20 @@ GENERIC_SKIP = _names(
     r"page_pool_alloc", r"__page_pool_alloc", r"page_pool_put", r"__page_pool_put",
     r"alloc_pages_bulk", r"__alloc_pages_bulk",
     r"alloc_page_interleave", r"__alloc_frozen_pages", r"alloc_frozen_pages", r"__folio_alloc",
-    r"folio_alloc", r"xas_", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
+    r"folio_alloc", r"xas_",
+    # checksums (`crc16`, `crc32c`, `crc32_le`) read the buffer their caller hands them
+    r"crc\d{0,2}c?$", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
     r"_atomic_dec_and", r"__bitmap", r"find_next_bit", r"find_first_bit", r"_find_next_bit",
     # page cache and page allocation: they fail on the page or folio their caller handed them
     r"filemap_", r"__filemap_", r"find_lock_", r"__find_lock_", r"find_get_", r"pagecache_get_page",
-    r"folio_", r"__folio_", r"\w{0,60}_noprof$", r"truncate_inode_pages", r"__pagevec_", r"pagevec_",
+    r"folio_", r"__folio_", r"\w{0,60}_noprof$",
+    # the page API's lock and reference helpers (wrappers of the folio ones since 5.16)
+    r"unlock_page$", r"lock_page$", r"__lock_page", r"trylock_page$", r"get_page$", r"wait_on_page_",
+    r"__pagevec_", r"pagevec_",
+    # truncation, its per-folio step and its wrappers: they walk the mapping that the
+    # filesystem's evict/setattr hands over (a BUG_ON of their own, `kernel BUG in
+    # truncate_inode_partial_page`, keeps its name: that function is not listed)
+    r"truncate_inode_pages", r"truncate_cleanup_", r"truncate_pagecache", r"truncate_setsize$",
     # VFS reference and inode-state helpers: a bad reference or link count was the caller's
     r"iput$", r"iput_final", r"dput$", r"fast_dput", r"__dentry_kill", r"fput$", r"fput_many",
     r"____fput", r"drop_nlink", r"clear_nlink", r"inc_nlink", r"set_nlink", r"mark_buffer_dirty",
@@ -190,6 +204,8 @@ GENERIC_SKIP = _names(
     # caller that misused them is to blame
     r"__wake_up", r"wake_up$", r"wake_up_(?:process|state|bit|var|all|interruptible|locked|poll)",
     r"finish_wait", r"prepare_to_wait", r"mutex_remove_waiter",
+    # a completion is signalled under its own wait-queue lock, for the caller that owns it
+    r"complete$", r"complete_all$", r"swake_up",
     r"kthread_stop", r"kobject_", r"device_del", r"device_unregister", r"klist_", r"__flush_work",
     r"flush_work", r"__queue_work", r"queue_work", r"lock_timer_base", r"sysfs_remove", r"sysfs_create",
     r"skb_pull", r"skb_put", r"skb_push", r"__skb_pull", r"skb_over_panic", r"skb_under_panic",
@@ -216,7 +232,10 @@ GENERIC_SKIP = _names(
     r"system_call", r"fast_syscall", r"x64_sys_call", r"x86_64_start", r"start_secondary",
     r"cpu_startup_entry", r"secondary_startup", r"rest_init", r"arch_call_rest_init",
     r"unwind_", r"arch_stack_walk", r"stack_trace_", r"save_stack", r"__save_stack",
-    r"depot_", r"stack_depot", r"kernel_text_address", r"__kernel_text_address", r"is_bpf_text",
+    r"depot_", r"stack_depot",
+    # page_owner records the allocation stack from inside the allocator: its own frames top it
+    r"__set_page_owner", r"set_page_owner", r"__reset_page_owner", r"reset_page_owner",
+    r"kernel_text_address", r"__kernel_text_address", r"is_bpf_text",
 )
 
 _SCHED = _names(
@@ -305,7 +324,11 @@ STALL_DISPATCH = _names(
     # Not ____sys_sendmsg/____sys_recvmsg: they are the per-message body of sendmmsg/recvmmsg,
     # and a stall there is the syscall's (`INFO: rcu detected stall in sys_recvmmsg`).
     r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
-    r"\w{0,40}netlink_rcv_msg$", r"mmap_region", r"\w{0,60}_compat_ioctl$", r"do_dentry_open",
+    r"\w{0,40}netlink_rcv_msg$",
+    # netlink's dump loop calls the family's dump callback (a `*_dumpit`) once per batch: a dump
+    # that never ends is the callback's, as a request's is its handler's (netlink_rcv_msg)
+    r"netlink_dump$",
+    r"mmap_region", r"\w{0,60}_compat_ioctl$", r"do_dentry_open",
     # the ioctl syscall itself when vfs_ioctl is inlined into it (the 32-bit compat_SyS_ioctl,
     # titled `ioctl`; sys_ioctl): it calls the file's ioctl method
     r"ioctl$", r"sys_ioctl$",
@@ -346,7 +369,8 @@ def _sanitizer_type(tool: str) -> Callable[[Mapping[str, str]], str | None]:
             return f"{tool}-INFO-LEAK"
         for marker, name in (("invalid-free", "INVALID-FREE"), ("double-free", "INVALID-FREE"),
                              ("invalid free", "INVALID-FREE"), ("memory corruption", "MEMORY-CORRUPTION"),
-                             ("uninit-value", "UNINIT-VALUE")):
+                             ("uninit-value", "UNINIT-VALUE"),
+                             ("uninitialized memory", "UNINIT-VALUE")):
             if marker in bug:
                 return f"{tool}-{name}"
         for marker, name in (("use-after-free", "USE-AFTER-FREE-"),
@@ -396,12 +420,20 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           blame=Blame.HEADER, crash_type=_sanitizer_type("KFENCE")),
     _kind(r"BUG: KFENCE: (?P<bug>[a-z -]+?) in " + FN, "KFENCE: {bug} in {frame}", blame=Blame.HEADER,
           crash_type=_sanitizer_type("KFENCE")),
-    _kind(r"BUG: KMSAN: (?P<bug>[a-z-]+) in " + FN, "KMSAN: {bug} in {frame}", blame=Blame.HEADER,
-          crash_type=_sanitizer_type("KMSAN")),
+    # KMSAN's bug is one word today (`uninit-value`, `kernel-infoleak`); its first reports (2017-18)
+    # spelled it out (`use of uninitialized memory`): a few words, titled as printed.
+    _kind(r"BUG: KMSAN: (?P<bug>[a-z-]+(?: [a-z-]+){0,5}) in " + FN, "KMSAN: {bug} in {frame}",
+          blame=Blame.HEADER, crash_type=_sanitizer_type("KMSAN")),
     _kind(r"BUG: KCSAN: data-race in " + FN + r" / (?P<other>[A-Za-z_][\w.]{0,200})",
           "KCSAN: data-race in {frame} / {other}", blame=Blame.HEADER_AS_IS, crash_type="KCSAN-DATARACE"),
     _kind(r"BUG: KCSAN: data-race in " + FN, "KCSAN: data-race in {frame}", blame=Blame.HEADER,
           crash_type="KCSAN-DATARACE"),
+    # ASSERT_EXCLUSIVE_*() found a concurrent access the code declared impossible: the same
+    # shape as a data race, `f / g` when both racers are known, `f` alone otherwise.
+    _kind(r"BUG: KCSAN: assert: race in " + FN + r" / (?P<other>[A-Za-z_][\w.]{0,200})",
+          "KCSAN: assert: race in {frame} / {other}", blame=Blame.HEADER_AS_IS, crash_type="KCSAN-ASSERT"),
+    _kind(r"BUG: KCSAN: assert: race in " + FN, "KCSAN: assert: race in {frame}", blame=Blame.HEADER,
+          crash_type="KCSAN-ASSERT"),
     _kind(r"UBSAN: (?P<bug>[a-z-]+(?: [a-z-]+)*) in ", "UBSAN: {bug} in {frame}", crash_type=_ubsan_type),
     _kind(r"UBSAN: Undefined behaviour in ", "UBSAN: undefined-behaviour in {frame}", crash_type="UBSAN"),
     # --- kmemleak ---
@@ -438,8 +470,16 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"stack segment: ", "stack segment fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
     _kind(r"divide error: ", "divide error in {frame}", blame=Blame.RIP, crash_type="DoS"),
     _kind(r"PANIC: double fault", "PANIC: double fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    # A stack overflow is a call chain too deep, usually a recursion (stacked netdevs notifying
+    # each other): the frame that hit the guard page is an innocent leaf. As for a corrupted
+    # stack end, blame the entry point a dispatcher called into (a syscall's, a netlink
+    # message's handler), found from the innermost frame outwards (Blame.STALL).
     _kind(r"BUG: (?:TASK |IRQ )?stack guard page was hit", "BUG: stack guard page was hit in {frame}",
-          blame=Blame.RIP, crash_type=None),
+          blame=Blame.STALL, crash_type=None),
+    # arm64's overflow report: the exception entry found no stack left; `kernel stack overflow`
+    # is the panic that follows.
+    _kind(r"^Insufficient stack space to handle exception!?$", "kernel stack overflow in {frame}",
+          blame=Blame.STALL, crash_type="DoS"),
     _kind(r"kernel BUG at mm/usercopy\.c", "BUG: bad usercopy in {frame}", blame=Blame.RIP,
           skip=_names(r"__check_object", r"check_object", r"usercopy"), crash_type="BUG"),
     _kind(r"usercopy: Kernel memory (?:exposure|overwrite) attempt", "BUG: bad usercopy in {frame}",
@@ -475,7 +515,9 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"(?P<level>WARNING|BUG): (?i:bad unlock balance detected)",
           "{level}: bad unlock balance in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): (?i:held lock freed)", "BUG: held lock freed in {frame}", blame=Blame.LOCK,
+    # Titled with the level the kernel printed: `BUG: held lock freed!` until 4.x, `WARNING:` since.
+    _kind(r"(?P<level>WARNING|BUG): (?i:held lock freed)", "{level}: held lock freed in {frame}",
+          blame=Blame.LOCK,
           skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
     _kind(r"(?:WARNING|BUG): (?i:nested lock was not taken)", "WARNING: nested lock was not taken in {frame}",
           crash_type="LOCKDEP"),
@@ -574,6 +616,15 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           crash_type="ATOMIC_SLEEP"),
     _kind(r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {frame}", skip=_SCHED,
           crash_type="ATOMIC_SLEEP"),
+    # The kernel names the function that used the CPU number (`caller is f`): that is the code at
+    # fault, even a library's (a radix tree's per-CPU preload), unless it is the check itself or
+    # the lockdep/irq-tracing code that ran it; then the trace decides.
+    _kind(r"BUG: using (?P<fn_name>__this_cpu_\w+|smp_processor_id)\(\) in preemptible",
+          "BUG: using {fn_name}() in preemptible code in {frame}", details=_re(r"^caller is " + FN + r"\+0x"),
+          blame=Blame.NAMED,
+          skip=_names(r"check_preemption_disabled", r"debug_smp_processor_id", r"__this_cpu_preempt",
+                      r"lockdep", r"__lockdep", r"trace_hardirqs"),
+          crash_type="LOCKDEP"),
     _kind(r"BUG: using (?P<fn_name>__this_cpu_\w+|smp_processor_id)\(\) in preemptible",
           "BUG: using {fn_name}() in preemptible code in {frame}",
           skip=_names(r"check_preemption_disabled", r"debug_smp_processor_id", r"__this_cpu_preempt"),
@@ -585,6 +636,11 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"BUG: Bad page map", "BUG: Bad page map in {frame}", crash_type=None),
     _kind(r"BUG: Bad rss-counter", "BUG: Bad rss-counter state", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
+    # addrconf found an IPv6 address without its local route (`IPv6: BUG: Address 2001:db8::1 on
+    # device lo is missing its host route.`): the address is folded, as any address in a title
+    _kind(r"BUG: Address [0-9A-Fa-f:.]{2,64} on device (?P<dev>\S{1,32}) is missing its host route",
+          "BUG: Address IPV6ADDR on device {dev} is missing its host route.", blame=Blame.NONE,
+          needs_frame=False, crash_type=None),
     _kind(r"BUG: Dentry .{0,80} still in use", "BUG: Dentry still in use in {frame}", crash_type=None),
     _kind(r"BUG: (?P<what>[A-Za-z][^:]{0,60}?) \(", "BUG: {what}", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
@@ -634,7 +690,7 @@ NOT_A_CRASH = re.compile(
 # Cheap prefilter: a line that contains none of these cannot be a header.
 HEADER_WORDS = re.compile(
     r"BUG|WARNING|INFO:|KASAN|KMSAN|KCSAN|KFENCE|UBSAN|fault|error|panic|PANIC|unreferenced|"
-    r"Unable|Unhandled|Alignment|refcount_t|ODEBUG|DEBUG_LOCKS|corruption|usercopy|"
+    r"Unable|Unhandled|Alignment|Insufficient stack|refcount_t|ODEBUG|DEBUG_LOCKS|corruption|usercopy|"
     r"unregister_netdevice|VFS: Close|VFS: Busy|SYZFAIL|overflow")
 
 # --- which report the panic came from, on a guest that survived earlier ones ---
