@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from panicd import __version__
 from panicd.config import DumpFormat, load
 from panicd.errors import ConfigError
 from panicd.events import IncidentKind
-from panicd.store import FILE_NAME, IncidentQueries, StoreError, connect, when
-from panicd.table import cell, human_size, render
+from panicd.store import FILE_NAME, StoreError, when
 from panicd.text import printable
 
 DEFAULT_CONFIG = Path("/etc/panicd/panicd.toml")
@@ -311,37 +307,7 @@ def _guest(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(printable(f"panicd guest: cannot ask the daemon at {path}: {exc}"), file=sys.stderr)
         return 1
-    return _print_guest_outcome(outcome, incident)
-
-
-def _print_guest_outcome(outcome: dict[str, Any], incident: str) -> int:
-    if not outcome.get("done"):
-        print(printable(f"incident {incident}: {outcome.get('error')}; see panicd incidents "
-                        f"show {incident}"), file=sys.stderr)
-        return 1
-    steps = [s for s in outcome.get("steps") or [] if isinstance(s, dict)]
-    rows = [(cell(s.get("name")), "ok" if s.get("ok") else "failed",
-             f"{s.get('seconds', 0):.2f} s", cell(_step_summary(s))) for s in steps]
-    print("\n".join(render(("STEP", "RESULT", "TOOK", "DETAIL"), rows)))
-    result = printable(str(outcome.get("outcome")))
-    print(f"incident {incident}: {result} (panicd incidents show {incident})")
-    return 0 if outcome.get("outcome") == "ok" else 1
-
-
-def _step_summary(step: dict[str, Any]) -> str:
-    """What a step did, in a few words: its error, its dump, the guest's runstate after it."""
-    if not step.get("ok"):
-        return f"{step.get('error')}"
-    parts = [f"skipped: {step['skipped']}"] if step.get("skipped") else []
-    dump = step.get("dump")
-    if isinstance(dump, dict) and dump.get("path"):
-        size = dump.get("bytes")
-        parts.append(f"{dump['path']} ({human_size(size) if isinstance(size, int) else '?'}, "
-                     f"{dump.get('format')}, {dump.get('result')})")
-    power = step.get("power")
-    if isinstance(power, dict) and power.get("status"):
-        parts.append(f"guest {power['status']}")
-    return "; ".join(parts) or "-"
+    return control.print_guest_outcome(outcome, incident)
 
 
 def _status_socket(config_path: Path | None) -> Path:
@@ -395,78 +361,14 @@ def _incidents(args: argparse.Namespace) -> int:
     state_dir = args.state_dir if args.state_dir is not None else _daemon_path(
         "incidents", args.config, key="state_dir", load_leniently=load_state_dir,
         default=DaemonConfig().state_dir, use="reading the store under")
+    from panicd import incidents_view  # noqa: PLC0415
+
     try:
-        with _read_only_store(state_dir / FILE_NAME) as queries:
-            return _print_incidents(args, queries, state_dir / FILE_NAME)
+        with incidents_view.read_only_store(state_dir / FILE_NAME) as queries:
+            return incidents_view.command(args, queries, state_dir / FILE_NAME)
     except StoreError as exc:
         print(printable(f"panicd incidents: {exc}"), file=sys.stderr)
         return 1
-
-
-@contextlib.contextmanager
-def _read_only_store(path: Path) -> Iterator[IncidentQueries]:
-    """Questions to the store at `path`, which is never written; StoreError says what is wrong."""
-    try:
-        path.stat()
-    except FileNotFoundError:
-        raise StoreError(f"no incident store at {path} (panicd has not run with this "
-                         "state_dir, or --state-dir or -c names another)") from None
-    except OSError as exc:
-        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
-    try:
-        db = connect(path, read_only=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
-    except StoreError as exc:
-        raise StoreError(f"cannot open the incident store {exc}") from exc
-    try:
-        yield IncidentQueries(db)
-    except sqlite3.Error as exc:
-        # A file SQLite opens but cannot read through (truncated, not panicd's, damaged).
-        raise StoreError(f"cannot read the incident store {path}: {exc}") from exc
-    finally:
-        db.close()
-
-
-def _print_incidents(args: argparse.Namespace, queries: IncidentQueries, path: Path) -> int:
-    from panicd import incidents_view  # noqa: PLC0415
-
-    if args.incidents_command == "show":
-        record = queries.incident(args.id)
-        if record is None:
-            print(printable(f"panicd incidents: no incident '{args.id}' in {path}"),
-                  file=sys.stderr)
-            return 1
-        # JSON keeps names exact (json.dumps escapes control characters); the text escapes them.
-        print(incidents_view.as_json(record) if args.json
-              else incidents_view.format_incident(record))
-        return 0
-    if args.by_signature:
-        from panicd.signatures import SignatureQueries  # noqa: PLC0415
-
-        if args.kind is not None:
-            print("panicd incidents: --kind does not go with --by-signature (a signature is a "
-                  "crash title, whatever the incident's kind)", file=sys.stderr)
-            return 2
-        version = queries.db.execute("PRAGMA user_version").fetchone()[0]
-        if version < 2:
-            # A panicd from before crash signatures still runs on this store: its next start
-            # migrates it (schema 2 adds the signatures' table).
-            print(printable(f"panicd incidents: {path} has no crash signatures yet (schema "
-                            f"{version}): restart panicd to bring the store up to date"),
-                  file=sys.stderr)
-            return 1
-        summaries = SignatureQueries(queries.db).by_signature(guest=args.guest, since=args.since)
-        print(incidents_view.signatures_json(summaries) if args.json
-              else incidents_view.format_signatures(summaries))
-        return 0
-    if args.json:
-        print(incidents_view.as_json(queries.incidents(guest=args.guest, since=args.since,
-                                                        kind=args.kind)))
-    else:
-        print(incidents_view.format_table(queries.listing(guest=args.guest, since=args.since,
-                                                          kind=args.kind)))
-    return 0
 
 
 def _raise_fd_limit() -> None:
@@ -479,56 +381,6 @@ def _raise_fd_limit() -> None:
 
 
 def _triage(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
+    from panicd.triage import command  # noqa: PLC0415 - keeps start-up light
 
-    from panicd.triage import TriageError  # noqa: PLC0415
-    from panicd.triage.report import (  # noqa: PLC0415
-        from_console,
-        read_console_log,
-        read_console_stream,
-        triage,
-    )
-
-    if (args.dump is None) == (args.log is None):
-        print("panicd triage: give a DUMP or --log FILE (- for standard input), not both",
-              file=sys.stderr)
-        return 2
-    if args.end_offset is not None and args.log in (None, "-"):
-        print("panicd triage: --end-offset goes with --log FILE (a file, not a dump or -)",
-              file=sys.stderr)
-        return 2
-    if args.memory_limit is not None:
-        import resource  # noqa: PLC0415
-
-        resource.setrlimit(resource.RLIMIT_DATA, (args.memory_limit, args.memory_limit))
-    lines = max(0, args.lines)
-    try:
-        if args.log == "-":
-            report = from_console(read_console_stream(sys.stdin.buffer), lines=lines)
-        elif args.log is not None:
-            report = from_console(read_console_log(Path(args.log), args.end_offset), lines=lines)
-        else:
-            report = triage(args.dump, lines=lines)
-    except (TriageError, OSError) as exc:
-        print(printable(f"panicd triage: {exc}"), file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-        return 0
-    # Everything below was written by the guest's kernel (or whoever controls the guest):
-    # escaped, so a log line cannot move the cursor or recolour the operator's terminal.
-    title = report.title or "(no crash in the log)"
-    if report.title_corrupted:
-        title += " (the report looks garbled)"
-    print(f"title:   {printable(title)}")
-    if report.signature:
-        print(f"signature: {report.signature}")
-    print(f"kernel:  {printable(report.kernel_release or '')}")
-    print(f"panic:   {printable(report.panic_line or '(no panic line in the log)')}")
-    if report.first_problem:
-        print(f"first:   {printable(report.first_problem)}")
-    if report.call_trace:
-        print("trace:\n  " + "\n  ".join(printable(line) for line in report.call_trace))
-    print(f"last {len(report.last_lines)} of {report.records} log lines:")
-    print("\n".join(printable(line) for line in report.last_lines))
-    return 0
+    return command.run(args)

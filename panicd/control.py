@@ -28,6 +28,7 @@ import grp
 import json
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import structlog
 
 from panicd.listen import peer_credentials
 from panicd.table import cell, human_size, render
+from panicd.text import printable
 
 log = structlog.get_logger("panicd.control")
 
@@ -260,3 +262,34 @@ def format_table(status: dict[str, Any]) -> str:
     if summary:
         lines.append(f"\n{cell(summary)}")
     return "\n".join(lines)
+
+
+def print_guest_outcome(outcome: dict[str, Any], incident: str) -> int:
+    """`panicd guest`'s table of the incident's steps; 0 when every one was ok, else 1."""
+    if not outcome.get("done"):
+        print(printable(f"incident {incident}: {outcome.get('error')}; see panicd incidents "
+                        f"show {incident}"), file=sys.stderr)
+        return 1
+    steps = [s for s in outcome.get("steps") or [] if isinstance(s, dict)]
+    rows = [(cell(s.get("name")), "ok" if s.get("ok") else "failed",
+             f"{s.get('seconds', 0):.2f} s", cell(step_summary(s))) for s in steps]
+    print("\n".join(render(("STEP", "RESULT", "TOOK", "DETAIL"), rows)))
+    result = printable(str(outcome.get("outcome")))
+    print(f"incident {incident}: {result} (panicd incidents show {incident})")
+    return 0 if outcome.get("outcome") == "ok" else 1
+
+
+def step_summary(step: dict[str, Any]) -> str:
+    """What a step did, in a few words: its error, its dump, the guest's runstate after it."""
+    if not step.get("ok"):
+        return f"{step.get('error')}"
+    parts = [f"skipped: {step['skipped']}"] if step.get("skipped") else []
+    dump = step.get("dump")
+    if isinstance(dump, dict) and dump.get("path"):
+        size = dump.get("bytes")
+        parts.append(f"{dump['path']} ({human_size(size) if isinstance(size, int) else '?'}, "
+                     f"{dump.get('format')}, {dump.get('result')})")
+    power = step.get("power")
+    if isinstance(power, dict) and power.get("status"):
+        parts.append(f"guest {power['status']}")
+    return "; ".join(parts) or "-"

@@ -11,17 +11,23 @@ records written before it did) it is read from the `dump` step's result: its `du
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Sequence
+import sqlite3
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from panicd.records import DumpSummary, IncidentRecord, IncidentState, StepResult
-from panicd.signatures import SignatureSummary
-from panicd.store import IncidentListing
+from panicd.signatures import SignatureQueries, SignatureSummary
+from panicd.store import IncidentListing, IncidentQueries, StoreError, connect
 from panicd.table import cell, human_size, render
+from panicd.text import printable
 
 _RECORDS = TypeAdapter(list[IncidentRecord])
 _SIGNATURES = TypeAdapter(list[SignatureSummary])
@@ -192,3 +198,68 @@ def _value(value: JsonValue | object) -> str:
         # safe on a terminal as it is, and stays JSON an operator can paste.
         return json.dumps(value, sort_keys=True, default=str)
     return cell(value)
+
+
+# -- the `panicd incidents` command -----------------------------------------------------------
+
+@contextlib.contextmanager
+def read_only_store(path: Path) -> Iterator[IncidentQueries]:
+    """Questions to the store at `path`, which is never written; StoreError says what is wrong."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"no incident store at {path} (panicd has not run with this "
+                         "state_dir, or --state-dir or -c names another)") from None
+    except OSError as exc:
+        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
+    try:
+        db = connect(path, read_only=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the incident store {path}: {exc}") from exc
+    except StoreError as exc:
+        raise StoreError(f"cannot open the incident store {exc}") from exc
+    try:
+        yield IncidentQueries(db)
+    except sqlite3.Error as exc:
+        # A file SQLite opens but cannot read through (truncated, not panicd's, damaged).
+        raise StoreError(f"cannot read the incident store {path}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def command(args: argparse.Namespace, queries: IncidentQueries, path: Path) -> int:
+    """`panicd incidents [show ID | --by-signature]` on an open store; the exit status."""
+    if args.incidents_command == "show":
+        record = queries.incident(args.id)
+        if record is None:
+            print(printable(f"panicd incidents: no incident '{args.id}' in {path}"),
+                  file=sys.stderr)
+            return 1
+        # JSON keeps names exact (json.dumps escapes control characters); the text escapes them.
+        print(as_json(record) if args.json
+              else format_incident(record))
+        return 0
+    if args.by_signature:
+        if args.kind is not None:
+            print("panicd incidents: --kind does not go with --by-signature (a signature is a "
+                  "crash title, whatever the incident's kind)", file=sys.stderr)
+            return 2
+        version = queries.db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            # A panicd from before crash signatures still runs on this store: its next start
+            # migrates it (schema 2 adds the signatures' table).
+            print(printable(f"panicd incidents: {path} has no crash signatures yet (schema "
+                            f"{version}): restart panicd to bring the store up to date"),
+                  file=sys.stderr)
+            return 1
+        summaries = SignatureQueries(queries.db).by_signature(guest=args.guest, since=args.since)
+        print(signatures_json(summaries) if args.json
+              else format_signatures(summaries))
+        return 0
+    if args.json:
+        print(as_json(queries.incidents(guest=args.guest, since=args.since,
+                                                        kind=args.kind)))
+    else:
+        print(format_table(queries.listing(guest=args.guest, since=args.since,
+                                                          kind=args.kind)))
+    return 0
