@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from panicd.triage import console
 from panicd.triage.console import kernel_lines
-from panicd.triage.rust_demangle import demangle
+from panicd.triage.rust_demangle import demangle, demangle_itanium
 from panicd.triage.title import MAX_TITLE, CrashTitle, crash_title, signature_of, title_of_log
 from tests.syzkaller_reports import REPORTS_DIR, SyzReport, load_reports, same_class_and_function, score
 
@@ -1845,3 +1845,287 @@ Call trace:
     crash = title_of_log(arm64)
     assert crash is not None and crash.title == "kernel stack overflow in rtnl_newlink"
     assert crash.crash_type == "DoS" and not crash.corrupted
+
+
+# --- (5) rules that transfer: a fourth sample's misses, each fixed by a principle ----------------
+# Hand-written logs; each case names the principle, and a rule that lists single names would
+# fail the sibling cases (another lockdep kind, another iterator, another lock primitive).
+
+_HELD_STILL = """=====================================
+[ {level}: frob/31761 still has locks held! ]
+4.8.0+ #30 Not tainted
+-------------------------------------
+1 lock held by frob/31761:
+ #0:  (&pipe->mutex/1){{+.+.+.}}, at: [<ffffffff81844c6b>] frob_pipe_lock+0x5b/0x70
+
+stack backtrace:
+Call Trace:
+ [<ffffffff82d383a9>] dump_stack+0x12e/0x185
+ [<ffffffff81463cb5>] debug_check_no_locks_held+0x125/0x140
+ [<ffffffff860bae47>] frob_stream_read+0x1317/0x1b70
+"""
+_NESTED_NOT_TAKEN = """{level}: Nested lock was not taken
+frob/13544 is trying to lock:
+ffff88803c86db70 (&sb->s_type->i_lock_key#36){{+.+.}}-{{2:2}}, at: _atomic_dec_and_lock+0x9d/0x110
+Call Trace:
+ lock_acquire+0x182/0x3c0
+ _raw_spin_lock+0x2a/0x40
+ _atomic_dec_and_lock+0x9d/0x110
+ iput+0x85/0x760
+ frob_fill_super+0x3af3/0x42a0
+"""
+_RETURNING_TO_USER = """{level}: lock held when returning to user space!
+frob/4242 is leaving the kernel with locks still held!
+1 lock held by frob/4242:
+ #0: ffff8880a1b2c3d4 (&fi->mutex){{+.+.}}-{{3:3}}, at: frob_lock_inode+0x1a/0x30
+"""
+
+
+@pytest.mark.parametrize("level", ["BUG", "WARNING"])
+@pytest.mark.parametrize(("log", "title"), [
+    (_HELD_STILL, "still has locks held in frob_pipe_lock"),
+    (_NESTED_NOT_TAKEN, "nested lock was not taken in frob_fill_super"),
+    (_RETURNING_TO_USER, "lock held when returning to user space in frob_lock_inode"),
+])
+def test_lockdep_reports_keep_the_level_the_kernel_printed(log: str, title: str, level: str) -> None:
+    # lockdep printed `[ BUG: ... ]` until 4.x and `WARNING:` since: one rule for every kind
+    crash = title_of_log(log.format(level=level))
+    assert crash is not None and crash.title == f"{level}: {title}"
+    assert crash.crash_type == "LOCKDEP"
+
+
+_TRUSTY_TAIL = """trusty: HALT: (reason = 9)
+trusty crashed
+------------[ cut here ]------------
+WARNING: CPU: 0 PID: 36 at drivers/trusty/trusty.c:215 trusty_std_call32+0x220/0x240
+Call trace:
+ trusty_std_call32+0x220/0x240
+ frob_nop_work_func+0x1c/0x40
+ process_one_work+0x6f8/0x1300
+"""
+
+
+@pytest.mark.parametrize(("panic", "title"), [
+    ("trusty: panic (caller 0xffffffffe000fbd0): DEBUG ASSERT FAILED at "
+     "(trusty/kernel/include/shared/lk/frob.h:63): frob_in_list(&ref->node)",
+     "trusty: ASSERT FAILED: frob_in_list(&ref->node)"),
+    # another line's console prefix interleaved into the caller's address
+    ("trusty: panic (caller [ 1117.140866] trusty: 0xffffffffe000fbb8): ASSERT FAILED at "
+     "(trusty/kernel/lib/trusty/frob.c:472): !frob_in_list(&chan->node)",
+     "trusty: ASSERT FAILED: !frob_in_list(&chan->node)"),
+    ("trusty: panic (caller 0xffffffffe0002314): failed(-5) to start frob 6",
+     "trusty: panic: failed(-NUM) to start frob NUM"),
+])
+def test_a_trusty_panic_is_titled_by_the_secure_oss_message_not_the_drivers_warning(
+        panic: str, title: str) -> None:
+    crash = title_of_log("[  740.950561] " + panic + "\n" + _TRUSTY_TAIL)
+    assert crash is not None and crash.title == title
+    assert crash.frame is None and crash.crash_type == "DoS"
+
+
+@pytest.mark.parametrize("iterator", ["device_for_each_child", "bus_for_each_dev", "driver_for_each_device",
+                                      "class_for_each_device"])
+def test_a_device_model_iterator_blames_its_caller(iterator: str) -> None:
+    log = f"""WARNING: CPU: 0 PID: 102 at fs/sysfs/group.c:278 sysfs_remove_group+0x155/0x1b0
+Call Trace:
+ sysfs_remove_group+0x155/0x1b0
+ device_del+0x1e1/0xb10
+ device_unregister+0x11/0x30
+ frob_unregister_client+0x8b/0xa0
+ {iterator}+0xf9/0x170
+ i2c_del_adapter+0x2e2/0x590
+ frob_i2c_core_done+0x69/0xb6
+ frob_hdw_destroy+0x179/0x370
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING in frob_i2c_core_done"
+
+
+@pytest.mark.parametrize("primitive", ["down_trylock", "down_killable", "write_seqlock", "percpu_rwsem_wait",
+                                       "rt_mutex_lock"])
+def test_lockdep_never_blames_a_core_lock_primitive(primitive: str) -> None:
+    log = f"""======================================================
+WARNING: possible circular locking dependency detected
+------------------------------------------------------
+frob/31457 is trying to acquire lock:
+ffffffff8600aef8 ((console_sem).lock){{-.-.}}, at: {primitive}+0x13/0x70
+
+but task is already holding lock:
+ffff88006c849558 (&rq->lock){{-.-.}}, at: frob_tick_handler+0x17e/0xb00
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "possible deadlock in frob_tick_handler"
+
+
+def test_lockdep_still_blames_a_subsystems_lock_function() -> None:
+    log = """WARNING: possible circular locking dependency detected
+frob/1 is trying to acquire lock:
+ffffffff8a5c6e68 (rtnl_mutex){+.+.}-{3:3}, at: rtnl_lock+0x17/0x20
+
+but task is already holding lock:
+ffff88806c849558 (&frob->lock){+.+.}-{3:3}, at: frob_ioctl+0x17e/0xb00
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "possible deadlock in rtnl_lock"
+
+
+def _infoleak(filemap_frame: str) -> str:
+    return f"""BUG: KMSAN: kernel-infoleak in _copy_to_iter+0x376/0x1c60
+ _copy_to_iter+0x376/0x1c60
+ copy_page_to_iter+0x420/0x880
+ {filemap_frame}+0xbcc/0x1470
+ frob_read_iter+0x6c0/0x8e0
+ vfs_read+0x8fc/0xf50
+"""
+
+
+def test_the_page_caches_operations_are_blamed_but_not_its_lookup_helpers() -> None:
+    crash = title_of_log(_infoleak("filemap_read"))
+    assert crash is not None and crash.title == "KMSAN: kernel-infoleak in filemap_read"
+    for helper in ("__filemap_get_folio", "filemap_get_pages", "filemap_alloc_folio", "filemap_add_folio"):
+        crash = title_of_log(_infoleak(helper))
+        assert crash is not None and crash.title == "KMSAN: kernel-infoleak in frob_read_iter", helper
+
+
+@pytest.mark.parametrize("hook", ["write_comp_data", "__sanitizer_cov_trace_pc", "check_kcov_mode"])
+def test_a_stall_sampled_in_a_kcov_hook_blames_the_looping_thread(hook: str) -> None:
+    log = f"""rcu: INFO: rcu_sched self-detected stall on CPU
+rcu: \t0-....: (10499 ticks this GP) idle=d0a/1/0x4000000000000002 softirq=51093/51093 fqs=3111
+NMI backtrace for cpu 0
+Call Trace:
+ <IRQ>
+ dump_stack+0xe1/0x157
+ rcu_dump_cpu_stacks+0x183/0x1cf
+ update_process_times+0x2d/0x70
+ hrtimer_interrupt+0x2ea/0x730
+ smp_apic_timer_interrupt+0x159/0x580
+ apic_timer_interrupt+0x93/0xa0
+ </IRQ>
+RIP: 0010:{hook}+0x9/0x70
+RSP: 0018:ffff8801e1757da8 EFLAGS: 00000206 ORIG_RAX: ffffffffffffff12
+ kthread_should_park+0x54/0xd0
+ frob_sq_thread+0x213/0xc80
+ kthread+0x345/0x410
+ ret_from_fork+0x3f/0x50
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_sq_thread"
+
+
+def test_a_fault_in_a_kcov_hook_is_still_the_hooks() -> None:
+    log = """Unhandled fault: page domain fault (0x01b) at 0x00000ea3
+PC is at write_comp_data+0x4c/0xd8
+Backtrace:
+[<802b3460>] (write_comp_data) from [<802b3668>] (__sanitizer_cov_trace_const_cmp1+0x34/0x3c)
+[<802b3634>] (__sanitizer_cov_trace_const_cmp1) from [<814e3fb4>] (frob_decode+0x1e0/0x7f8)
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "Unhandled fault in write_comp_data"
+
+
+def _slab_warning(site: str) -> str:
+    return f"""------------[ cut here ]------------
+WARNING: CPU: 1 PID: 5931 at mm/slab_common.c:935 {site}+0x34/0x12c
+Modules linked in:
+pc : {site}+0x34/0x12c
+Call trace:
+ {site}+0x34/0x12c
+ kfree+0xf8/0x19c
+ kvfree+0x40/0x50
+ frob_expand_isize+0xcec/0x16b4
+ frob_mark_inode_dirty+0x448/0x848
+"""
+
+
+def test_only_an_allocators_size_check_is_a_kmalloc_bug() -> None:
+    crash = title_of_log(_slab_warning("kmalloc_slab"))
+    assert crash is not None and crash.title == "WARNING: kmalloc bug in frob_expand_isize"
+    # kfree() of memory kmalloc never gave: slab's internals are passed over, a plain WARNING
+    crash = title_of_log(_slab_warning("free_large_kmalloc"))
+    assert crash is not None and crash.title == "WARNING in frob_expand_isize"
+
+
+@pytest.mark.parametrize("helper", ["frob_ldisc_lock_pair_timeout", "frob_lock_pair", "frob_lock_timeout"])
+def test_a_hung_task_in_a_lock_protocols_internals_blames_the_operation(helper: str) -> None:
+    log = f"""INFO: task getty:2986 blocked for more than 120 seconds.
+      Not tainted 3.18.0 #12
+"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
+Call Trace:
+ [<ffffffff835bdeb4>] schedule+0x64/0x160
+ [<ffffffff835c9c1a>] schedule_timeout+0x2fa/0x5d0
+ [<ffffffff835cb4ec>] ldsem_down_write+0x1ac/0x357
+ [<ffffffff835cbdd2>] {helper}+0xb2/0x160
+ [<ffffffff81f8b03f>] frob_ldisc_hangup+0x21f/0x720
+ [<ffffffff81f7a8d4>] __frob_hangup+0x3c4/0x9a0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: task hung in frob_ldisc_hangup"
+
+
+def test_a_hung_task_waiting_on_a_subsystems_lock_still_names_the_lock() -> None:
+    log = """INFO: task frob:2986 blocked for more than 120 seconds.
+Call Trace:
+ __schedule+0x86c/0x1ed0
+ schedule+0xfe/0x460
+ __mutex_lock+0x6b2/0x1150
+ rtnl_lock+0x17/0x20
+ frob_ioctl+0x21f/0x720
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: task hung in rtnl_lock"
+
+
+def test_a_sanitizer_firing_in_a_stack_dump_blames_who_asked_for_the_dump() -> None:
+    log = """==================================================================
+BUG: KASAN: stack-out-of-bounds in __show_regs+0x740/0x750
+Read of size 8 at addr ffffc900047cfb48 by task kworker/1:3/5221
+Call Trace:
+ <IRQ>
+ dump_stack_lvl+0x116/0x1f0
+ print_report+0xc3/0x670
+ kasan_report+0xd9/0x110
+ __show_regs+0x740/0x750
+ show_trace_log_lvl+0x26c/0x3d0
+ sched_show_task+0x424/0x630
+ show_state_filter+0xee/0x320
+ frob_k_spec+0xed/0x150
+ frob_kbd_event+0xcbd/0x17a0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KASAN: stack-out-of-bounds Read in frob_k_spec"
+
+
+def test_a_workqueue_lockup_names_the_work_in_flight_when_the_kernel_lists_it() -> None:
+    header = "BUG: workqueue lockup - pool cpus=0 node=0 flags=0x0 nice=0 stuck for 56s!\n"
+    listing = """Showing busy workqueues and worker pools:
+workqueue events: flags=0x100
+  pwq 2: cpus=0 node=0 flags=0x0 nice=0 active=20 refcnt=21
+    in-flight: 9:frob_fib_event_work for 58s frob_fib_event_work ,1074:frob_fib_event_work for 57s
+    pending: free_obj_work, psi_avgs_work
+"""
+    crash = title_of_log(header + listing)
+    assert crash is not None and crash.title == "BUG: workqueue lockup in frob_fib_event_work"
+    assert not crash.corrupted
+    crash = title_of_log(header)
+    assert crash is not None and crash.title == "BUG: workqueue lockup"
+
+
+@pytest.mark.parametrize(("symbol", "name"), [
+    ("_Z8fakeNameiii", "fakeName"),
+    # Rust's legacy mangling: the trailing hash dropped
+    ("_ZN11rust_binder7process7Process10update_ref17h0123456789abcdefE",
+     "rust_binder::process::Process::update_ref"),
+    ("_ZN4frob6Device4openE", "frob::Device::open"),
+])
+def test_itanium_mangled_frames_are_titled_by_their_demangled_name(symbol: str, name: str) -> None:
+    log = f"""WARNING: possible recursive locking detected
+frob/24950 is trying to acquire lock:
+ffff888106a71958 (&q->elevator_lock){{+.+.}}-{{4:4}}, at: {symbol}+0x49a/0x1a10
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == f"possible deadlock in {name}"
+
+
+@pytest.mark.parametrize("symbol", ["_Z", "_Z999x", "_Zfoo", "_ZN3foo", "_ZN0E", "_Z" + "9" * 500])
+def test_malformed_itanium_names_are_kept_as_printed(symbol: str) -> None:
+    assert demangle_itanium(symbol) is None

@@ -14,6 +14,8 @@ so no symbol can loop or recurse without end.
 
 from __future__ import annotations
 
+import re
+
 MAX_SYMBOL = 400
 MAX_DEPTH = 32
 _BASIC_TYPES = {
@@ -150,3 +152,34 @@ def demangle(symbol: str) -> str | None:
         return parser.path()
     except (_Unsupported, RecursionError, ValueError):
         return None
+
+
+def demangle_itanium(symbol: str) -> str | None:
+    """An Itanium-mangled name (`_Z...`, Rust's legacy mangling and C++'s) -> its path:
+    `_ZN4core9panicking5panic17h0123456789abcdefE` -> `core::panicking::panic` (the hash that
+    legacy Rust appends dropped), `_Z8fakeNameiii` -> `fakeName` (a function's parameter types
+    dropped, as a title names functions). None when the name is not a plain or nested name."""
+    if not symbol.startswith("_Z") or len(symbol) > MAX_SYMBOL:
+        return None
+    nested = symbol.startswith("_ZN")
+    pos = 3 if nested else 2
+    parts: list[str] = []
+    while pos < len(symbol) and symbol[pos].isdigit() and len(parts) < MAX_DEPTH:
+        end = pos
+        while end < len(symbol) and end - pos < 3 and symbol[end].isdigit():
+            end += 1
+        length = int(symbol[pos:end])
+        if length == 0 or end + length > len(symbol):
+            return None
+        parts.append(symbol[end:end + length])
+        pos = end + length
+        if not nested:
+            break
+    if not parts or (nested and symbol[pos:pos + 1] != "E"):
+        return None
+    if len(parts) > 1 and _LEGACY_HASH.fullmatch(parts[-1]):
+        parts.pop()
+    return "::".join(parts)
+
+
+_LEGACY_HASH = re.compile(r"h[0-9a-f]{16}")

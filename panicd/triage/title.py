@@ -144,6 +144,8 @@ def function_name(raw: str) -> str:
     name = _FN_SUFFIX.sub("", raw)
     if name.startswith("_R"):
         return rust_demangle.demangle(name) or name
+    if name.startswith("_Z"):
+        return rust_demangle.demangle_itanium(name) or name
     # A 32-bit compat entry point (`compat_SyS_mount`, `__ia32_compat_sys_mount`) and a pre-4.17
     # kernel's syscall wrapper (`SyS_rmdir`) are titled with the bare syscall name, as syzkaller
     # titles them (`BUG: soft lockup in mount`, `INFO: rcu detected stall in rmdir`); 4.17+'s

@@ -100,7 +100,11 @@ FN = r"(?P<fn>[A-Za-z_][\w.$]{0,200})"
 # the function name (after `.isra.N`-style suffixes are cut).
 GENERIC_SKIP = _names(
     # reporting: dump_stack, printing, oops and panic paths
-    r"dump_stack", r"__dump_stack", r"show_stack", r"show_regs", r"show_trace", r"sched_show_task",
+    r"dump_stack", r"__dump_stack", r"sched_show_task",
+    # the stack and register dumpers, with any prefix (`__show_regs`) and the task-state dump
+    # behind sysrq-t (`show_state_filter`): a sanitizer that fires while they print was asked to
+    # print by their caller, whose report or request it is
+    r"_{0,2}show_(?:stack|regs|trace|state)",
     r"print_", r"__print_", r"printk", r"vprintk", r"_printk", r"panic$", r"__warn", r"warn_slowpath",
     r"report_bug", r"handle_bug", r"fixup_bug", r"do_error_trap", r"do_trap", r"do_invalid_op",
     r"invalid_op$", r"exc_", r"asm_exc_", r"die$", r"__die", r"oops_", r"no_context", r"bad_area",
@@ -114,7 +118,7 @@ GENERIC_SKIP = _names(
     r"__stack_chk_fail", r"\w{0,60}_panic$", r"rust_helper_BUG", r"__pfx_",
     # FORTIFY_SOURCE's reporter: it WARNs (6.9+) or panics (fortify_panic) for the caller whose
     # string or memory call overflowed
-    r"__fortify_report", r"fortify_report",
+    r"_{0,2}fortify_report",
     # assertion-failure reporters (`btrfs_assertfail`, `__assert_fail`), not a function that
     # checks a condition of its own (`assert_slb_presence` is the WARN site syzkaller names)
     r"\w{0,60}assert(?:ion)?_?fail", r"\w{0,60}_assert_", r"__assert", r"\w{0,60}assert$",
@@ -127,9 +131,15 @@ GENERIC_SKIP = _names(
     r"try_to_grab_pending",  # the workqueue's cancel internals, like __cancel_work
     r"cancel_work", r"cancel_delayed_work", r"drain_workqueue", r"destroy_workqueue", r"idr_", r"ida_",
     r"radix_tree_", r"__radix_tree", r"rb_", r"__rb_", r"rhashtable_", r"__rhashtable", r"va_format",
-    r"wait_for_completion", r"__wait_for_common", r"del_timer", r"__del_timer", r"__mod_timer", r"mod_timer",
-    r"try_to_del_timer", r"__try_to_del_timer", r"timer_delete", r"__timer_delete", r"put_device",
-    r"___kmalloc", r"__kobject", r"mutex_", r"\w{0,40}rt_mutex", r"walk_stackframe", r"__virt_to_phys",
+    r"wait_for_completion", r"__wait_for_common", r"put_device",
+    # the timer API, every variant and its internals (`del_timer_sync`, `__mod_timer`,
+    # `try_to_del_timer_sync`, 6.2's `timer_delete_sync`, `timer_shutdown_sync`): it acts on the
+    # timer its caller owns
+    r"_{0,2}(?:try_to_)?del_timer", r"_{0,2}mod_timer", r"_{0,2}timer_(?:delete|shutdown)",
+    r"___kmalloc", r"__kobject",
+    # kmalloc's internals whatever their prefix (`__do_kmalloc_node`, `free_large_kmalloc`) and a
+    # subsystem's accounted wrapper of it (`sock_kmalloc`): they act for the caller that allocates
+    r"\w{0,40}_kmalloc(?:_\w{0,40})?$", r"mutex_", r"\w{0,40}rt_mutex", r"walk_stackframe", r"__virt_to_phys",
     r"do_tag_check_fault", r"do_DataAbort", r"do_PrefetchAbort", r"__do_user_fault", r"do_sea$",
     r"arch_timer_handler", r"_R\w{0,200}rust_begin_unwind", r"_R\w{0,200}panicking",
     # Rust's panic and formatting machinery (demangled): the code that overflowed is to blame
@@ -159,6 +169,12 @@ GENERIC_SKIP = _names(
     r"percpu_up", r"rcu_read_lock", r"rcu_read_unlock", r"__rcu_read", r"rcu_lock_", r"preempt_",
     r"local_bh_", r"__local_bh", r"_local_bh", r"lock_sock", r"release_sock", r"lockref_",
     r"seqcount_", r"write_seqcount", r"read_seqcount", r"__might_", r"___might_", r"might_",
+    # The core lock primitives, every variant (`down_trylock`, `down_killable`, `write_seqlock`,
+    # `percpu_rwsem_wait`): never to blame, for any kind, lockdep's too. They differ from a
+    # subsystem's lock function (`rtnl_lock`, `LOCK_WRAPPER`), which names the lock a task takes
+    # and which lockdep and hung-task kinds may blame.
+    r"down_(?:trylock|interruptible|killable|timeout)", r"downgrade_write", r"__percpu_",
+    r"percpu_rwsem", r"(?:read|write)_seq(?:lock|unlock|begin|retry)",
     # allocators and object lifetime helpers
     r"kmalloc", r"__kmalloc", r"kmem_cache", r"slab_", r"__slab", r"___slab", r"kfree", r"__kfree",
     r"kzalloc", r"kcalloc", r"kmemdup", r"kstrdup", r"kstrndup", r"krealloc", r"__krealloc",
@@ -185,7 +201,11 @@ GENERIC_SKIP = _names(
     r"crc\d{0,2}c?$", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
     r"_atomic_dec_and", r"__bitmap", r"find_next_bit", r"find_first_bit", r"_find_next_bit",
     # page cache and page allocation: they fail on the page or folio their caller handed them
-    r"filemap_", r"__filemap_", r"find_lock_", r"__find_lock_", r"find_get_", r"pagecache_get_page",
+    # The page cache's lookup, allocation and insertion helpers (`__filemap_get_folio`,
+    # `filemap_alloc_folio`, `filemap_add_folio`, `filemap_get_pages`). Not its operations, which
+    # are the code at fault when they fail (`filemap_read` copying to user space, `filemap_fault`).
+    r"_{0,2}filemap_(?:get|alloc|add|grab|create)_", r"find_lock_", r"__find_lock_", r"find_get_",
+    r"pagecache_get_page",
     r"folio_", r"__folio_", r"\w{0,60}_noprof$",
     # the page API's lock and reference helpers (wrappers of the folio ones since 5.16)
     r"unlock_page$", r"lock_page$", r"__lock_page", r"trylock_page$", r"get_page$", r"wait_on_page_",
@@ -199,7 +219,7 @@ GENERIC_SKIP = _names(
     r"____fput", r"drop_nlink", r"clear_nlink", r"inc_nlink", r"set_nlink", r"mark_buffer_dirty",
     r"__mark_inode_dirty", r"mark_inode_dirty", r"__brelse", r"brelse",
     # timers a caller stops or re-arms
-    r"sk_stop_timer", r"sk_reset_timer", r"timer_shutdown", r"__timer_shutdown",
+    r"sk_stop_timer", r"sk_reset_timer",
     # generic helpers: wait queues, work queues, timers, kobjects, devices, socket buffers; the
     # caller that misused them is to blame
     r"__wake_up", r"wake_up$", r"wake_up_(?:process|state|bit|var|all|interruptible|locked|poll)",
@@ -207,6 +227,12 @@ GENERIC_SKIP = _names(
     # a completion is signalled under its own wait-queue lock, for the caller that owns it
     r"complete$", r"complete_all$", r"swake_up",
     r"kthread_stop", r"kobject_", r"device_del", r"device_unregister", r"klist_", r"__flush_work",
+    # the device model's iterators call back into their caller's function for each device,
+    # driver or child (`device_for_each_child`, `bus_for_each_dev`, `driver_for_each_device`)
+    r"(?:device|bus|driver|class)_for_each_",
+    # what a kernel thread's loop asks on each pass (`kthread_should_stop`, `kthread_should_park`):
+    # the loop is the thread's function, the caller
+    r"_{0,2}kthread_should_", r"kthread_parkme",
     r"flush_work", r"__queue_work", r"queue_work", r"lock_timer_base", r"sysfs_remove", r"sysfs_create",
     r"skb_pull", r"skb_put", r"skb_push", r"__skb_pull", r"skb_over_panic", r"skb_under_panic",
     # string, memory and user-copy helpers
@@ -234,7 +260,7 @@ GENERIC_SKIP = _names(
     r"unwind_", r"arch_stack_walk", r"stack_trace_", r"save_stack", r"__save_stack",
     r"depot_", r"stack_depot",
     # page_owner records the allocation stack from inside the allocator: its own frames top it
-    r"__set_page_owner", r"set_page_owner", r"__reset_page_owner", r"reset_page_owner",
+    r"_{0,2}(?:re)?set_page_owner",
     r"kernel_text_address", r"__kernel_text_address", r"is_bpf_text",
 )
 
@@ -248,10 +274,14 @@ _SCHED = _names(
 # A subsystem's lock (`rtnl_lock`) and the grace-period wait a caller asked for
 # (`synchronize_rcu`, `synchronize_sched`) stay to blame: they say what the task waits for.
 # The console lock is printk's: any task that prints may wait on it, so its caller is to blame.
+# A subsystem's lock function names the lock waited for when it takes one lock plainly
+# (`rtnl_lock`); its variants that take several at once (`*_lock_pair*`) or give up after a
+# timeout (`*_lock*_timeout`) are that lock protocol's internals: the operation that called
+# them (`tty_ldisc_hangup`) is what hung.
 HUNG_SKIP = _re(
     r"schedule|^__sched|^sched_|wait|switch_to|context_switch|mutex|rwsem|down_read|down_write|^down|"
     r"completion|sleep|freezer|refrigerator|kthread|__lock|_slowlock|_slowpath|^__rela|^rcu_|^__rcu|"
-    r"^console_(?:lock|trylock)")
+    r"^console_(?:lock|trylock)|_lock_pair|_lock\w{0,30}_timeout$")
 
 # A subsystem registry's teardown (`i2c_del_adapter`, `tty_unregister_device`, the netdev
 # unregister batch, srcu's destructor) and an object's destructor (`*_free`: a library's
@@ -352,6 +382,11 @@ STALL_SKIP = _names(
     r"call_timer_fn", r"expire_timers", r"net_rx_action", r"process_backlog", r"__netif_receive_skb",
     r"netif_receive_skb", r"__schedule", r"schedule", r"_cond_resched", r"__cond_resched",
     r"watchdog_timer_fn", r"csd_lock_wait", r"smp_call_function_many_cond",
+    # KCOV's hooks (`__sanitizer_cov_*`, generic anyway, and their internals `write_comp_data`,
+    # `check_kcov_mode`) run in every basic block of instrumented code, so the timer often finds
+    # them running: they are never the stalled code. A fault's PC in one is kept (a fault there
+    # is the hook's own: `Unhandled fault in write_comp_data`), hence here, not in GENERIC_SKIP.
+    r"write_comp_data", r"check_kcov_mode", r"__kcov",
 )
 
 KASAN_DETAILS = _re(r"^(?P<access>Read|Write) (?:of size|at addr)")
@@ -401,6 +436,15 @@ def _rcu_usage_type(captures: Mapping[str, str]) -> str | None:
 
 def _kind(header: str, title: str, **kw: object) -> CrashKind:
     return CrashKind(header=_re(header), title=title, **kw)  # type: ignore[arg-type]
+
+
+def _lockdep_kind(what: str, title: str, **kw: object) -> CrashKind:
+    """A lockdep report titled with the level the kernel printed before it (`BUG:` or `WARNING:`:
+    lockdep moved its reports from BUG to WARNING over the years; syzkaller keeps the printed one,
+    so the same bug on an old and a new kernel gets its era's title). `what` is matched without
+    regard to case (`nested lock` became `Nested lock` in 6.0)."""
+    header = r"(?P<level>WARNING|BUG): (?i:" + what + ")"
+    return _kind(header, "{level}: " + title, crash_type="LOCKDEP", **kw)
 
 
 # Top to bottom: the first kind whose header (and details, if any) match is the crash's kind.
@@ -512,23 +556,18 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           crash_type="LOCKDEP"),
     _kind(r"(?:WARNING|INFO): (?i:inconsistent lock state)", "inconsistent lock state in {frame}",
           blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?P<level>WARNING|BUG): (?i:bad unlock balance detected)",
-          "{level}: bad unlock balance in {frame}",
-          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    # Titled with the level the kernel printed: `BUG: held lock freed!` until 4.x, `WARNING:` since.
-    _kind(r"(?P<level>WARNING|BUG): (?i:held lock freed)", "{level}: held lock freed in {frame}",
-          blame=Blame.LOCK,
-          skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): (?i:nested lock was not taken)", "WARNING: nested lock was not taken in {frame}",
-          crash_type="LOCKDEP"),
-    _kind(r"(?:WARNING|BUG): (?i:lock held when returning to user space)",
-          "WARNING: lock held when returning to user space in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP,
-          blames_lock_functions=True, crash_type="LOCKDEP",
-          evidence_stack=HELD_LOCK_ENTRY),
-    _kind(r"(?:WARNING|INFO|BUG): (?i:.{0,40} still has locks held)",
-          "WARNING: still has locks held in {frame}",
-          blame=Blame.LOCK, skip=LOCK_SKIP, blames_lock_functions=True, crash_type="LOCKDEP",
-          evidence_stack=HELD_LOCK_ENTRY),
+    # The reports below are titled with the level the kernel printed (`[ BUG: held lock freed! ]`
+    # until 4.x, `WARNING: held lock freed!` since): `_lockdep_kind` puts it in each title.
+    _lockdep_kind(r"bad unlock balance detected", "bad unlock balance in {frame}", blame=Blame.LOCK,
+                  skip=LOCK_SKIP, blames_lock_functions=True),
+    _lockdep_kind(r"held lock freed", "held lock freed in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP,
+                  blames_lock_functions=True),
+    _lockdep_kind(r"nested lock was not taken", "nested lock was not taken in {frame}"),
+    _lockdep_kind(r"lock held when returning to user space",
+                  "lock held when returning to user space in {frame}", blame=Blame.LOCK, skip=LOCK_SKIP,
+                  blames_lock_functions=True, evidence_stack=HELD_LOCK_ENTRY),
+    _lockdep_kind(r".{0,40} still has locks held", "still has locks held in {frame}", blame=Blame.LOCK,
+                  skip=LOCK_SKIP, blames_lock_functions=True, evidence_stack=HELD_LOCK_ENTRY),
     # Kernels before 4.15 printed it as `INFO:`; syzkaller classes only the `WARNING:` form.
     _kind(r"(?P<level>WARNING|INFO): (?i:suspicious RCU usage)", "{level}: suspicious RCU usage in {frame}",
           crash_type=_rcu_usage_type),
@@ -552,10 +591,12 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"DEBUG_LOCKS_WARN_ON", "WARNING: locking bug in {frame}", crash_type="LOCKDEP"),
     # lockdep's wait-type check (5.9+): a lock taken in a context that may not sleep as it can
     _kind(r"BUG: (?i:invalid wait context)", "WARNING: locking bug in {frame}", crash_type="LOCKDEP"),
-    _kind(r"WARNING: (?:.{0,200} at )?mm/slab_common\.c", "WARNING: kmalloc bug in {frame}",
-          blame=Blame.TRACE, crash_type="WARNING"),
-    _kind(r"WARNING: (?:.{0,200} at )?mm/util\.c", "WARNING: kmalloc bug in {frame}", blame=Blame.TRACE,
-          crash_type="WARNING"),
+    # An allocator's size check (`kmalloc_slab`, `kvmalloc_node`: a request too large) is the
+    # `kmalloc bug`: the caller asked for a bad size. Any other WARNING in slab code (kfree() of
+    # memory kmalloc never gave: `free_large_kmalloc`) names no bug of its own: a plain WARNING,
+    # blamed on the first caller outside the allocator.
+    _kind(r"WARNING: (?:.{0,200} at )?mm/(?:slab_common|util)\.c:\d{1,6} (?:at )?(?!\w{0,60}free)"
+          r"[\w.]{0,60}alloc", "WARNING: kmalloc bug in {frame}", blame=Blame.TRACE, crash_type="WARNING"),
     _kind(r"WARNING: (?:.{0,200} at )?mm/vmalloc\.c:\d{1,6} (?:at )?__vmalloc",
           "WARNING: zero-size vmalloc in {frame}",
           blame=Blame.TRACE, crash_type="WARNING"),
@@ -602,6 +643,12 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           details=_re(r"^[^:]{0,64}:\d{1,9} blocked (?:in I/O wait )?for more than")),
     _kind(r"INFO: task \S{1,64} can't die for more than", "INFO: task can't die in {frame}",
           skip=HUNG_SKIP, blame_api=True, blames_lock_functions=True, crash_type="HANG"),
+    # A pool stuck: the kernel lists its busy workqueues, and the work it found running (`in-flight:
+    # 9:nsim_fib_event_work for 58s`) is what holds the pool up. Named as printed, so lockups in
+    # different work functions get different titles; with no list (older kernels, a cut log),
+    # the bare title.
+    _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup in {frame}", blame=Blame.HEADER_AS_IS,
+          details=_re(r"^ {0,8}in-flight: \d{1,9}:" + FN), crash_type=None),
     _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
     _kind(r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|"
@@ -654,6 +701,18 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           crash_type="SYZ_FAILURE"),
     _kind(r"^attempt to (?P<op>add|subtract|multiply|divide|negate|shift left|shift right) with overflow$",
           "attempt to {op} with overflow in {frame}", crash_type=None),
+    # --- Trusty, Android's TEE (arm64): its driver echoes the secure OS's log as `trusty: ...` ---
+    # When the secure OS panics (`trusty: panic (caller 0x..): <message>`, then `trusty: HALT`),
+    # the driver's next call fails with a WARNING of its own (`trusty_std_call32`) that says
+    # nothing: the secure OS's message is the bug. A failed assertion drops its file and line
+    # (`ASSERT FAILED at (ipc.c:472): cond`, possibly `DEBUG ASSERT FAILED`); any other panic
+    # keeps its message. The caller part may hold another line's console prefix (interleaved
+    # output), so it is skipped up to its closing parenthesis.
+    _kind(r"trusty: panic(?: \(caller [^)]{0,80}\))?: (?:DEBUG )?ASSERT FAILED at \([^)]{0,200}\):"
+          r" ?(?P<what>.{0,200})$", "trusty: ASSERT FAILED: {what}", blame=Blame.NONE, needs_frame=False,
+          crash_type="DoS"),
+    _kind(r"trusty: panic(?: \(caller [^)]{0,80}\))?: (?P<what>.{1,200})$", "trusty: panic: {what}",
+          blame=Blame.NONE, needs_frame=False, crash_type="DoS"),
     # --- panics: the reason is the title; some name a function too ---
     _kind(r"Kernel panic - not syncing: stack-protector: Kernel stack is corrupted in: " + FN + r"\+0x",
           "kernel panic: stack is corrupted in {frame}", blame=Blame.HEADER, crash_type="DoS"),
