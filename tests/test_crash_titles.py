@@ -2129,3 +2129,216 @@ ffff888106a71958 (&q->elevator_lock){{+.+.}}-{{4:4}}, at: {symbol}+0x49a/0x1a10
 @pytest.mark.parametrize("symbol", ["_Z", "_Z999x", "_Zfoo", "_ZN3foo", "_ZN0E", "_Z" + "9" * 500])
 def test_malformed_itanium_names_are_kept_as_printed(symbol: str) -> None:
     assert demangle_itanium(symbol) is None
+
+
+# --- rules from a fourth sample (D): families, not names ----------------------------------------
+
+
+@pytest.mark.parametrize("trap", ["divide error", "divide_error"])
+def test_a_divide_error_is_titled_in_both_the_old_and_the_idtentry_spelling(trap: str) -> None:
+    log = f"""{trap}: 0000 [#1] PREEMPT SMP KASAN
+CPU: 1 PID: 6855 Comm: syz-executor857 Not tainted 5.9.0-rc8 #0
+RIP: 0010:frob_tabledist.part.0+0x22a/0x2a0
+Call Trace:
+ <IRQ>
+ frob_enqueue+0xac1/0x2e40
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "divide error in frob_tabledist"
+
+
+@pytest.mark.parametrize(("lock", "what"), [("spinlock", "bad magic"), ("rwlock", "bad magic"),
+                                             ("rwlock", "already unlocked"), ("spinlock", "wrong owner")])
+def test_the_spinlock_debug_checks_title_spinlocks_and_rwlocks_alike(lock: str, what: str) -> None:
+    log = f"""BUG: {lock} {what} on CPU#0, kworker/0:18/18158, 00000000859f2a8d
+Workqueue: events frob_net_finalize_work
+Call Trace:
+ dump_stack+0x107/0x163
+ do_raw_write_lock+0x1ef/0x280
+ frob_mon_reinit_self+0x1f7/0x630
+ frob_net_finalize+0x1df/0x310
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == f"BUG: {lock} {what} in frob_mon_reinit_self"
+    assert crash.crash_type == "LOCKDEP"
+
+
+@pytest.mark.parametrize("helper", ["warn_bogus_irq_restore", "__warn_printk", "warn_slowpath_fmt",
+                                    "warn_alloc"])
+def test_a_warning_raised_by_a_warning_helper_blames_its_caller(helper: str) -> None:
+    log = f"""------------[ cut here ]------------
+raw_local_irq_restore() called with IRQs enabled
+WARNING: CPU: 0 PID: 4392 at kernel/locking/irqflag-debug.c:10 {helper}+0x1d/0x20
+RIP: 0010:{helper}+0x1d/0x20
+Call Trace:
+ frob_wait+0xc9/0xe0
+ __pv_queued_spin_lock_slowpath+0x86f/0xad0
+ do_raw_spin_lock+0x200/0x2b0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "WARNING in frob_wait"
+
+
+_RECLAIM_LOCK_STATE = """================================
+WARNING: inconsistent lock state
+--------------------------------
+inconsistent {SOFTIRQ-ON-W} -> {IN-SOFTIRQ-W} usage.
+ksoftirqd/1/19 [HC0[0]:SC1[3]:HE1:SE0] takes:
+ffffffff8c9dd960 (fs_reclaim){+.?.}-{0:0}, at: SITE+0x46/0x340
+{SOFTIRQ-ON-W} state was registered at:
+  lock_acquire+0x19f/0x4d0
+  fs_reclaim_acquire+0x77/0x110
+  kmem_cache_alloc_trace+0x42/0x310
+  frob_numa_init+0x122/0x49f
+
+stack backtrace:
+Call Trace:
+ dump_stack_lvl+0x1dc/0x2d8
+ mark_lock+0x168c/0x1e00
+ lock_acquire+0x19f/0x4d0
+ fs_reclaim_acquire+0x77/0x110
+ SITE+0x46/0x340
+ frob_alloc_skb+0xd8/0x580
+ frob_sendmsg_frag+0x6a1/0x1570
+"""
+
+
+def test_lockdep_blames_an_allocator_that_took_the_reclaim_lock_as_printed() -> None:
+    # the allocator took lockdep's fs_reclaim pseudo-lock itself: the allocation is the site
+    crash = title_of_log(_RECLAIM_LOCK_STATE.replace("SITE", "kmem_cache_alloc_node"))
+    assert crash is not None and crash.title == "inconsistent lock state in kmem_cache_alloc_node"
+    # any other generic site is still passed over, and the annotation helper is never blamed
+    crash = title_of_log(_RECLAIM_LOCK_STATE.replace("SITE", "skb_put"))
+    assert crash is not None and crash.title == "inconsistent lock state in frob_alloc_skb"
+
+
+def test_a_lockdep_annotation_helper_is_never_blamed() -> None:
+    log = """BUG: KASAN: slab-out-of-bounds in fs_reclaim_acquire+0x77/0x110
+Read of size 8 at addr ffff8881c84f8b14 by task frob/1
+Call Trace:
+ kasan_report+0xe/0x12
+ fs_reclaim_acquire+0x77/0x110
+ frob_alloc_skb+0xd8/0x580
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KASAN: slab-out-of-bounds Read in frob_alloc_skb"
+
+
+@pytest.mark.parametrize("initialiser", ["init_timer_key", "timer_setup", "hrtimer_init", "__init_work"])
+def test_odebug_init_active_object_blames_who_reinitialised_it(initialiser: str) -> None:
+    log = f"""------------[ cut here ]------------
+WARNING: CPU: 0 PID: 2484 at lib/debugobjects.c:260 debug_print_object+0x181/0x210
+ODEBUG: init active (active state 0) object type: timer_list hint:           (null)
+Call Trace:
+ [<ffffffff8110c041>] warn_slowpath_fmt+0xb1/0xd0
+ [<ffffffff81d15631>] debug_print_object+0x181/0x210
+ [<ffffffff81d15eb2>] __debug_object_init+0x482/0x8a0
+ [<ffffffff81253f0d>] {initialiser}+0x3d/0x390
+ [<ffffffff81cbe2ef>] kobject_release+0x15f/0x250
+ [<ffffffff81cbe5f0>] kobject_put+0x70/0xd0
+ [<ffffffff81c62057>] frob_mq_unregister_disk+0x1d7/0x350
+ [<ffffffff81c62058>] frob_del_gendisk+0x1d7/0x350
+"""
+    crash = title_of_log(log)
+    # a teardown function is the culprit here: ODEBUG names the bug, it is no plain WARN()
+    assert crash is not None and crash.title == "WARNING: ODEBUG bug in frob_mq_unregister_disk"
+
+
+@pytest.mark.parametrize("helper", [" sysfs_remove_file_ns+0x5f/0x70\n device_remove_file+0x25/0x30\n",
+                                    " devres_release_all+0x8c/0xc3\n device_release+0x39/0x200\n"
+                                    " kobject_put+0x256/0x550\n device_unregister+0x34/0xc0\n",
+                                    " device_remove_groups+0x1a/0x30\n"])
+def test_the_driver_cores_teardown_blames_the_driver(helper: str) -> None:
+    log = """BUG: KASAN: use-after-free in sysfs_remove_file_ns+0x5f/0x70
+Read of size 8 at addr ffff8881c84f8b14 by task v4l_id/23697
+Call Trace:
+ kasan_report+0xe/0x12
+""" + helper + """ frob_release+0x97/0x1c0
+ frob_radio_close+0x6f/0x74
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KASAN: use-after-free Read in frob_release"
+
+
+@pytest.mark.parametrize("primitives", [
+    " aes_encrypt+0x15cc/0x1db0\n aesti_encrypt+0x7d/0xf0\n crypto_ecb_encrypt+0x1e7/0x380\n"
+    " crypto_skcipher_encrypt+0xe0/0x150\n xts_encrypt+0x3c4/0x540\n",
+    " sha256_update+0x15cc/0x1db0\n crypto_shash_update+0xe0/0x150\n",
+    " aes_encrypt+0x1239/0x1960\n cipher_crypt_one+0x120/0x2e0\n crypto_cipher_encrypt_one+0x33/0x40\n"
+    " drbg_ctr_update+0x19a9/0x3700\n",
+])
+def test_the_crypto_layer_blames_the_caller_whose_data_it_computes_on(primitives: str) -> None:
+    first = primitives.split("+", 1)[0].strip()
+    log = f"""BUG: KMSAN: uninit-value in {first}+0x15cc/0x1db0
+{primitives} frob_crypt_block+0x52c/0x900
+ frob_encrypt_pagecache_blocks+0x3e7/0x8b0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KMSAN: uninit-value in frob_crypt_block"
+
+
+def test_a_stack_overflow_under_setsockopt_blames_the_protocols_handler() -> None:
+    log = """BUG: TASK stack guard page was hit at ffffc900054afff8 (stack is ffffc900054b0000..ffffc900054b8)
+stack guard page: 0000 [#1] PREEMPT SMP KASAN
+RIP: 0010:__sanitizer_cov_trace_const_cmp4+0x17/0x70
+Call Trace:
+""" + " frob_setsockopt+0x128/0xe40\n" * 20 + """ __sys_setsockopt+0x2db/0x610
+ __x64_sys_setsockopt+0xba/0x150
+ do_syscall_64+0x35/0xb0
+ entry_SYSCALL_64_after_hwframe+0x44/0xae
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: stack guard page was hit in frob_setsockopt"
+
+
+def _stall(frames: str) -> str:
+    return """INFO: rcu_sched self-detected stall on CPU
+Call Trace:
+ <IRQ>
+ update_process_times+0x32/0x80
+ smp_apic_timer_interrupt+0x144/0x5e0
+ apic_timer_interrupt+0x8e/0xa0
+ </IRQ>
+RIP: 0010:frob_abort_conn+0xb1f/0x1580
+""" + frames
+
+
+def test_a_stall_in_task_work_blames_the_queued_callback() -> None:
+    crash = title_of_log(_stall(""" frob_put_super+0x123/0x440
+ generic_shutdown_super+0x1bf/0x530
+ deactivate_super+0x193/0x1c0
+ frob_cleanup_mnt+0x16/0x20
+ task_work_run+0x1ec/0x2a0
+ exit_to_usermode_loop+0x313/0x370
+ do_syscall_64+0x6be/0x820
+"""))
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_cleanup_mnt"
+
+
+def test_the_32_bit_entry_of_a_syscall_is_titled_by_the_bare_name() -> None:
+    crash = title_of_log(_stall(""" __ia32_sys_frob_init+0x10/0x20
+ do_syscall_64+0x103/0x610
+ entry_SYSCALL_64_after_hwframe+0x49/0xbe
+"""))
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frob_init"
+
+
+def test_a_workqueue_lockup_names_the_stuck_pools_longest_running_work() -> None:
+    log = """BUG: workqueue lockup - pool cpus=0 node=0 flags=0x0 nice=0 stuck for 168s!
+Showing busy workqueues and worker pools:
+workqueue events: flags=0x100
+  pwq 6: cpus=1 node=0 flags=0x0 nice=0 active=1 refcnt=2
+    in-flight: 5684:frob_other_pool_work for 170s
+workqueue events_unbound: flags=0x2
+  pwq 8: cpus=0-1 flags=0x6 nice=0 active=18 refcnt=19
+    in-flight: 13:frob_unbound_work for 178s ,86:frob_unbound_work for 179s
+workqueue events_power_efficient: flags=0x180
+  pwq 2: cpus=0 node=0 flags=0x0 nice=0 active=6 refcnt=7
+    in-flight: 5630:frob_periodic_work for 168s
+workqueue frob-kex: flags=0x124
+  pwq 2: cpus=0 node=0 flags=0x0 nice=0 active=1 refcnt=2
+    in-flight: 5719:frob_handshake_worker for 180s
+    pending: frob_other_pool_work
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: workqueue lockup in frob_handshake_worker"

@@ -35,10 +35,12 @@ from panicd.triage.title_rules import (
     GENERIC_SKIP,
     HEADER_WORDS,
     HELD_LOCK_ENTRY,
+    LOCK_TAKING_ALLOCATOR,
     LOCK_WRAPPER,
     NOT_A_CRASH,
     PANIC_AFTER_REPORT,
     PANIC_LINE,
+    PLAIN_WARNING,
     REPORT_ENDED,
     REPORT_RESIDUE,
     STALL_CROSS_CALL,
@@ -93,12 +95,14 @@ _WORKQUEUE = re.compile(r"^Workqueue: \S{1,64} " + r"(?P<fn>[A-Za-z_][\w.]{0,200
 _IRQ_EXIT = re.compile(r"^(?: {0,4}</IRQ>| {0,4}<EOI>|RIP: 0010:|RIP: \[<|pc ?: |PC is at |NIP \[)")
 _FN_SUFFIX = re.compile(r"\.(?:constprop|isra|part|cold|llvm|lto_priv|localalias)\b.{0,64}$")
 _SYSCALL = re.compile(
-    r"^(?:SYSC|__x64_sys|__ia32_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
+    r"^(?:SYSC|__x64_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
     r"__sys|ksys|sys)_(?P<name>\w{1,100})$")
-# Syscall entry points titled with the bare syscall name: 32-bit compat ones, and the `SyS_x`
-# wrappers of kernels before 4.17 (native or compat), as syzkaller titles them.
+# Syscall entry points titled with the bare syscall name: 32-bit compat ones (`__ia32_sys_x` is
+# the 32-bit ABI's entry; a 64-bit trace names it where both ABIs share one wrapper, as for a
+# syscall without arguments), and the `SyS_x` wrappers of kernels before 4.17 (native or
+# compat), as syzkaller titles them.
 _BARE_SYSCALL = re.compile(
-    r"^(?:SyS|compat_SyS|C_SYSC|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
+    r"^(?:SyS|compat_SyS|C_SYSC|__ia32_sys|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
     r"__se_compat_sys|__do_compat_sys|compat_sys)_(?P<name>\w{1,100})$")
 
 # Normalisation of a title, in order. Each pattern is linear (no nested quantifiers).
@@ -223,7 +227,7 @@ class _Report:
         extra = self.kind.skip
         return bool(GENERIC_SKIP.match(fn) or (extra is not None and extra.search(fn))
                     or (not self.kind.blames_lock_functions and LOCK_WRAPPER.search(fn))
-                    or (self.kind.crash_type == "WARNING" and TEARDOWN.match(fn)))
+                    or (self.kind.title.startswith(PLAIN_WARNING) and TEARDOWN.match(fn)))
 
     def stack(self, start: int = 1) -> list[str]:
         """The frames of the first stack trace at or after line `start`.
@@ -361,17 +365,41 @@ class _Report:
                 return function_name(match.group("fn"))
         return None
 
+    def stuck_work(self) -> str | None:
+        """A workqueue lockup's stuck pool (`pool cpus=0 node=0 flags=0x0 nice=0 stuck for 56s!`):
+        the work function in flight the longest on it, from the busy list's `pwq N: <pool> ...`
+        sections (the first one on a tie); None when the report names no work on that pool."""
+        header = _STUCK_POOL.search(self.lines[0])
+        if header is None:
+            return None
+        pool = header.group("pool") + " "
+        on_pool = False
+        longest: tuple[int, str] | None = None
+        for line in self.lines[1:]:
+            queue = _POOL_QUEUE.match(line)
+            if queue is not None:
+                on_pool = queue.group("pool").startswith(pool)
+            elif on_pool and line.lstrip().startswith("in-flight:"):
+                for work in _IN_FLIGHT.finditer(line):
+                    seconds = int(work.group("seconds"))
+                    if longest is None or seconds > longest[0]:
+                        longest = (seconds, work.group("fn"))
+        return function_name(longest[1]) if longest is not None else None
+
     def stall_skipped(self, fn: str) -> bool:
         return self.skipped(fn) or bool(STALL_SKIP.match(fn))
 
     def blame_lock(self) -> str | None:
         """Lockdep: the site taking the new lock (the first `at: f+0x..`); when that is a generic
-        helper (a workqueue flush, a lock primitive), the site of the lock already held."""
+        helper (a workqueue flush, a lock primitive), the site of the lock already held. An
+        allocator named as the site took the reclaim pseudo-lock itself: it stays to blame
+        (`LOCK_TAKING_ALLOCATOR`)."""
         first = next((i for i, line in enumerate(self.lines) if self.lock_site(i) is not None), None)
         held = next((i + 1 for i, line in enumerate(self.lines) if _LOCK_HELD.match(line)), None)
         for site in (first, held):
             fn = self.lock_site(site) if site is not None and site < len(self.lines) else None
-            if fn is not None and not self.skipped(fn):
+            taker = site == first and fn is not None and LOCK_TAKING_ALLOCATOR.match(fn)
+            if fn is not None and (not self.skipped(fn) or taker):
                 return fn
         # Else the task's own backtrace; if all of it is generic, the first dependency chain.
         start = next((i for i, line in enumerate(self.lines) if _LOCK_BACKTRACE.match(line)), 0)
@@ -404,12 +432,19 @@ class _Report:
         if named is not None and strategy is Blame.NAMED and not (
                 self.kind.skip is not None and self.kind.skip.search(named)):
             return named
+        if strategy is Blame.STUCK_WORK:
+            return self.stuck_work() or named
         by_strategy = {Blame.RIP: self.blame_rip, Blame.STALL: self.blame_stall, Blame.LOCK: self.blame_lock}
         if strategy in by_strategy:
             return by_strategy[strategy]()
         return self.first_unskipped(self.stack()) or self.blame_rip()
 
 
+# A workqueue lockup's pool, the busy list's per-pool sections, and the works in flight on one
+# (`9:nsim_fib_event_work for 58s`, a rescuer's `3196(RESCUER):addrconf_verify_work for 102s`).
+_STUCK_POOL = re.compile(r"workqueue lockup - pool (?P<pool>[^!]{1,160}?) stuck for")
+_POOL_QUEUE = re.compile(r"^ {0,8}pwq \d{1,6}: (?P<pool>.{1,200})$")
+_IN_FLIGHT = re.compile(r"\d{1,9}(?:\(RESCUER\))?:(?P<fn>[A-Za-z_][\w.]{0,200}) for (?P<seconds>\d{1,9})s")
 _LOCK_AT = re.compile(r"at: (?:\[<[0-9a-f]{6,16}>\] )?(?P<fn>[A-Za-z_][\w.$]{0,200})\+0x")
 _CONTEXT_FRAME = re.compile(r"^Preemption disabled at:?$")
 _LOCK_HELD = re.compile(r"^but task is already holding lock:")

@@ -55,6 +55,8 @@ class Blame(enum.Enum):
     TRACE = "trace"          # the first frame of the report's stack trace that is not skipped
     STALL = "stall"          # an RCU stall or soft lockup: the stalled code's entry point
     LOCK = "lock"            # lockdep: the function at the first `at: func+0x..`, else the trace
+    STUCK_WORK = "stuck work"  # a workqueue lockup: the work in flight longest on the stuck pool,
+    #                            else the header's `fn` (the first work in flight anywhere)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,11 @@ GENERIC_SKIP = _names(
     # behind sysrq-t (`show_state_filter`): a sanitizer that fires while they print was asked to
     # print by their caller, whose report or request it is
     r"_{0,2}show_(?:stack|regs|trace|state)",
-    r"print_", r"__print_", r"printk", r"vprintk", r"_printk", r"panic$", r"__warn", r"warn_slowpath",
+    r"print_", r"__print_", r"printk", r"vprintk", r"_printk", r"panic$",
+    # the WARN machinery and the kernel's warning helpers, whatever the check they print for
+    # (`__warn`, `warn_slowpath_fmt`, `warn_alloc`, `warn_bogus_irq_restore`): a helper that
+    # only warns is called by the code whose state is wrong
+    r"_{0,2}warn(?:_|$)",
     r"report_bug", r"handle_bug", r"fixup_bug", r"do_error_trap", r"do_trap", r"do_invalid_op",
     r"invalid_op$", r"exc_", r"asm_exc_", r"die$", r"__die", r"oops_", r"no_context", r"bad_area",
     r"__bad_area", r"do_page_fault", r"__do_page_fault", r"page_fault", r"do_user_addr_fault",
@@ -122,7 +128,7 @@ GENERIC_SKIP = _names(
     # assertion-failure reporters (`btrfs_assertfail`, `__assert_fail`), not a function that
     # checks a condition of its own (`assert_slb_presence` is the WARN site syzkaller names)
     r"\w{0,60}assert(?:ion)?_?fail", r"\w{0,60}_assert_", r"__assert", r"\w{0,60}assert$",
-    r"warn_alloc", r"__warn_alloc", r"dev_vprintk", r"dev_printk", r"_dev_(?:err|warn|info|notice|crit)",
+    r"dev_vprintk", r"dev_printk", r"_dev_(?:err|warn|info|notice|crit)",
     r"hex_dump", r"__x86_indirect_thunk", r"__x86_return_thunk", r"retint_", r"___preempt_schedule",
     r"local_apic_timer_interrupt", r"program_check_", r"reacquire_held_locks", r"perf_trace_",
     r"trace_event_raw_event", r"dump_cpu_task", r"\w{0,60}_is_static_object", r"down$", r"up$",
@@ -136,6 +142,11 @@ GENERIC_SKIP = _names(
     # `try_to_del_timer_sync`, 6.2's `timer_delete_sync`, `timer_shutdown_sync`): it acts on the
     # timer its caller owns
     r"_{0,2}(?:try_to_)?del_timer", r"_{0,2}mod_timer", r"_{0,2}timer_(?:delete|shutdown)",
+    # ... and the initialisers of timers and work items (`init_timer_key`, `timer_setup`,
+    # `hrtimer_init`, `__init_work`): ODEBUG's "init active object" is the caller re-initialising
+    # an object it still has armed
+    r"_{0,2}init_timer", r"_{0,2}timer_(?:setup|init)", r"_{0,2}hrtimer_init",
+    r"_{0,2}init_(?:delayed_)?work$",
     r"___kmalloc", r"__kobject",
     # kmalloc's internals whatever their prefix (`__do_kmalloc_node`, `free_large_kmalloc`) and a
     # subsystem's accounted wrapper of it (`sock_kmalloc`): they act for the caller that allocates
@@ -169,6 +180,9 @@ GENERIC_SKIP = _names(
     r"percpu_up", r"rcu_read_lock", r"rcu_read_unlock", r"__rcu_read", r"rcu_lock_", r"preempt_",
     r"local_bh_", r"__local_bh", r"_local_bh", r"lock_sock", r"release_sock", r"lockref_",
     r"seqcount_", r"write_seqcount", r"read_seqcount", r"__might_", r"___might_", r"might_",
+    # lockdep's annotation helpers take a pseudo-lock for their caller (`fs_reclaim_acquire` for
+    # an allocation that may reclaim, `might_alloc`, `lock_map_acquire`): never the culprit
+    r"_{0,2}fs_reclaim_", r"lock_map_",
     # The core lock primitives, every variant (`down_trylock`, `down_killable`, `write_seqlock`,
     # `percpu_rwsem_wait`): never to blame, for any kind, lockdep's too. They differ from a
     # subsystem's lock function (`rtnl_lock`, `LOCK_WRAPPER`), which names the lock a task takes
@@ -197,6 +211,11 @@ GENERIC_SKIP = _names(
     r"alloc_pages_bulk", r"__alloc_pages_bulk",
     r"alloc_page_interleave", r"__alloc_frozen_pages", r"alloc_frozen_pages", r"__folio_alloc",
     r"folio_alloc", r"xas_",
+    # the crypto layer's algorithms, the modes built on them and its API (`aes_encrypt`,
+    # `sha256_update`, `xts_encrypt`, `crypto_skcipher_encrypt`, the DRBG): they compute on the
+    # key and data their caller hands over, so an uninit or bad buffer there is the caller's
+    r"_{0,2}aes(?:ti)?_", r"_{0,2}sha\d{1,3}_", r"_{0,2}crypto_", r"cipher_crypt_", r"drbg_",
+    r"(?:xts|ecb|cbc|lrw|cts)_(?:en|de)crypt",
     # checksums (`crc16`, `crc32c`, `crc32_le`) read the buffer their caller hands them
     r"crc\d{0,2}c?$", r"crc\d{0,2}_", r"crc_", r"__crc", r"test_and_", r"__test_and_",
     r"_atomic_dec_and", r"__bitmap", r"find_next_bit", r"find_first_bit", r"_find_next_bit",
@@ -227,6 +246,11 @@ GENERIC_SKIP = _names(
     # a completion is signalled under its own wait-queue lock, for the caller that owns it
     r"complete$", r"complete_all$", r"swake_up",
     r"kthread_stop", r"kobject_", r"device_del", r"device_unregister", r"klist_", r"__flush_work",
+    # the driver core's teardown: removing a device's attributes, links and managed resources
+    # (`device_remove_file`, `device_remove_groups`, `devres_release_all`) and releasing it (the
+    # kobject release callback `device_release`, `device_release_driver`) for the driver or bus
+    # that removes it; a bad attribute or resource left behind is that driver's
+    r"_{0,2}device_remove_", r"_{0,2}devres_", r"_{0,2}device_release",
     # the device model's iterators call back into their caller's function for each device,
     # driver or child (`device_for_each_child`, `bus_for_each_dev`, `driver_for_each_device`)
     r"(?:device|bus|driver|class)_for_each_",
@@ -287,11 +311,14 @@ HUNG_SKIP = _re(
 # unregister batch, srcu's destructor) and an object's destructor (`*_free`: a library's
 # per-object state, freed on its owner's behalf) act on the object their caller hands over, and a WARN()
 # in or under it is a lifetime check on the state the caller left (still registered, still in
-# use): in a WARN() report (crash_type WARNING) these are skipped, as the WARN() site and when
-# walking up the stack, and the driver's remove/disconnect/destroy path is blamed. Not in
-# sanitizer reports: there syzkaller blames the teardown function itself in some reports
+# use): in a plain WARN() report (titled `PLAIN_WARNING`) these are skipped, as the WARN() site
+# and when walking up the stack, and the driver's remove/disconnect/destroy path is blamed. Not
+# in a WARNING that names its bug (ODEBUG's "free active object" or "init active object" is the
+# teardown that freed or re-initialised it: `WARNING: ODEBUG bug in blk_mq_unregister_disk`), nor
+# in sanitizer reports: there syzkaller blames the teardown function itself in some reports
 # (`KASAN: use-after-free Write in video_unregister_device`) and its caller in others
 # (`... in hso_probe` past tty_unregister_device), so no rule covers both.
+PLAIN_WARNING = "WARNING in "
 TEARDOWN = _re(
     r"^(?:\w{0,60}_)?unregister(?:_\w{0,60})?$|^\w{0,60}_del_adapter$|^rollback_registered|"
     r"^cleanup_srcu_struct$|^\w{1,60}_free$")
@@ -336,6 +363,14 @@ LOCK_WRAPPER = _re(r"_(?:lock|unlock|trylock)(?:_nested|_irq|_irqsave|_irqrestor
 LOCK_SKIP = _names(r"process_one_work", r"worker_thread", r"flush_workqueue", r"__flush_workqueue",
                    r"drain_workqueue", r"__flush_work", r"flush_work", r"start_flush_work")
 
+# The allocator takes lockdep's reclaim pseudo-lock (`fs_reclaim`) itself, on entry, wherever it
+# may reclaim memory: when lockdep names an allocator as the site taking a lock (`(fs_reclaim)
+# ..., at: kmem_cache_alloc_node+0x46`), the allocation is the operation that took it (one that
+# may reclaim, made in a context that must not), so that allocator is blamed as printed, though
+# it is generic everywhere else. Only at the site lockdep prints, never when walking a stack.
+LOCK_TAKING_ALLOCATOR = _names(
+    r"kmem_cache_alloc", r"__kmem_cache_alloc", r"_{0,2}kmalloc", r"_{0,2}alloc_pages", r"_{0,2}vmalloc")
+
 # An RCU stall or soft lockup interrupts code that loops: blame the function a dispatcher
 # called into it through (a syscall, a file or socket operation, a received packet's protocol
 # handler, a work item, a timer), found from the innermost frame outwards.
@@ -345,12 +380,18 @@ STALL_DISPATCH = _names(
     r"el0_svc_handler",   # arm64's syscall dispatcher in 4.19-5.0, before el0_svc_common
     r"__netif_receive_skb_core", r"__netif_receive_skb_one_core", r"__netif_receive_skb_list_core",
     r"process_one_work", r"call_timer_fn", r"tasklet_action_common",
+    # the callbacks a task queued to run on its way back to user space (`__cleanup_mnt`, `____fput`)
+    r"task_work_run$",
     # hrtimer callbacks: called by __run_hrtimer, or by __hrtimer_run_queues when it is inlined
     r"__run_hrtimer$", r"__hrtimer_run_queues$",
     r"__vfs_write", r"new_sync_write", r"__vfs_read", r"new_sync_read", r"vfs_ioctl", r"do_vfs_ioctl",
     r"__fput", r"sock_sendmsg_nosec", r"sock_recvmsg_nosec", r"__sock_sendmsg",
     # a socket's protocol handler, called through the common socket layer
     r"sock_common_setsockopt$", r"sock_common_getsockopt$",
+    # ... or by the syscall's body itself, where that call is a tail call or inlined and no
+    # sock_common_* frame is printed (`__sys_setsockopt`, named `sys_setsockopt` like the syscall,
+    # -> `tls_setsockopt`)
+    r"sys_setsockopt$", r"sys_getsockopt$",
     # Not ____sys_sendmsg/____sys_recvmsg: they are the per-message body of sendmmsg/recvmmsg,
     # and a stall there is the syscall's (`INFO: rcu detected stall in sys_recvmmsg`).
     r"__do_fault", r"vfs_write$", r"vfs_read$", r"sock_sendmsg$", r"sock_recvmsg$",
@@ -512,7 +553,9 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
     _kind(r"general protection fault", "general protection fault in {frame}", blame=Blame.RIP,
           crash_type="DoS"),
     _kind(r"stack segment: ", "stack segment fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
-    _kind(r"divide error: ", "divide error in {frame}", blame=Blame.RIP, crash_type="DoS"),
+    # x86 names the trap `divide error` until 5.8 and, since its trap handlers became
+    # idtentries (5.9), after the handler: `divide_error: 0000 [#1]`: one bug, one title.
+    _kind(r"divide[ _]error: ", "divide error in {frame}", blame=Blame.RIP, crash_type="DoS"),
     _kind(r"PANIC: double fault", "PANIC: double fault in {frame}", blame=Blame.RIP, crash_type="DoS"),
     # A stack overflow is a call chain too deep, usually a recursion (stacked netdevs notifying
     # each other): the frame that hit the guard page is an innocent leaf. As for a corrupted
@@ -643,16 +686,20 @@ CRASH_KINDS: tuple[CrashKind, ...] = (
           details=_re(r"^[^:]{0,64}:\d{1,9} blocked (?:in I/O wait )?for more than")),
     _kind(r"INFO: task \S{1,64} can't die for more than", "INFO: task can't die in {frame}",
           skip=HUNG_SKIP, blame_api=True, blames_lock_functions=True, crash_type="HANG"),
-    # A pool stuck: the kernel lists its busy workqueues, and the work it found running (`in-flight:
-    # 9:nsim_fib_event_work for 58s`) is what holds the pool up. Named as printed, so lockups in
-    # different work functions get different titles; with no list (older kernels, a cut log),
-    # the bare title.
-    _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup in {frame}", blame=Blame.HEADER_AS_IS,
+    # A pool stuck: the kernel lists every busy workqueue, each pool's work in flight with how
+    # long it has run (`pwq 2: cpus=0 node=0 flags=0x0 nice=0 ...`, then `in-flight:
+    # 9:nsim_fib_event_work for 58s`). What holds the stuck pool (`BUG: workqueue lockup - pool
+    # cpus=0 node=0 flags=0x0 nice=0 stuck for 56s!`) is its work in flight the longest, not work
+    # on other pools; named as printed, so lockups in different work functions get different
+    # titles. With no in-flight list (older kernels, a cut log), the bare title.
+    _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup in {frame}", blame=Blame.STUCK_WORK,
           details=_re(r"^ {0,8}in-flight: \d{1,9}:" + FN), crash_type=None),
     _kind(r"BUG: workqueue lockup", "BUG: workqueue lockup", blame=Blame.NONE, needs_frame=False,
           crash_type=None),
-    _kind(r"BUG: spinlock (?P<what>lockup suspected|already unlocked|recursion|bad magic|wrong owner|"
-          r"wrong CPU)", "BUG: spinlock {what} in {frame}", crash_type="LOCKDEP"),
+    # The spinlock debug checks (lib/spinlock_debug.c) report on spinlocks and rwlocks alike
+    # (`BUG: rwlock bad magic on CPU#0, ...`): one family, titled with the lock type printed.
+    _kind(r"BUG: (?P<lock>spinlock|rwlock) (?P<what>lockup suspected|already unlocked|recursion|bad magic|"
+          r"wrong owner|wrong CPU)", "BUG: {lock} {what} in {frame}", crash_type="LOCKDEP"),
     _kind(r"unregister_netdevice: waiting for \S{1,64} to become free",
           "unregister_netdevice: waiting for DEV to become free", blame=Blame.NONE, needs_frame=False,
           crash_type="DoS"),
