@@ -2342,3 +2342,98 @@ workqueue frob-kex: flags=0x124
 """
     crash = title_of_log(log)
     assert crash is not None and crash.title == "BUG: workqueue lockup in frob_handshake_worker"
+
+
+# --- rules from the fifth sample (E) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("panic_helper", ["panic_saved_regs", "__panic", "vpanic", "panic_smp_self_stop"])
+def test_the_panic_paths_own_helpers_are_never_blamed(panic_helper: str) -> None:
+    log = f"""BUG: scheduling while atomic: syz-executor.4/21395/0x00000201
+Kernel panic - not syncing: scheduling while atomic
+Call Trace:
+ [<ffffffff842799f2>] dump_stack+0x14d/0x20b
+ [<ffffffff813a89f9>] {panic_helper}+0xcb/0xcb
+ [<ffffffff81442cdf>] __schedule_bug+0x10f/0x140
+ [<ffffffff810010c8>] __schedule+0xd18/0x1d30
+ [<ffffffff8100216f>] schedule+0x8f/0x1b0
+ [<ffffffff8101ac24>] frob_to_usermode_loop+0x164/0x360
+ [<ffffffff8101cb4e>] do_syscall_64+0x56e/0x6d0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: scheduling while atomic in frob_to_usermode_loop"
+
+
+def test_a_stall_sampled_in_kmsans_old_runtime_is_still_a_cross_cpu_call() -> None:
+    log = """watchdog: BUG: soft lockup - CPU#1 stuck for 123s! [syz-executor1:24793]
+RIP: 0010:msan_get_shadow_origin_ptr+0x6f/0x300
+Call Trace:
+ __msan_metadata_ptr_for_load_4+0x10/0x20
+ smp_call_function_single+0x363/0x500
+ smp_call_function_many+0x672/0xe30
+ on_each_cpu_cond+0x335/0x420
+ frob_bh_lrus+0x54/0x60
+ frob_close+0xa6/0xf0
+ __fput+0x458/0xa30
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: soft lockup in smp_call_function"
+
+
+def test_a_leak_from_the_per_cpu_allocator_blames_who_allocated() -> None:
+    log = """BUG: memory leak
+unreferenced object 0xffff88005f7ac800 (size 2048):
+  comm "syz-executor0", pid 6839, jiffies 4294947130 (age 39.460s)
+  backtrace:
+    [<00000000996d44e4>] __kmalloc+0x14f/0x2a0
+    [<00000000d3775b57>] pcpu_mem_zalloc+0x6a/0x90
+    [<00000000ba6d0050>] pcpu_create_chunk+0xb6/0x2a0
+    [<000000007b267cc3>] pcpu_alloc+0x7e5/0x8b0
+    [<00000000c6fad5c7>] __alloc_percpu_gfp+0x27/0x30
+    [<0000000018bf48ad>] frob_map_create+0x149/0x520
+    [<00000000807bbe88>] __x64_sys_bpf+0x169/0x340
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "memory leak in frob_map_create"
+
+
+def test_the_dentry_leak_is_titled_by_the_operation_the_kernel_names() -> None:
+    log = """BUG: Dentry ffff888119d8a000{i=0,n=.index}  still in use (1) [unmount of frobfs frob0]
+------------[ cut here ]------------
+WARNING: CPU: 0 PID: 367 at fs/dcache.c:1616 umount_check+0x18d/0x1d0
+Call Trace:
+ d_walk+0x309/0x540
+ shrink_dcache_for_umount+0x8e/0x1b0
+ generic_shutdown_super+0x66/0x2c0
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "BUG: Dentry still in use in unmount"
+
+
+@pytest.mark.parametrize("copier", ["simple_copy_to_iter", "csum_and_copy_to_iter", "hash_and_copy_to_iter"])
+def test_an_iov_iter_copy_callback_is_never_blamed(copier: str) -> None:
+    log = f"""BUG: KMSAN: kernel-infoleak in _copy_to_iter+0x870/0x1fd0
+ _copy_to_iter+0x870/0x1fd0
+ {copier}+0x68/0xa0
+ __frob_datagram_iter+0x123/0xdc0
+ skb_copy_datagram_iter+0x5c/0x200
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "KMSAN: kernel-infoleak in __frob_datagram_iter"
+
+
+def test_a_32_bit_arm_syscall_entry_is_titled_by_the_bare_name() -> None:
+    log = """rcu: INFO: rcu_sched self-detected stall on CPU
+[<806ab444>] (gic_handle_irq) from [<80100b6c>] (__irq_svc+0x6c/0x90)
+Exception stack(0x91883f00 to 0x91883f48)
+3f40: 60000013 ffffffff
+[<80100b6c>] (__irq_svc) from [<80616f94>] (check_zeroed_user+0x140/0x1dc)
+[<80616f94>] (check_zeroed_user) from [<80321578>] (sys_frobat2+0x124/0x170)
+[<80321578>] (sys_frobat2) from [<80100080>] (ret_fast_syscall+0x0/0x54)
+"""
+    crash = title_of_log(log)
+    assert crash is not None and crash.title == "INFO: rcu detected stall in frobat2"
+    # the bodies behind the per-ABI wrappers keep their `sys_` name
+    wrapped = " __sys_frobat2+0x10/0x20\n __x64_sys_frobat2+0x10/0x20\n do_syscall_64+0x1/0x2\n"
+    crash = title_of_log(_stall(wrapped))
+    assert crash is not None and crash.title == "INFO: rcu detected stall in sys_frobat2"

@@ -96,13 +96,16 @@ _IRQ_EXIT = re.compile(r"^(?: {0,4}</IRQ>| {0,4}<EOI>|RIP: 0010:|RIP: \[<|pc ?: 
 _FN_SUFFIX = re.compile(r"\.(?:constprop|isra|part|cold|llvm|lto_priv|localalias)\b.{0,64}$")
 _SYSCALL = re.compile(
     r"^(?:SYSC|__x64_sys|__arm64_sys|__riscv_sys|__s390x_sys|__se_sys|__do_sys|"
-    r"__sys|ksys|sys)_(?P<name>\w{1,100})$")
+    r"__sys|ksys)_(?P<name>\w{1,100})$")
 # Syscall entry points titled with the bare syscall name: 32-bit compat ones (`__ia32_sys_x` is
 # the 32-bit ABI's entry; a 64-bit trace names it where both ABIs share one wrapper, as for a
-# syscall without arguments), and the `SyS_x` wrappers of kernels before 4.17 (native or
-# compat), as syzkaller titles them.
+# syscall without arguments), the `SyS_x` wrappers of kernels before 4.17 (native or
+# compat), and a plain `sys_x`: the syscall table's own entry on a kernel with no per-ABI
+# wrapper (32-bit arm: `(sys_openat2) from (ret_fast_syscall)`), as syzkaller titles them
+# (`INFO: rcu detected stall in openat2`). The `__sys_x`/`ksys_x` bodies behind the wrappers
+# are `sys_x`.
 _BARE_SYSCALL = re.compile(
-    r"^(?:SyS|compat_SyS|C_SYSC|__ia32_sys|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
+    r"^(?:sys|SyS|compat_SyS|C_SYSC|__ia32_sys|__ia32_compat_sys|__x64_compat_sys|__x32_compat_sys|__arm64_compat_sys|"
     r"__se_compat_sys|__do_compat_sys|compat_sys)_(?P<name>\w{1,100})$")
 
 # Normalisation of a title, in order. Each pattern is linear (no nested quantifiers).
