@@ -25,7 +25,8 @@ from tests.syzkaller_reports import REPORTS_DIR, SyzReport, load_reports, same_c
 @pytest.fixture(scope="module")
 def syzkaller_score() -> object:
     if not (REPORTS_DIR / "reports").is_dir():
-        missing = f"syzkaller's reports are missing: {REPORTS_DIR}/reports (see the issue 10 brief)"
+        missing = (f"syzkaller's reports are missing: {REPORTS_DIR}/reports (the checkout must "
+                   "sit beside ../shared/, as CI has it)")
         if os.environ.get("CI") == "true":
             pytest.fail(missing)
         pytest.skip(missing)
