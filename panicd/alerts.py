@@ -27,7 +27,7 @@ from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
 from panicd.records import CrashSighting, DumpRecord, GuestRecord, IncidentRecord, TriageResult
-from panicd.text import journal_text
+from panicd.text import journal_text, printable
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -155,11 +155,15 @@ def guest_action(guest: GuestIdentity | None, guest_name: str, action: str, *, u
                  steps: Sequence[str] = ()) -> Alert:
     """GUEST_ACTION: an operator's `panicd guest NAME ACTION`, audited with who asked (the
     control socket peer's uid and pid, SO_PEERCRED): accepted (an incident, its steps), or
-    refused and why (`refused`). `guest` is None when no guest of that name is known."""
+    refused and why (`refused`). `guest` is None when no guest of that name is known, or the
+    caller may not act on guests: `guest_name` is then only the caller's text, and is escaped
+    (`printable`: a newline in it would forge a journal line of its own), as is `action`."""
+    action = printable(action)
     fields = {"REQUESTED_ACTION": action, "OUTCOME": "refused" if refused else "accepted",
               "CALLER_UID": "" if uid is None else str(uid),
               "CALLER_PID": "" if pid is None else str(pid), "POLICY_STEPS": " ".join(steps)}
     if guest is None:
+        guest_name = printable(guest_name)
         fields["GUEST_NAME"] = guest_name  # the name asked for, for matching all the same
     who = f"uid {uid}" + (f" (pid {pid})" if pid is not None else "")
     if refused:
@@ -172,6 +176,21 @@ def guest_action(guest: GuestIdentity | None, guest_name: str, action: str, *, u
         fields["INCIDENT_ID"] = incident_id
         text += f" (incident {incident_id})"
     return Alert(AlertKind.GUEST_ACTION, text, guest, fields)
+
+
+def guest_action_refusals_unaudited(uid: int | None, count: int, limit: int,
+                                    window: float) -> Alert:
+    """GUEST_ACTION (OUTCOME unaudited): how many of a caller's refused requests within one
+    window went without an entry of their own, past the first `limit` (guest_actions.py)."""
+    who = "a caller panicd could not name" if uid is None else f"uid {uid}"
+    return Alert(
+        AlertKind.GUEST_ACTION,
+        f"{who}: {count} more refused panicd guest requests within {window:g} s were not "
+        f"audited one by one (at most {limit} are, per caller and {window:g} s)",
+        None,
+        {"OUTCOME": "unaudited", "CALLER_UID": "" if uid is None else str(uid),
+         "UNAUDITED_REQUESTS": str(count), "WITHIN_SECONDS": f"{window:g}"},
+    )
 
 
 def step_failed(guest: GuestIdentity, incident_id: str | None, exc: StepFailed) -> Alert:
@@ -268,7 +287,8 @@ def crash_loop(guest: GuestIdentity, incident_id: str, restarts: int, within: fl
     """CRASH_LOOP: the restart budget is spent; the guest is left paused for a person."""
     return Alert(
         AlertKind.CRASH_LOOP,
-        f"Guest {guest.name} is in a crash loop: it panicked again after {restarts} restarts "
+        # "crashed": the restarts may follow panics and watchdogs alike (on_watchdog restarts).
+        f"Guest {guest.name} is in a crash loop: it crashed again after {restarts} restarts "
         f"within {within:g} s; left paused instead of restarted. Look at its dumps "
         f"(panicd incidents --guest {guest.name}), then resume it with "
         f"'panicd guest {guest.name} resume' (or restart it: 'panicd guest {guest.name} restart')",

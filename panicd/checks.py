@@ -5,7 +5,10 @@ at a config it accepts and say what panicd would actually do with it:
 
 - a policy that can never apply, because an earlier `match` takes every guest it would;
 - steps in an order that loses the crash (`dump` after `restart`) or that cannot work
-  (anything but `exec` after `poweroff`: QEMU has exited);
+  (anything but `exec` after `poweroff`: QEMU has exited), in on_panic, on_watchdog and
+  on_crash_loaded alike;
+- `panic_action = "none"` with `pause`, `restart` or `poweroff` in on_panic: the guest left
+  running to write its own crash dump (Windows' MEMORY.DMP) is stopped in the middle of it;
 - a `wait_panic` with no `nmi` before it (nothing provokes the panic it waits for), and
   `nmi` or `wait_panic` in on_panic (the guest has panicked already);
 - an `exec` hook whose program is missing, not executable, or not on PATH;
@@ -70,6 +73,7 @@ def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding
         findings += _shadowed(index, config.policy)
         findings += _shared_console_log(index, policy)
         findings += _step_order(index, policy)
+        findings += _stops_a_guest_left_running(index, policy)
         findings += _nmi_steps(index, policy)
         findings += _hook(index, policy, sandbox)
     return findings
@@ -259,9 +263,17 @@ def _shadowed(index: int, policies: list[Policy]) -> Iterator[Finding]:
             return
 
 
+#: Each step list, and the incidents that run it ("the exec step fails at every panic").
+_STEP_LISTS = {"on_panic": "panic", "on_watchdog": "watchdog", "on_crash_loaded": "crash-loaded event"}
+
+
+def _step_lists(policy: Policy) -> Iterator[tuple[str, list[str]]]:
+    yield from ((name, list(getattr(policy, name))) for name in _STEP_LISTS)
+
+
 def _step_order(index: int, policy: Policy) -> Iterator[Finding]:
-    lists = (("on_panic", policy.on_panic), ("on_crash_loaded", policy.on_crash_loaded))
-    for list_name, steps in lists:
+    for list_name, steps in _step_lists(policy):
+        every = f"at every {_STEP_LISTS[list_name]}"
         first: dict[str, str] = {}  # step -> where it first comes: "on_panic[0]"
         for k, step in enumerate(steps):
             where = f"policy[{index}].{list_name}[{k}]"
@@ -271,14 +283,14 @@ def _step_order(index: int, policy: Policy) -> Iterator[Finding]:
                 yield Finding(
                     Severity.ERROR, where,
                     f"'{step}' comes after 'poweroff' ({first['poweroff']}): QEMU has exited "
-                    f"by then, so at every panic it {gone} (a step-failed alert)",
+                    f"by then, so {every} it {gone} (a step-failed alert)",
                     f"move '{step}' before 'poweroff', or remove it")
             elif step == "dump" and "restart" in first:
                 # system_reset then cont: the memory QEMU would dump is the new boot's.
                 yield Finding(
                     Severity.ERROR, where,
                     f"'dump' comes after 'restart' ({first['restart']}): it dumps the freshly "
-                    "rebooted guest, not the crash",
+                    f"rebooted guest, not the {'hang' if list_name == 'on_watchdog' else 'crash'}",
                     "put 'dump' before 'restart'")
             elif step == "dump" and "resume" in first:
                 # cont from guest-panicked: the panicked kernel runs on, and with panic=N
@@ -290,6 +302,23 @@ def _step_order(index: int, policy: Policy) -> Iterator[Finding]:
                     "not hold the crash",
                     "put 'dump' before 'resume'")
             first.setdefault(step, f"{list_name}[{k}]")
+
+
+def _stops_a_guest_left_running(index: int, policy: Policy) -> Iterator[Finding]:
+    """`panic_action = "none"` leaves a panicked guest running so that it writes its own crash
+    dump (Windows: MEMORY.DMP, then it reboots itself); a step that stops or resets it cuts
+    that dump short. A `dump` is fine: QEMU stops a running guest only while it dumps it."""
+    if policy.panic_action != "none":
+        return
+    for k, step in enumerate(policy.on_panic):
+        if step in ("pause", "restart", "poweroff"):
+            yield Finding(
+                Severity.WARNING, f"policy[{index}].on_panic[{k}]",
+                f"'{step}' in on_panic with panic_action = \"none\": the guest is left running "
+                "to write its own crash dump (Windows' MEMORY.DMP), and this step stops it in "
+                "the middle of writing it (on_panic is [\"dump\", \"pause\"] when not set)",
+                f"remove '{step}' (on_panic = [] or [\"exec\"] only records the panic), or "
+                "set panic_action = \"pause\" to have panicd keep and dump the guest")
 
 
 def _nmi_steps(index: int, policy: Policy) -> Iterator[Finding]:
@@ -329,11 +358,12 @@ def _nmi_steps(index: int, policy: Policy) -> Iterator[Finding]:
 
 
 def _hook(index: int, policy: Policy, sandbox: ServiceSandbox | None) -> Iterator[Finding]:
-    if policy.exec is None or "exec" not in (*policy.on_panic, *policy.on_crash_loaded):
+    runs_it = [_STEP_LISTS[name] for name, steps in _step_lists(policy) if "exec" in steps]
+    if policy.exec is None or not runs_it:
         return  # configured but never run: nothing will fail
     program = policy.exec.command[0]
     where = f"policy[{index}].exec.command[0]"
-    fails = "the exec step fails at every panic (a step-failed alert)"
+    fails = f"the exec step fails at every {' and '.join(runs_it)} (a step-failed alert)"
     if "/" not in program:
         # The hook is started with create_subprocess_exec and panicd's own environment,
         # so a bare name is looked up on panicd's PATH, as here.

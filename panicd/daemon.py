@@ -379,9 +379,13 @@ class Daemon:
         wanted = {g.socket: g for g in new.guest}
         daemon_changed = new.daemon != self.config.daemon
         discovery_changed = new.discovery != self.config.discovery or daemon_changed
+        panic_actions: dict[Path, tuple[GuestMonitor, str]] = {
+            path: (monitor, self.config.policy_for(monitor.identity.name).panic_action)
+            for path, monitor in self.monitors.items()}
         self.config = new
         await self._apply_guests(old, wanted, daemon_changed=daemon_changed,
                                  discovery_changed=discovery_changed)
+        await self._reapply_panic_actions(panic_actions)
         self.reloads += 1
         kept = [str(s) for s in wanted if s in old and old[s] == wanted[s] and not daemon_changed]
         log.info("reload.applied", guests=len(wanted), kept=len(kept),
@@ -412,6 +416,20 @@ class Daemon:
             for path in old:
                 if path not in wanted and path.exists():
                     self._watched_again(path)
+
+    async def _reapply_panic_actions(
+            self, before: dict[Path, tuple[GuestMonitor, str]]) -> None:
+        """Guests connected across the reload whose policy's panic_action changed: QEMU's
+        panic action is set again now (a monitor started by the reload sets it on connect)."""
+        for path, monitor in list(self.monitors.items()):
+            kept = before.get(path)
+            if kept is None or kept[0] is not monitor:
+                continue
+            action = self.config.policy_for(monitor.identity.name).panic_action
+            if action != kept[1]:
+                log.info("reload.panic_action_changed", guest=monitor.identity.name,
+                         panic_action=action, was=kept[1])
+                await monitor.panic_action_reloaded()
 
     def _apply_daemon_settings(self, new: Config) -> None:
         # Rare ([daemon] edited): every guest reconnects with the new settings. Dumps already

@@ -10,9 +10,12 @@ classifies, records (the store's write is queued), alerts (queued) and queues.
                                               v
                           Incident ──> store.create ──> worker.submit ──> PANIC alert
     WATCHDOG ──> latched? ── yes ──> duplicate; no ──> Incident (kind watchdog), as above
-    GUEST_PANICKED while an incident waits for one (`catch_panic`: its nmi / wait_panic steps)
-        ──> handed to that incident (latched), never an incident of its own
+    GUEST_PANICKED while an incident waits for one (`catch_panic`: its nmi / wait_panic steps,
+        until that incident is done or the guest resets) ──> handed to that incident (latched,
+        recorded as its `caught_panic`), never an incident of its own
     RESUME / RESET ──> the latch is cleared: what panics next is a new panic
+    RESET ──> the panic catch is closed, and the incidents queued behind the one running are
+              stale (incident_worker.py: a panic or watchdog whose stopped guest is gone)
     on connect, guest-panicked ──> resumed (an open incident of this QEMU), already handled
     or watchdog                    (a done one), or found (a panic or watchdog panicd missed)
     on connect, otherwise ──> an open incident is settled (resumed in prelaunch, else closed)
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -50,7 +54,7 @@ from panicd.events import (
 )
 from panicd.guest_crash_loop import GuestCrashLoop
 from panicd.incident_worker import IncidentWorker
-from panicd.records import IncidentRecord, IncidentState
+from panicd.records import CaughtPanicRecord, IncidentRecord, IncidentState
 from panicd.respond import PanicResponder, planned_steps
 from panicd.store import IncidentStore
 
@@ -111,9 +115,16 @@ class IncidentDetector:
     def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
         """The guest's next GUEST_PANICKED, handed to incident `incident_id` rather than raised
         as an incident of its own (with the on_panic steps): what an `nmi` step's NMI causes
-        belongs to the incident that injected it. Resolved by that event; cancel it to stop
-        catching. One incident at a time runs on a guest: the same incident asking again gets
-        the same future (the nmi step opens it, wait_panic awaits it), another's replaces it."""
+        belongs to the incident that injected it. Resolved by that event. One incident at a
+        time runs on a guest: the same incident asking again gets the same future (the nmi step
+        opens it, wait_panic awaits it), another's replaces it.
+
+        The catch stays open after wait_panic gives up, until the incident is done
+        (`release_panic_catch`, called by the worker): a guest slow to panic on its NMI would
+        otherwise raise a panic incident queued behind this one, whose dump and pause would
+        then hit the guest this incident had restarted meanwhile. A RESET closes it (the guest
+        that took the NMI is gone: what panics after it is a new panic), as does a new
+        connection."""
         if self._panic_catch is not None:
             owner, caught = self._panic_catch
             if owner == incident_id and not caught.cancelled():
@@ -122,6 +133,11 @@ class IncidentDetector:
         caught = asyncio.get_running_loop().create_future()
         self._panic_catch = (incident_id, caught)
         return caught
+
+    def release_panic_catch(self, incident_id: str) -> None:
+        """Incident `incident_id` is done: its catch, if still open, closes."""
+        if self._panic_catch is not None and self._panic_catch[0] == incident_id:
+            self._drop_panic_catch()
 
     def _drop_panic_catch(self) -> None:
         if self._panic_catch is not None:
@@ -153,6 +169,11 @@ class IncidentDetector:
             latest = self.store.latest_for_instance(self.guest.instance)
             self.crash_loop.guest_reset_itself(
                 latest, held=latest is not None and self.worker.holds(latest.id))
+        if event.event == "RESET":
+            # QEMU sends RESET for system_reset and for a guest's own reboot: the guest that
+            # took an NMI, or that stopped for a queued incident, is gone.
+            self._drop_panic_catch()
+            self.worker.guest_was_reset()
         if event.event in ("RESUME", "RESET"):
             # The guest runs again: whatever panics next is a new panic.
             if self._latched:
@@ -210,9 +231,11 @@ class IncidentDetector:
         if self._panic_catch is None or self._panic_catch[1].done():
             return False
         owner, caught = self._panic_catch
-        caught.set_result(CaughtPanic(data=data, raw_event=raw, received_at=time.time()))
+        panic = CaughtPanic(data=data, raw_event=raw, received_at=time.time())
+        caught.set_result(panic)
         # One panic is handled once: a repeat (QEMU < 6.0's second GUEST_PANICKED) is dropped.
         self._latched.add(IncidentKind.PANIC)
+        self._record_caught(owner, panic)
         record = self.store.latest_for_instance(self.guest.instance)
         if record is not None and record.id == owner and record.cleared:
             # The nmi step's `cont` (RESUME) cleared the incident; the guest stands stopped by
@@ -221,6 +244,22 @@ class IncidentDetector:
             self.store.save(record)
         log.warning("panic.handed_over", incident=owner, action=data.action)
         return True
+
+    def _record_caught(self, owner: str, panic: CaughtPanic) -> None:
+        """The caught panic goes into its incident's record, saved now (a reconnect, or a
+        panicd restarted, then knows what stopped the guest: `_stopped_by`)."""
+        submitted = self._submitted.get(owner)
+        if submitted is None:
+            return
+        _, record, ran_before = submitted
+        late = any(step.name == "wait_panic" for step in record.steps[ran_before:])
+        if late:
+            log.warning("panic.caught_late", incident=owner)
+        record.caught_panic = CaughtPanicRecord(
+            action=panic.data.action,
+            info=panic.data.info.model_dump(mode="json") if panic.data.info else None,
+            panicked_at=dt.datetime.fromtimestamp(panic.received_at, dt.UTC), late=late)
+        self.store.save(record)
 
     def raise_manual(self, action: str, steps: Sequence[str], *, uid: int, pid: int | None,
                      dump_format: str | None = None) -> IncidentRecord:
@@ -234,7 +273,16 @@ class IncidentDetector:
                             dump_format=dump_format)
         audit = alerts.guest_action(incident.guest, incident.guest.name, action, uid=uid, pid=pid,
                                     refused=None, incident_id=incident.id, steps=steps)
-        return self._raise_incident(incident, alert=audit)
+        record = self._raise_incident(incident, alert=audit)
+        if self.guest.runstate not in _STOPPED_BY:
+            # Asked of a guest that no panic or watchdog had stopped (running, paused by hand):
+            # what stops it so later is no doing of this incident's, any more than of one the
+            # guest has run since. Not every step shows the guest running again (`inject-nmi`
+            # leaves a running guest running: no RESUME), so it is cleared from the start; a
+            # panic its own NMI causes is handed back to it (`_hand_over` un-clears it).
+            record.cleared = True
+            self.store.save(record)
+        return record
 
     def pending_dump(self) -> IncidentRecord | None:
         """The incident in this guest's worker (being handled or queued) whose dump is still to
@@ -285,9 +333,12 @@ class IncidentDetector:
             self._raise_incident(incident, latest)
             return
         if latest is not None and latest.kind is IncidentKind.MANUAL and not latest.cleared:
-            # An operator acted on this guest (`panicd guest`) since it last ran, so it was
-            # stopped before that, and panicd has had its turn at it: what is left is theirs.
-            # (Taken for a missed one, it would be dumped and acted on again.)
+            # An operator acted on this guest (`panicd guest`) while a panic or watchdog had it
+            # stopped (`raise_manual` clears one asked of a guest stopped by neither), and it
+            # has not run since: panicd has had its turn at that stop, and what is left is
+            # theirs. (Taken for a missed one, it would be dumped and acted on again.) It is
+            # the same stop, of the same kind: QEMU leaves guest-panicked or watchdog only by
+            # running (RESUME, RESET clear the incident) or by going away (a new instance).
             log.info(f"{name}.already_handled", status=self.guest.runstate, incident=latest.id,
                      by="operator")
             self._latched.add(kind)
@@ -302,7 +353,7 @@ class IncidentDetector:
         if latest.kind is kind:
             return True
         return kind is IncidentKind.PANIC and (
-            self.worker.holds(latest.id)
+            self.worker.holds(latest.id) or latest.caught_panic is not None
             or any(step.wait_panic is not None and step.wait_panic.panic_action is not None
                    for step in latest.steps))
 

@@ -8,15 +8,26 @@ When panicd holds a guest's only QMP monitor, an operator acts on that guest thr
       │          in control_                   of a running guest)   a panic's: record, dump,
       │          allowed_uids)                                       alerts, crash title)
       └── every request, carried out or refused, is a GUEST_ACTION alert with the caller's
-          uid and pid; a refused one does nothing else.
+          uid and pid; a refused one does nothing else. Refusals are audited one by one up to
+          REFUSED_AUDITS_PER_WINDOW a minute per uid, then counted in one summary entry (a
+          caller looping on refused requests must not flood the journal: journald's per-service
+          rate limit would then drop other guests' PANIC alerts).
 
 The caller is who the kernel says (SO_PEERCRED), never what the request says. An authorised
 caller is told why a request is refused (the known guest names, what runs); anyone else is
-told only that they may not. The reply comes in two lines: at once, accepted (the incident's
-id) or refused; then, when the caller waits, each step's outcome once they have all run.
+told only that they may not. A guest name that matches no guest, or that an unauthorised
+caller sent, is the caller's text: it is written to the journal escaped (`text.printable`),
+so that a newline in it cannot forge a line of its own. The reply comes in two lines: at
+once, accepted (the incident's id) or refused; then, when the caller waits, each step's
+outcome once they have all run.
 
 Decided here: `resume` of a guest that is already running is refused. QEMU accepts `cont` on a
 running guest and does nothing, so it would only make an incident that did nothing.
+
+Whether a request makes sense is decided with no wait between the last check and the
+incident it raises (`IncidentDetector.raise_manual`): the one slow look (the dump store, in a
+thread) comes first. Requests arriving together are then decided one after another, and the
+first dump accepted is `pending_dump` for all the others.
 """
 
 from __future__ import annotations
@@ -26,9 +37,11 @@ import datetime as dt
 import functools
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from panicd import alerts
@@ -38,6 +51,7 @@ from panicd.control import Answer, Peer
 from panicd.monitor import ConnectionState, GuestMonitor
 from panicd.records import IncidentRecord
 from panicd.respond import PanicResponder
+from panicd.text import printable
 
 log = structlog.get_logger("panicd.guest_actions")
 
@@ -53,6 +67,10 @@ MAX_WAIT_SECONDS = 24 * 3600.0
 #: incidents it holds (`holds`), and that covers every way out of it: steps done, a crash,
 #: the worker cancelled with its guest (a reload).
 OUTCOME_POLL_SECONDS = 0.1
+#: Refused requests audited one by one per caller (uid) within REFUSED_AUDIT_WINDOW_SECONDS;
+#: the rest of that window's are counted, and said in one summary entry when it ends.
+REFUSED_AUDITS_PER_WINDOW = 10
+REFUSED_AUDIT_WINDOW_SECONDS = 60.0
 
 
 class GuestActionRequest(BaseModel):
@@ -79,6 +97,8 @@ class GuestActions:
         self._config = config
         self.responder = responder
         self.alerter = alerter
+        self._refusal_audits = RefusalAudits(
+            alerter, responder.metrics.guest_action_refusals_unaudited)
 
     async def request(self, raw: dict[str, Any], peer: Peer | None) -> Answer:
         """One request: the first reply, and the second (the steps' outcome) when it waits."""
@@ -98,7 +118,12 @@ class GuestActions:
         if len(found) != 1:
             return self._refuse(None, name, action, peer, self._not_one_guest(name, found))
         monitor = found[0]
-        steps, refused = await self._steps(monitor, request)
+        steps = self._steps(monitor, request)
+        # The only wait, before any check: from the last check to raise_manual nothing may
+        # wait, or requests that came together would all pass `pending_dump` before the first
+        # of them is raised (module docstring).
+        left_writing = await self._dump_left_writing(monitor) if "dump" in steps else None
+        refused = self._why_not(monitor, request, steps) or left_writing
         if refused is not None:
             return self._refuse(monitor, name, action, peer, refused)
         with structlog.contextvars.bound_contextvars(guest=name, socket=monitor.identity.socket):
@@ -129,15 +154,21 @@ class GuestActions:
         known = sorted({m.identity.name for m in self._monitors()})
         return f"no guest named {name!r}; known: {', '.join(known) if known else '(none)'}"
 
-    async def _steps(self, monitor: GuestMonitor,
-                     request: GuestActionRequest) -> tuple[list[str], str | None]:
-        """The steps this request runs, and why it is refused (None: it is not)."""
-        name = monitor.identity.name
+    def _steps(self, monitor: GuestMonitor, request: GuestActionRequest) -> list[str]:
+        """The steps this request runs: the action's, or the guest's on_panic (run-policy)."""
         asked = ACTION_STEPS[request.action]
-        steps = list(asked if asked is not None else self._config().policy_for(name).on_panic)
+        return list(asked if asked is not None
+                    else self._config().policy_for(monitor.identity.name).on_panic)
+
+    def _why_not(self, monitor: GuestMonitor, request: GuestActionRequest,
+                 steps: list[str]) -> str | None:
+        """Why the request is refused now (None: it is not). It never waits (module docstring)."""
+        name = monitor.identity.name
         missing = [step for step in steps if step not in self.responder.steps]
         why: str | None = None
-        if monitor.state is not ConnectionState.CONNECTED:
+        if not any(m is monitor for m in self._monitors()):
+            why = f"guest {name!r} was dropped (a reload, or its QEMU went away): ask again"
+        elif monitor.state is not ConnectionState.CONNECTED:
             why = (f"guest {name!r} is not connected ({monitor.state.value}): panicd cannot "
                    "reach its QEMU now")
         elif not steps:
@@ -149,19 +180,17 @@ class GuestActions:
         elif request.action == "resume" and monitor.runstate == "running":
             # QEMU would accept `cont` and do nothing (module docstring).
             why = f"guest {name!r} is already running: nothing to resume"
-        elif "dump" in steps:
-            why = await self._dump_under_way(monitor)
-        return steps, why
+        elif "dump" in steps and (pending := monitor.detector.pending_dump()) is not None:
+            # QEMU writes one dump at a time per guest (a second dump-guest-memory is refused
+            # while one runs), so one asked meanwhile is refused.
+            why = (f"a dump of {name} is running (incident {pending.id}, started "
+                   f"{_utc(pending.seen_at)}): QEMU writes one dump at a time; see panicd "
+                   f"incidents show {pending.id}")
+        return why
 
-    async def _dump_under_way(self, monitor: GuestMonitor) -> str | None:
-        """Why a dump cannot start now: QEMU writes one dump at a time per guest (a second
-        dump-guest-memory is refused while one runs), so one asked meanwhile is refused."""
+    async def _dump_left_writing(self, monitor: GuestMonitor) -> str | None:
+        """Why a dump cannot start now, as the dump store says (read in a thread)."""
         name = monitor.identity.name
-        pending = monitor.detector.pending_dump()
-        if pending is not None:
-            return (f"a dump of {name} is running (incident {pending.id}, started "
-                    f"{_utc(pending.seen_at)}): QEMU writes one dump at a time; see panicd "
-                    f"incidents show {pending.id}")
         # A dump no incident waits for any more, that QEMU may still be writing: one past its
         # policy's timeout (QEMU cannot cancel a dump), or one left while panicd was away.
         # Its record says "running" until it is settled (actions/dump.py, orphans.py).
@@ -178,12 +207,18 @@ class GuestActions:
 
     def _refuse(self, monitor: GuestMonitor | None, name: str, action: str, peer: Peer | None,
                 why: str) -> Answer:
-        log.warning("guest_action.refused", guest=name, action=action,
-                    uid=peer.uid if peer else None, pid=peer.pid if peer else None, reason=why)
-        identity = monitor.identity if monitor is not None else None
-        self.alerter.send(alerts.guest_action(identity, name, action,
-                                              uid=peer.uid if peer else None,
-                                              pid=peer.pid if peer else None, refused=why))
+        uid, pid = (peer.uid, peer.pid) if peer is not None else (None, None)
+        # Without a monitor, `name` is only what the caller sent (alerts.guest_action escapes
+        # it likewise): a newline in it must not make a line of its own in the journal.
+        shown = name if monitor is not None else printable(name)
+        if self._refusal_audits.admit(uid):
+            log.warning("guest_action.refused", guest=shown, action=printable(action), uid=uid,
+                        pid=pid, reason=why)
+            identity = monitor.identity if monitor is not None else None
+            self.alerter.send(alerts.guest_action(identity, name, action, uid=uid, pid=pid,
+                                                  refused=why))
+        else:
+            log.debug("guest_action.refused_unaudited", guest=shown, uid=uid)
         return {"ok": False, "refused": True, "error": why}, None
 
     async def _outcome(self, monitor: GuestMonitor, record: IncidentRecord,
@@ -202,6 +237,73 @@ class GuestActions:
         return {"ok": True, "done": True, "incident": record.id, "state": record.state.value,
                 "outcome": record.outcome,
                 "steps": [step.model_dump(mode="json") for step in record.steps]}
+
+
+@dataclass
+class _AuditWindow:
+    """One caller's refused requests since `started` (monotonic seconds)."""
+
+    started: float
+    audited: int = 0
+    unaudited: int = 0
+    summary: asyncio.TimerHandle | None = None
+
+
+class RefusalAudits:
+    """Which refused requests get a GUEST_ACTION entry of their own: a caller's first `limit`
+    in each `window` seconds. The rest are counted (`unaudited`, a metric) and said in one
+    summary entry when the window ends, so that a caller looping on refused requests costs
+    the journal `limit` + 1 entries a window, however fast it loops. Accepted requests are
+    never held back: each is an incident, and authorised."""
+
+    def __init__(self, alerter: Alerter, unaudited: Counter, *,
+                 limit: int = REFUSED_AUDITS_PER_WINDOW,
+                 window: float = REFUSED_AUDIT_WINDOW_SECONDS) -> None:
+        self.alerter = alerter
+        self.limit = limit
+        self.window = window
+        self._unaudited = unaudited
+        #: By caller uid (None: a caller the kernel could not name).
+        self._windows: dict[int | None, _AuditWindow] = {}
+
+    def admit(self, uid: int | None) -> bool:
+        """Whether this refusal of `uid`'s is audited on its own; if not, it is counted."""
+        now = time.monotonic()
+        window = self._windows.get(uid)
+        if window is None or now - window.started >= self.window:
+            if window is not None:
+                self._close(uid, window)  # its timer is late (a busy loop): summarise it now
+            self._forget_ended(now)
+            window = self._windows[uid] = _AuditWindow(started=now)
+        if window.audited < self.limit:
+            window.audited += 1
+            return True
+        window.unaudited += 1
+        self._unaudited.inc()
+        if window.summary is None:
+            window.summary = asyncio.get_running_loop().call_later(
+                window.started + self.window - now, self._close, uid, window)
+        return False
+
+    def _close(self, uid: int | None, window: _AuditWindow) -> None:
+        """`window` has ended: the summary of what it did not audit, once."""
+        if window.summary is not None:
+            window.summary.cancel()  # a no-op when it is the timer calling
+            window.summary = None
+        if self._windows.get(uid) is window:
+            del self._windows[uid]
+        if window.unaudited:
+            count, window.unaudited = window.unaudited, 0
+            log.warning("guest_action.refusals_unaudited", uid=uid, requests=count,
+                        window_seconds=self.window)
+            self.alerter.send(alerts.guest_action_refusals_unaudited(uid, count, self.limit,
+                                                                     self.window))
+
+    def _forget_ended(self, now: float) -> None:
+        """Windows that ended with nothing left to say: one entry per caller at most."""
+        for uid in [u for u, w in self._windows.items()
+                    if now - w.started >= self.window and w.summary is None]:
+            del self._windows[uid]
 
 
 def _utc(epoch: float) -> str:

@@ -55,6 +55,11 @@ class Metrics:
             "panicd_new_signature_alerts_suppressed",
             "New crash titles not alerted: the guest's new_signature_alerts_per_hour was spent",
             registry=r)
+        self.guest_action_refusals_unaudited = Counter(
+            "panicd_guest_action_refusals_unaudited",
+            "Refused `panicd guest` requests not audited one by one: their caller was past its "
+            "refusals a minute (each window's are summed up in one GUEST_ACTION entry)",
+            registry=r)
         self.guests = Gauge("panicd_guests", "Guests by connection state", ["state"], registry=r)
         r.register(_JournalCollector())
         self._states: Callable[[], Iterable[str]] = list

@@ -93,7 +93,7 @@ class GuestMonitor:
         self._identified = False
         self._early_events: list[dict[str, Any]] = []
         #: Runs this guest's incidents through its policy, one at a time.
-        self.worker = IncidentWorker(responder, store, self, on_change)
+        self.worker = IncidentWorker(responder, store, self, on_change, on_done=self._incident_done)
         #: The event path: which events are incidents (detection.py).
         self.detector = IncidentDetector(self, worker=self.worker, responder=responder,
                                          alerter=alerter, store=store)
@@ -197,6 +197,10 @@ class GuestMonitor:
 
     def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
         return self.detector.catch_panic(incident_id)
+
+    def _incident_done(self, incident_id: str) -> None:
+        # The worker is made before the detector: looked up when called.
+        self.detector.release_panic_catch(incident_id)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -346,12 +350,30 @@ class GuestMonitor:
         except QmpCommandError as exc:
             if exc.kind != QmpCommandError.REFUSED:
                 raise
-            # set-action exists from QEMU 6.0; older QEMUs pause on panic only with -no-shutdown.
-            log.warning(
-                "qmp.take_over_refused",
-                error=exc.reason,
-                hint="start this QEMU with -no-shutdown so that a panicked guest stays dumpable",
-            )
+            # set-action exists from QEMU 6.0; older QEMUs pause on panic only with -no-shutdown,
+            # and cannot leave a panicked guest running at all.
+            hint = ("this QEMU cannot leave a panicked guest running (set-action needs QEMU >= "
+                    "6.0): panic_action none does not apply to it"
+                    if panic == "none" else
+                    "start this QEMU with -no-shutdown so that a panicked guest stays dumpable")
+            log.warning("qmp.take_over_refused", error=exc.reason, panic=panic, hint=hint)
+            return
+        log.info("qmp.actions_set", panic=panic, watchdog="pause")
+
+    async def panic_action_reloaded(self) -> None:
+        """A reload changed this guest's policy's `panic_action`: QEMU is told now, as on
+        connect (`set-action` is a run-time setting of the QEMU process, so the next panic
+        already gets the new action). A guest not connected gets it when it connects."""
+        if not self.settings.take_over_panic_action or not self._identified:
+            return  # a connection being set up reads the reloaded policy itself
+        # Run from the daemon's reload, outside the guest's task: its log context bound here.
+        with structlog.contextvars.bound_contextvars(guest=self._identity.name,
+                                                     socket=str(self.spec.socket)):
+            try:
+                await self._take_over_actions(self.session())
+            except QmpCommandError as exc:
+                # The connection's own teardown deals with a lost QEMU; the reload goes on.
+                log.warning("reload.set_action_failed", error=exc.reason)
 
     # -- the event path: classify, alert, queue; nothing slow ---------------------------------
 

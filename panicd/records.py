@@ -130,6 +130,18 @@ class WaitPanicStepDetail(StepDetail):
     panicked_at: dt.datetime | None = None
 
 
+class CaughtPanicRecord(_Record):
+    """The GUEST_PANICKED an incident's own `nmi` (or `wait_panic`) step caught: handed to that
+    incident, not raised as one of its own, whenever it came before the incident was done."""
+
+    action: str
+    info: dict[str, JsonValue] | None = None
+    panicked_at: dt.datetime
+    #: It came after this run's `wait_panic` step had given up on it (a slow guest): the steps
+    #: after that one ran on a guest that then panicked.
+    late: bool = False
+
+
 #: Which detail model a (legacy) step's `detail` dict is, by step name.
 _DETAIL_OF_STEP: dict[str, type[StepDetail]] = {
     "dump": DumpStepDetail, "exec": HookStepDetail,
@@ -368,6 +380,8 @@ class IncidentRecord(_Record):
     requested_by: int | None = None
     #: A Windows guest's bugcheck, decoded from the event's Hyper-V crash information.
     bugcheck: BugCheck | None = None
+    #: The panic this incident's NMI caused (detection.IncidentDetector.catch_panic).
+    caught_panic: CaughtPanicRecord | None = None
     #: The guest reset itself after this crash (RESET {guest: true}), panicd did not.
     rebooted_itself: bool = False
     #: This crash raised CRASH_LOOP for a guest that reboots itself: how many crashes, this one

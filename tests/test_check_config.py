@@ -117,7 +117,8 @@ on_panic = ["dump", "restart"]    # the right order: nothing to say
         "runs on first, and a kernel booted with panic=N reboots itself, so the dump may not "
         "hold the crash; put 'dump' before 'resume'",
         "ERROR policy[2].on_crash_loaded[1]: 'dump' comes after 'poweroff' "
-        "(on_crash_loaded[0]): QEMU has exited by then, so at every panic it finds no guest "
+        "(on_crash_loaded[0]): QEMU has exited by then, so at every crash-loaded event it "
+        "finds no guest "
         "to dump (a step-failed alert); move 'dump' before 'poweroff', or remove it",
     ]
     assert lines[-1].endswith(": 3 errors, 1 warning (0 guests, 4 policies)")

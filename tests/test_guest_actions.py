@@ -7,15 +7,23 @@ exit status 2, an audit entry, and nothing done: a uid not allowed (a child run 
 `setpriv --reuid`), an unknown or unconnected guest, a resume of a running guest, a dump
 asked while one of the guest's is being written (a big guest frozen mid-dump). An allowed
 non-root uid is accepted. A manual dump of a guest panicd left paused after its panic is not
-taken, by a restarted panicd, for a panic it missed.
+taken, by a restarted panicd, for a panic it missed; but a manual nmi of a running guest does
+not hide a panic (or a watchdog) that came while panicd was away. Twelve dumps asked at the
+same moment make one dump, the others refused. A caller flooding panicd with refused requests
+gets ten audit entries a minute (and one summary), and a newline in the guest name it sends
+is escaped in the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +31,11 @@ from typing import Any
 import pytest
 
 from panicd import control
-from panicd.alerts import AlertKind
+from panicd.alerts import AlertKind, JournalAlerter
 from panicd.cli import main
 from panicd.events import Detection, IncidentKind
+from panicd.guest_actions import REFUSED_AUDITS_PER_WINDOW, RefusalAudits
+from panicd.metrics import Metrics
 from panicd.records import IncidentState
 from tests.daemon_process import (
     PanicdProcess,
@@ -37,8 +47,15 @@ from tests.daemon_process import (
 )
 from tests.journal import Journald
 from tests.qemu_harness import QemuGuest, Qemus
-from tests.test_dump_faults import big_guest_frozen_mid_dump, config, thaw, wait_for_status
+from tests.test_dump_faults import (
+    big_guest_frozen_mid_dump,
+    config,
+    freeze,
+    thaw,
+    wait_for_status,
+)
 from tests.test_incident_store_e2e import incidents_of, wait_for_incidents
+from tests.test_watchdog_e2e import ARM_IB700_2S
 
 Start = Callable[..., PanicdProcess]
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +95,22 @@ async def runstate_seen_by_panicd(tmp: Path, guest: QemuGuest, runstate: str) ->
         return any(g["name"] == guest.name and g["runstate"] == runstate for g in guests)
 
     await wait_for(seen, timeout=10, what=f"panicd to see {guest.name} {runstate}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape(port: int, sample: str) -> float:
+    """One sample's value on panicd's /metrics, as Prometheus reads it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.split(" ")[0] == sample:
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {sample} on /metrics")
 
 
 async def audits(journal: Journald, guest: str, count: int = 1) -> list[dict[str, Any]]:
@@ -379,3 +412,196 @@ async def test_the_crash_loop_advice_works_and_a_manual_restart_is_not_held_to_t
     assert await guest.status() == "running"
     manual = (await wait_for_incidents(short_tmp, guest.name, count=5))[0]
     assert [(s.name, s.ok, s.skipped) for s in manual.steps] == [("restart", True, None)]
+
+
+async def manual_nmi_then_away(short_tmp: Path, panicd: Start, guest: QemuGuest,
+                               capsys: pytest.CaptureFixture[str], policy: str) -> PanicdProcess:
+    """`panicd guest NAME nmi` on a running guest (QEMU takes the NMI and the guest runs on:
+    no STOP, no RESUME), then panicd stopped: what happens next, it does not see."""
+    first = await started(short_tmp, panicd, [guest], policy)
+    code, out, err = await guest_cli(capsys, short_tmp, guest.name, "nmi")
+    assert code == 0, (out, err, first.tail())
+    await the_manual_incident(short_tmp, guest.name)
+    assert await guest.status() == "running"
+    assert await first.stop() == 0
+    return first
+
+
+async def test_a_panic_while_panicd_was_away_after_a_manual_nmi_is_found_dumped_and_alerted(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The manual incident is the guest's latest, and the guest never ran again after it in
+    QEMU's eyes (no RESUME): it must not pass for what stopped the guest."""
+    guest = await qemus(unique("away"))
+    first = await manual_nmi_then_away(short_tmp, panicd, guest, capsys,
+                                       'on_panic = ["dump", "pause"]')
+    await guest.panic()
+    await wait_for_status(guest, "guest-panicked")
+
+    again = panicd(first.config_path.read_text())
+    await again.wait_event("panic.found_on_connect", guest=guest.name)
+
+    (dump,) = await completed_dumps(short_tmp, guest.name)
+    panic, manual = await wait_for_incidents(short_tmp, guest.name, count=2)
+    assert (manual.kind, panic.kind, panic.detection) == (IncidentKind.MANUAL, IncidentKind.PANIC,
+                                                          Detection.ON_CONNECT)
+    assert metadata(dump)["incident"]["id"] == panic.id
+    (alert,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=guest.name)
+    assert (alert["INCIDENT_ID"], alert["PANIC_DETECTION"]) == (panic.id, "on-connect")
+    assert "panicked while panicd was not connected" in alert["MESSAGE"]
+    assert not again.events("panic.already_handled")
+    assert await guest.status() == "guest-panicked"  # the policy's pause
+
+
+async def test_a_watchdog_that_fired_while_panicd_was_away_after_a_manual_nmi_is_found(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    guest = await qemus(unique("awaywd"), extra_args=["-device", "ib700"])
+    first = await manual_nmi_then_away(short_tmp, panicd, guest, capsys,
+                                       'on_watchdog = ["dump"]')
+    # panicd's `set-action watchdog=pause` (made on connect) outlives its connection.
+    assert await guest.qtest(ARM_IB700_2S) == "OK"
+    await wait_for_status(guest, "watchdog")
+
+    again = panicd(first.config_path.read_text())
+    await again.wait_event("watchdog.found_on_connect", guest=guest.name)
+
+    (dump,) = await completed_dumps(short_tmp, guest.name)
+    hang, _ = await wait_for_incidents(short_tmp, guest.name, count=2)
+    assert (hang.kind, hang.detection) == (IncidentKind.WATCHDOG, Detection.ON_CONNECT)
+    assert metadata(dump)["incident"]["id"] == hang.id
+    (alert,) = await journal.find(MESSAGE_ID=AlertKind.WATCHDOG.message_id,
+                                  GUEST_NAME=guest.name)
+    assert alert["INCIDENT_ID"] == hang.id
+    assert not again.events("watchdog.already_handled")
+
+
+def dump_requests_at_once(path: Path, name: str, count: int) -> list[dict[str, Any]]:
+    """`count` dump requests, each on its own connection, sent at the same moment."""
+    connections = [control.ControlConnection(path) for _ in range(count)]
+    start = threading.Barrier(count)
+    replies: list[dict[str, Any]] = []
+
+    def ask(connection: control.ControlConnection) -> None:
+        with connection:
+            start.wait()
+            connection.send({"command": "guest", "guest": name, "action": "dump", "wait": 0})
+            replies.append(connection.receive())
+
+    threads = [threading.Thread(target=ask, args=(c,)) for c in connections]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return replies
+
+
+async def test_dumps_asked_at_the_same_moment_make_one_dump_and_the_others_are_refused(
+    short_tmp: Path, panicd: Start, qemus: Qemus,
+) -> None:
+    guest = await qemus(unique("burst"))
+    daemon = await started(short_tmp, panicd, [guest])
+    # Rounds: requests that are decided apart (the threads scheduled one by one) show nothing,
+    # and which round has them come together is up to the scheduler.
+    for round_ in range(1, 5):
+        # QEMU frozen: the dump accepted cannot finish while the others are decided, so each
+        # of them must be refused, however the threads are scheduled.
+        freeze(guest)
+        try:
+            replies = await asyncio.to_thread(dump_requests_at_once, short_tmp / "control.sock",
+                                              guest.name, 12)
+        finally:
+            thaw(guest)
+
+        assert len(replies) == 12, daemon.tail()
+        (accepted,) = [r for r in replies if r["ok"]]
+        refused = [r["error"] for r in replies if not r["ok"]]
+        assert len(refused) == 11
+        assert all(e.startswith(f"a dump of {guest.name} is running (incident "
+                                f"{accepted['incident']},") for e in refused), refused
+        records = await wait_for_incidents(short_tmp, guest.name, count=round_)
+        assert records[0].id == accepted["incident"]
+        dumps = await completed_dumps(short_tmp, guest.name, count=round_)
+        assert metadata(dumps[-1])["incident"]["id"] == accepted["incident"]
+    assert len(dumps_of(short_tmp, guest.name)) == 4
+
+
+#: The flooding caller: as fast as it can, one refused request per connection.
+FLOOD = """
+import json, socket, sys
+path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+refused = 0
+for _ in range(count):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(json.dumps({"command": "guest", "guest": name, "action": "resume"}).encode()
+                  + b"\\n")
+        refused += json.loads(s.makefile().readline()).get("refused") is True
+print(refused)
+"""
+
+
+async def test_a_flood_of_refused_requests_is_audited_ten_times_and_a_forged_line_escaped(
+    short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus,
+) -> None:
+    guest = await qemus(unique("flooded"))
+    port = free_port()
+    daemon = await started(short_tmp, panicd, [guest],
+                           daemon=f'metrics_listen = "127.0.0.1:{port}"')
+    await daemon.wait_event("metrics.listening")
+    (short_tmp / "control.sock").chmod(0o666)
+    short_tmp.chmod(0o755)
+    # A name that, written as it is, would print a line of its own in `journalctl`.
+    forged = f"{unique('flood')}\nGuest web-01 panicked; steps: nothing"
+    escaped = forged.replace("\n", "\\n")
+    flood = 300
+
+    flooder = await asyncio.to_thread(
+        subprocess.run, ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                         sys.executable, "-c", FLOOD, str(short_tmp / "control.sock"), forged,
+                         str(flood)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert flooder.stdout.strip() == str(flood), (flooder.stderr, daemon.tail())
+    # One more, from another uid (its own allowance): the journal has every entry of the flood
+    # once it has this one (panicd's journal writer keeps their order).
+    with control.ControlConnection(short_tmp / "control.sock") as root:
+        root.send({"command": "guest", "guest": forged, "action": "resume"})
+        assert root.receive()["refused"]
+    entries = await journal.find(count=REFUSED_AUDITS_PER_WINDOW + 1, MESSAGE_ID=GUEST_ACTION,
+                                 GUEST_NAME=escaped)
+    assert entries[-1]["CALLER_UID"] == "0", daemon.tail()
+    entries = journal.entries(MESSAGE_ID=GUEST_ACTION, GUEST_NAME=escaped)
+
+    assert [e["CALLER_UID"] for e in entries] == [str(NOBODY)] * REFUSED_AUDITS_PER_WINDOW + ["0"]
+    assert all("\n" not in e["MESSAGE"] for e in entries)
+    assert entries[0]["MESSAGE"].startswith(f"Guest {escaped}: uid {NOBODY} (pid ")
+    assert entries[0]["REQUESTED_ACTION"] == "resume"
+    unaudited = await asyncio.to_thread(scrape, port, "panicd_guest_action_refusals_unaudited_total")
+    assert unaudited == flood - REFUSED_AUDITS_PER_WINDOW
+    assert control.request(short_tmp / "control.sock")["ok"]  # and the daemon serves on
+
+
+async def test_refusals_past_the_allowance_are_summed_up_in_one_entry_when_the_window_ends(
+    journal: Journald,
+) -> None:
+    """RefusalAudits as the daemon uses it, with a short window (the daemon's is a minute),
+    sending to the real journald."""
+    uid = 4_000_000_000 + int(time.time() * 1000) % 100_000_000  # no earlier run's entries
+    metrics = Metrics()
+    audits = RefusalAudits(JournalAlerter(), metrics.guest_action_refusals_unaudited,
+                           limit=2, window=0.5)
+
+    assert [audits.admit(uid) for _ in range(7)] == [True, True] + [False] * 5
+    assert audits.admit(None)  # a caller of its own
+
+    (summary,) = await journal.find(MESSAGE_ID=GUEST_ACTION, CALLER_UID=str(uid))
+    assert (summary["OUTCOME"], summary["UNAUDITED_REQUESTS"], summary["WITHIN_SECONDS"]) == (
+        "unaudited", "5", "0.5")
+    assert summary["MESSAGE"] == (f"uid {uid}: 5 more refused panicd guest requests within "
+                                  "0.5 s were not audited one by one (at most 2 are, per "
+                                  "caller and 0.5 s)")
+    assert metrics.registry.get_sample_value("panicd_guest_action_refusals_unaudited_total") == 5
+    assert audits.admit(uid)  # a new window: audited again

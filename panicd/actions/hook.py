@@ -1,8 +1,9 @@
 """The `exec` step: run the operator's command with the incident in its environment.
 
-Environment: PANICD_GUEST, PANICD_UUID, PANICD_SOCKET, PANICD_KIND (panic | crash-loaded),
-PANICD_EVENT (the QMP event as JSON; on a panic found at connect time, a description of it),
-PANICD_DUMP (the dump written by an earlier `dump` step of this incident, else empty).
+Environment: PANICD_GUEST, PANICD_UUID, PANICD_SOCKET, PANICD_KIND (the incident's kind:
+panic | crash-loaded | watchdog | manual), PANICD_EVENT (JSON: the QMP event as QEMU sent it;
+for an incident with no event of its own, `hook_event` describes it), PANICD_DUMP (the dump
+written by an earlier `dump` step of this incident, else empty).
 The command runs without a shell, in its own process group, killed whole at its timeout.
 """
 
@@ -14,12 +15,13 @@ import json
 import os
 import signal
 import tempfile
-from typing import IO
+from typing import IO, Any
 
 import structlog
 
 from panicd.actions import StepContext
 from panicd.errors import StepFailed
+from panicd.events import Incident, IncidentKind
 from panicd.records import HookStepDetail
 
 log = structlog.get_logger("panicd.hook")
@@ -31,13 +33,31 @@ _PANICD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LIS
 OUTPUT_LIMIT = 4096
 
 
+#: The QMP event each kind of incident comes from: named in PANICD_EVENT when panicd saw no
+#: event (a panic or watchdog found on connect, an incident resumed after a restart of panicd).
+_EVENT_OF_KIND = {IncidentKind.PANIC: "GUEST_PANICKED", IncidentKind.CRASH_LOADED: "GUEST_CRASHLOADED",
+                  IncidentKind.WATCHDOG: "WATCHDOG"}
+
+
+def hook_event(incident: Incident) -> dict[str, Any]:
+    """PANICD_EVENT: QEMU's event as it came; else one made up of what panicd knows, named by
+    the incident's kind with a `detected` key (on-connect, resumed); for a manual incident
+    (`panicd guest`), which no QMP event started, `"event": null` with the uid that asked
+    and the steps asked for."""
+    if incident.raw_event is not None:
+        return incident.raw_event
+    if incident.kind is IncidentKind.MANUAL:
+        return {"event": None, "detected": incident.detection.value,
+                "requested_by": incident.requested_by,
+                "requested_steps": list(incident.requested_steps or ())}
+    return {"event": _EVENT_OF_KIND[incident.kind],
+            "data": {"action": incident.action or "pause"},
+            "detected": incident.detection.value}
+
+
 def hook_environment(ctx: StepContext) -> dict[str, str]:
     incident = ctx.incident
-    event = incident.raw_event or {
-        "event": "GUEST_PANICKED",
-        "data": {"action": incident.action or "pause"},
-        "detected": incident.detection.value,
-    }
+    event = hook_event(incident)
     return {
         "PANICD_GUEST": incident.guest.name,
         "PANICD_UUID": incident.guest.uuid or "",

@@ -16,9 +16,11 @@ The QEMU behaviour it relies on (QEMU 7.2):
   is the first thing the guest's vCPUs take. A guest stopped for another reason (panicked, shut
   down, not yet started) is left as it is; the NMI waits until it runs, and the step says so.
 
-When a later `wait_panic` step is to wait for the panic, the step asks the detector to catch it
-(`GuestHandle.catch_panic`) *before* it injects the NMI: the guest may panic before the next
-step starts, and its GUEST_PANICKED must go to this incident, not raise one of its own.
+The step asks the detector to catch the panic (`GuestHandle.catch_panic`) *before* it injects
+the NMI, whether a `wait_panic` step follows or not: the guest may panic at any time until the
+incident is done (before the next step starts, or after a `wait_panic` gave up on it), and its
+GUEST_PANICKED belongs to this incident (its record's `caught_panic`), not to a panic incident
+of its own that would run the on_panic steps on whatever this incident left of the guest.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import structlog
 
 from panicd.actions import StepContext, run_command
 from panicd.records import NmiStepDetail
-from panicd.respond import planned_steps
 
 log = structlog.get_logger("panicd.nmi")
 
@@ -38,27 +39,20 @@ RESUMED_FROM = frozenset({"watchdog", "paused"})
 
 async def nmi(ctx: StepContext) -> NmiStepDetail:
     before = await _status(ctx)
-    catch = ctx.guest.catch_panic(ctx.incident.id) if _waits_for_panic(ctx) else None
+    catch = ctx.guest.catch_panic(ctx.incident.id)
     try:
         await run_command(ctx, "nmi", "inject-nmi")
         resumed = before in RESUMED_FROM
         if resumed:
             await run_command(ctx, "nmi", "cont")
     except BaseException:
-        if catch is not None:
-            catch.cancel()  # no NMI went in (or it is not known to have): stop catching
+        catch.cancel()  # no NMI went in (or it is not known to have): stop catching
         raise
     detail = NmiStepDetail(status_before=before, resumed=resumed, status=await _status(ctx))
     if not resumed and before != "running":
         return detail.model_copy(update={
             "skipped": f"the guest is {before}: the NMI is pending until it runs"})
     return detail
-
-
-def _waits_for_panic(ctx: StepContext) -> bool:
-    """Whether the incident's steps wait for the panic this NMI should cause."""
-    steps = planned_steps(ctx.incident, ctx.policy)
-    return "nmi" in steps and "wait_panic" in steps[steps.index("nmi") + 1:]
 
 
 async def _status(ctx: StepContext) -> str:
