@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -54,6 +53,7 @@ from panicd.events import (
 )
 from panicd.guest_crash_loop import GuestCrashLoop
 from panicd.incident_worker import IncidentWorker
+from panicd.panic_catch import PanicCatch
 from panicd.records import CaughtPanicRecord, IncidentRecord, IncidentState
 from panicd.respond import PanicResponder, planned_steps
 from panicd.store import IncidentStore
@@ -99,10 +99,10 @@ class IncidentDetector:
         #: Incidents handed to the worker: each with its record and how many steps that
         #: record held then (a resumed one's earlier steps). Pruned as the worker lets go.
         self._submitted: dict[str, tuple[Incident, IncidentRecord, int]] = {}
-        #: The incident waiting for this guest's next GUEST_PANICKED, and where it goes.
-        self._panic_catch: tuple[str, asyncio.Future[CaughtPanic]] | None = None
+        #: The incident waiting for this guest's next GUEST_PANICKED (its NMI's), if any.
+        self.panic_catch = PanicCatch()
         #: A guest that crashes and reboots itself, over and over (CRASH_LOOP).
-        self.crash_loop = GuestCrashLoop(store, alerter)
+        self.crash_loop = GuestCrashLoop(store, alerter, responder.metrics)
 
     def new_connection(self) -> None:
         """A new connection may be a new QEMU: what was latched is learned again (from
@@ -110,39 +110,15 @@ class IncidentDetector:
         self._latched.clear()
         # A panic caught on another connection's QEMU would be a guess: the waiting step
         # (if it still runs) times out, and a panic found on connect is handled as found.
-        self._drop_panic_catch()
+        self.panic_catch.drop()
 
     def catch_panic(self, incident_id: str) -> asyncio.Future[CaughtPanic]:
-        """The guest's next GUEST_PANICKED, handed to incident `incident_id` rather than raised
-        as an incident of its own (with the on_panic steps): what an `nmi` step's NMI causes
-        belongs to the incident that injected it. Resolved by that event. One incident at a
-        time runs on a guest: the same incident asking again gets the same future (the nmi step
-        opens it, wait_panic awaits it), another's replaces it.
-
-        The catch stays open after wait_panic gives up, until the incident is done
-        (`release_panic_catch`, called by the worker): a guest slow to panic on its NMI would
-        otherwise raise a panic incident queued behind this one, whose dump and pause would
-        then hit the guest this incident had restarted meanwhile. A RESET closes it (the guest
-        that took the NMI is gone: what panics after it is a new panic), as does a new
-        connection."""
-        if self._panic_catch is not None:
-            owner, caught = self._panic_catch
-            if owner == incident_id and not caught.cancelled():
-                return caught
-            self._drop_panic_catch()
-        caught = asyncio.get_running_loop().create_future()
-        self._panic_catch = (incident_id, caught)
-        return caught
+        """The guest's next GUEST_PANICKED, for incident `incident_id` (panic_catch.py)."""
+        return self.panic_catch.open(incident_id)
 
     def release_panic_catch(self, incident_id: str) -> None:
         """Incident `incident_id` is done: its catch, if still open, closes."""
-        if self._panic_catch is not None and self._panic_catch[0] == incident_id:
-            self._drop_panic_catch()
-
-    def _drop_panic_catch(self) -> None:
-        if self._panic_catch is not None:
-            self._panic_catch[1].cancel()  # no-op once resolved
-            self._panic_catch = None
+        self.panic_catch.release(incident_id)
 
     def connected(self) -> None:
         """The guest is identified and its runstate known: what does it say of incidents?"""
@@ -172,7 +148,7 @@ class IncidentDetector:
         if event.event == "RESET":
             # QEMU sends RESET for system_reset and for a guest's own reboot: the guest that
             # took an NMI, or that stopped for a queued incident, is gone.
-            self._drop_panic_catch()
+            self.panic_catch.drop()
             self.worker.guest_was_reset()
         if event.event in ("RESUME", "RESET"):
             # The guest runs again: whatever panics next is a new panic.
@@ -228,11 +204,10 @@ class IncidentDetector:
 
     def _hand_over(self, data: PanickedData, raw: dict[str, Any]) -> bool:
         """Give this GUEST_PANICKED to the incident catching it (`catch_panic`), if one is."""
-        if self._panic_catch is None or self._panic_catch[1].done():
+        caught = self.panic_catch.take(data, raw)
+        if caught is None:
             return False
-        owner, caught = self._panic_catch
-        panic = CaughtPanic(data=data, raw_event=raw, received_at=time.time())
-        caught.set_result(panic)
+        owner, panic = caught
         # One panic is handled once: a repeat (QEMU < 6.0's second GUEST_PANICKED) is dropped.
         self._latched.add(IncidentKind.PANIC)
         self._record_caught(owner, panic)
