@@ -201,6 +201,9 @@ class DaemonConfig(_Strict):
     new_signature_alerts_per_hour: int = Field(default=5, ge=0, le=10_000)
     #: "host:port" for Prometheus metrics (GET /metrics); None: not served.
     metrics_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")
+    #: At most this many guests get their own `panicd_guest_state` series (the first by name);
+    #: the rest are counted in `panicd_guests_unlabelled`, so a fleet host's series stay bounded.
+    metrics_max_guests: int = Field(default=1000, ge=0, le=1_000_000)
     take_over_panic_action: bool = True
     connect_timeout: Seconds = 5.0
     command_timeout: Seconds = 30.0

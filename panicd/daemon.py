@@ -84,7 +84,8 @@ class Daemon:
         self.guest_actions = GuestActions(monitors=self.monitors.values,
                                           config=lambda: self.config, responder=self.responder,
                                           alerter=self.alerter)
-        self.responder.metrics.watch_states(lambda: [m.state.value for m in self.monitors.values()])
+        self.responder.metrics.watch_guests(self.monitors.values,
+                                            lambda: self.config.daemon.metrics_max_guests)
         self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
         #: Sockets found by [discovery] rather than listed as [[guest]].
         self._discovered: set[Path] = set()

@@ -29,6 +29,7 @@ from panicd import alerts
 from panicd.alerts import Alerter
 from panicd.config import RestartLimit
 from panicd.events import IncidentKind
+from panicd.metrics import Metrics
 from panicd.records import IncidentRecord
 from panicd.store import IncidentQueries, IncidentStore
 
@@ -41,9 +42,10 @@ MEMORY_PER_GUEST = 100
 class GuestCrashLoop:
     """Counts one guest's self-rebooting crashes; alerts CRASH_LOOP past the policy's limit."""
 
-    def __init__(self, store: IncidentStore, alerter: Alerter) -> None:
+    def __init__(self, store: IncidentStore, alerter: Alerter, metrics: Metrics) -> None:
         self.store = store
         self.alerter = alerter
+        self.metrics = metrics
         #: This run's crash incidents (newest last), for when the store cannot answer.
         self._seen: collections.deque[IncidentRecord] = collections.deque(maxlen=MEMORY_PER_GUEST)
 
@@ -75,6 +77,7 @@ class GuestCrashLoop:
         self.store.save(record)
         log.error("crash_loop.guest_reboots_itself", crashes=crashes, within=limit.within,
                   incident=record.id)
+        self.metrics.guest_crash_loops.inc()
         self.alerter.send(alerts.self_reboot_loop(record, crashes, limit.within))
         return crashes
 

@@ -184,6 +184,7 @@ async def _check_space(ctx: StepContext, need: int) -> None:
         raise DumpFailed(name, f"cannot check free space under {ctx.dumps.root}: {exc}") from exc
     spare = free - ctx.dump_slots.reserved_bytes - ctx.dumps.min_free_bytes
     if need > spare:
+        ctx.metrics.dumps_skipped.labels(reason="disk_space").inc()
         raise DumpFailed(
             name,
             f"skipped: not enough space under {ctx.dumps.root}: the dump needs about {need} bytes "
