@@ -183,34 +183,31 @@ def _visible_sockets(config: Config, sandbox: ServiceSandbox) -> Iterator[Findin
     watched = [(f"guest[{i}].socket", g.socket) for i, g in enumerate(config.guest)]
     watched += [(f"discovery.watch[{i}]", Path(p).parent)
                 for i, p in enumerate(config.discovery.watch)]
-    for where, path in watched:
-        verdict = sandbox.access(path)
-        if verdict.access in (Access.HIDDEN, Access.PRIVATE):
-            yield Finding(
-                Severity.WARNING, where,
-                f"{path} {_seen_as(verdict, sandbox)}: panicd would never find QEMU's "
-                "socket there",
-                "let QEMU put its QMP socket elsewhere (/run/qemu/, say), or override "
-                f"{verdict.origin.split('=')[0]}= in a drop-in")
+    return _hidden(sandbox, watched, "panicd would never find QEMU's socket there",
+                   "let QEMU put its QMP socket elsewhere (/run/qemu/, say)")
 
 
 def _visible_console_logs(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding]:
     # Reading one needs only that it be visible (ProtectSystem=strict leaves files readable).
     logs = [(f"guest[{i}].console_log", g.console_log) for i, g in enumerate(config.guest)]
     logs += [(f"policy[{i}].console_log", p.console_log) for i, p in enumerate(config.policy)]
-    for where, template in logs:
-        if template is None:
-            continue
-        # The directory up to the first {name}: the part every guest's file shares.
-        directory = Path(template.split("{name}", 1)[0] + "_").parent
-        verdict = sandbox.access(directory)
+    # The directory up to the first {name}: the part every guest's file shares.
+    directories = [(where, Path(template.split("{name}", 1)[0] + "_").parent)
+                   for where, template in logs if template is not None]
+    return _hidden(sandbox, directories, "panicd would never read the console log there, and "
+                   "crashes without a readable dump get no title",
+                   "let QEMU write its serial console under /var/log/qemu/ (say)")
+
+
+def _hidden(sandbox: ServiceSandbox, places: list[tuple[str, Path]], consequence: str,
+            elsewhere: str) -> Iterator[Finding]:
+    """A WARNING for each place the unit's sandbox hides from panicd (or makes private)."""
+    for where, path in places:
+        verdict = sandbox.access(path)
         if verdict.access in (Access.HIDDEN, Access.PRIVATE):
             yield Finding(
-                Severity.WARNING, where,
-                f"{directory} {_seen_as(verdict, sandbox)}: panicd would never read the "
-                "console log there, and crashes without a readable dump get no title",
-                "let QEMU write its serial console under /var/log/qemu/ (say), or override "
-                f"{verdict.origin.split('=')[0]}= in a drop-in")
+                Severity.WARNING, where, f"{path} {_seen_as(verdict, sandbox)}: {consequence}",
+                f"{elsewhere}, or override {verdict.origin.split('=')[0]}= in a drop-in")
 
 
 # -- policies ------------------------------------------------------------------------------
