@@ -20,12 +20,15 @@ count, as the restart budget is; when the store cannot be read, from what this p
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import time
 
 import structlog
 
 from panicd import alerts
+from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alerter
 from panicd.config import RestartLimit
 from panicd.events import IncidentKind
@@ -74,7 +77,10 @@ class GuestCrashLoop:
                      alerted_with=alerted)
             return None
         record.crash_loop = crashes
-        self.store.save(record)
+        # On disk before the alert, as the incident itself is: whoever the alert sends to
+        # `panicd incidents` finds the loop there. Bounded, as every wait on the state disk.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.store.save(record)), DURABLE_WAIT_SECONDS)
         log.error("crash_loop.guest_reboots_itself", crashes=crashes, within=limit.within,
                   incident=record.id)
         self.metrics.guest_crash_loops.inc()

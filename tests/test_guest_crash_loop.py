@@ -9,15 +9,21 @@ panicd restarted in the middle of the loop still sees it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from panicd.alerts import AlertKind
+from panicd.alerts import Alert, AlertKind
+from panicd.config import RestartLimit
+from panicd.events import Detection, IncidentKind
+from panicd.guest_crash_loop import GuestCrashLoop
+from panicd.metrics import Metrics
 from panicd.mock import MockGuest
-from panicd.records import IncidentRecord, IncidentState
+from panicd.records import GuestRecord, IncidentRecord, IncidentState
+from panicd.store import IncidentStore
 from tests.daemon_process import PanicdProcess, daemon_section, unique, wait_for
 from tests.journal import Journald
 from tests.test_incident_store_e2e import incidents_of
@@ -140,3 +146,27 @@ async def test_panicds_own_restarts_are_not_counted_as_the_guest_rebooting_itsel
     assert [e["crashes"] for e in daemon.events("crash_loop.counted")] == [1, 1, 1]
     assert not any(r.rebooted_itself or r.crash_loop for r in incidents_of(short_tmp, name))
     assert len(await journal.find(timeout=0, MESSAGE_ID=CRASH_LOOP, GUEST_NAME=name)) == 1
+
+
+async def test_the_loop_is_on_disk_before_its_alert_goes_out(short_tmp: Path) -> None:
+    """Whoever CRASH_LOOP sends to `panicd incidents` finds the loop in the record there (the
+    alert used to leave while the record's write was still queued)."""
+    store = IncidentStore(short_tmp / "state")
+    await store.open()
+    on_disk_at_alert: list[int | None] = []
+
+    class Alerter:
+        def send(self, alert: Alert) -> None:
+            (alerting,) = [r for r in incidents_of(short_tmp, "g") if r.id == "i3"]
+            on_disk_at_alert.append(alerting.crash_loop)
+
+    loop = GuestCrashLoop(store, Alerter(), Metrics())
+    now = time.time()
+    for n in (1, 2, 3):
+        record = IncidentRecord(id=f"i{n}", guest=GuestRecord(name="g", socket="/g.qmp"),
+                                kind=IncidentKind.CRASH_LOADED, detection=Detection.EVENT, seen_at=now + n,
+                                state=IncidentState.DONE)
+        await store.save(record)
+        await loop.crashed(record, RestartLimit(max=2, within=600))
+    await store.close()
+    assert on_disk_at_alert == [3]
