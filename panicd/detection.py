@@ -41,12 +41,14 @@ from pydantic import ValidationError
 from panicd import alerts
 from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alert, Alerter
+from panicd.bugcheck import decode
 from panicd.events import (
     CaughtPanic,
     Detection,
     GuestIdentity,
     Incident,
     IncidentKind,
+    PanicInfo,
     PanickedData,
     QmpEvent,
     WatchdogData,
@@ -103,11 +105,15 @@ class IncidentDetector:
         self.panic_catch = PanicCatch()
         #: A guest that crashes and reboots itself, over and over (CRASH_LOOP).
         self.crash_loop = GuestCrashLoop(store, alerter, responder.metrics)
+        #: The record of this boot's crash (a panic or crash-loaded incident), until the guest
+        #: resets: the same crash reported the other way is not a second crash (`_same_crash`).
+        self._crash_of_this_boot: IncidentRecord | None = None
 
     def new_connection(self) -> None:
         """A new connection may be a new QEMU: what was latched is learned again (from
         query-status and the incident store, `connected`)."""
         self._latched.clear()
+        self._crash_of_this_boot = None
         # A panic caught on another connection's QEMU would be a guess: the waiting step
         # (if it still runs) times out, and a panic found on connect is handled as found.
         self.panic_catch.drop()
@@ -150,6 +156,7 @@ class IncidentDetector:
             # took an NMI, or that stopped for a queued incident, is gone.
             self.panic_catch.drop()
             self.worker.guest_was_reset()
+            self._crash_of_this_boot = None
         if event.event in ("RESUME", "RESET"):
             # The guest runs again: whatever panics next is a new panic.
             if self._latched:
@@ -172,7 +179,10 @@ class IncidentDetector:
             self.guest.runstate = "guest-panicked"
         if kind is IncidentKind.PANIC and self._hand_over(data, raw):
             return
-        self._raise_incident(
+        first = self._crash_of_this_boot
+        if first is not None and first.kind is not kind and self._same_crash(first, kind, data):
+            return
+        record = self._raise_incident(
             Incident(
                 kind=kind,
                 guest=self.guest.identity,
@@ -182,6 +192,35 @@ class IncidentDetector:
                 info=data.info,
             )
         )
+        if first is not None and first.kind is not kind:
+            record.same_crash_as = first.id
+            self.store.save(record)
+
+    def _same_crash(self, first: IncidentRecord, kind: IncidentKind, data: PanickedData) -> bool:
+        """The crash `first` already reports, reported again the other way in the same boot
+        (no RESET between): True when that needs no incident of its own.
+
+        A Windows guest with `hv-crash` and the pvpanic driver reports one bugcheck twice: the
+        Hyper-V crash MSRs make GUEST_PANICKED, the driver's dump callback GUEST_CRASHLOADED
+        (virtio-win's pvpanic sends CRASHLOADED when a crash dump is enabled, else PANICKED).
+        A crash-loaded report after the panic goes into the panic's record. A panic after the
+        crash-loaded report that stopped the guest (action pause) still needs its steps: it is
+        an incident, marked `same_crash_as` the first so that it is counted once."""
+        if kind is IncidentKind.PANIC and data.action == "pause":
+            return False
+        self._latched.add(kind)
+        if kind is IncidentKind.CRASH_LOADED:
+            first.crash_loaded_at = dt.datetime.now(dt.UTC)
+        elif first.bugcheck is None:
+            first.bugcheck = decode(data.info)
+            if first.bugcheck is not None:
+                self.responder.spawn(self.responder.signatures.sight_bugcheck(
+                    first.guest, first.id, first.bugcheck, first.seen_at),
+                    f"bugcheck:{first.id}")
+        self.store.save(first)
+        log.warning("crash.reported_again", incident=first.id, qmp_event=kind.value,
+                    action=data.action)
+        return True
 
     def _on_watchdog_event(self, raw: dict[str, Any], event: QmpEvent) -> None:
         try:
@@ -300,6 +339,7 @@ class IncidentDetector:
             incident = Incident(kind=latest.kind, guest=self.guest.identity,
                                 detection=Detection.RESUMED, action="pause",
                                 received_at=latest.seen_at, id=latest.id,
+                                info=_panic_info(latest.event),
                                 # A manual one goes on with the steps its operator asked for.
                                 requested_steps=(tuple(latest.requested_steps)
                                                  if latest.requested_steps is not None else None),
@@ -382,6 +422,8 @@ class IncidentDetector:
             # Written by the store's thread at once; the steps wait for it only before their
             # first command that changes the guest (the first queries leave meanwhile).
             durable = self.store.create(record)
+        if incident.kind in _PANIC_EVENTS.values() and self._crash_of_this_boot is None:
+            self._crash_of_this_boot = record
         log.critical(
             _DETECTED[incident.kind],
             action=incident.action,
@@ -426,3 +468,12 @@ class IncidentDetector:
             self.alerter.send(alert)
         except Exception:
             log.exception("alert.failed", kind=incident.kind.value)
+
+
+def _panic_info(event: dict[str, Any] | None) -> PanicInfo | None:
+    """The panic information of a stored GUEST_PANICKED event (a Windows guest's bugcheck)."""
+    data = (event or {}).get("data")
+    try:
+        return PanickedData.model_validate(data).info if isinstance(data, dict) else None
+    except ValidationError:
+        return None

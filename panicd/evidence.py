@@ -7,7 +7,7 @@ rest, in this order:
 2. count it (panicd_dumps_total, DUMP_SECONDS, bytes) and apply retention;
 3. read why the guest crashed out of it (triage, in a child process: the dump is hostile);
    when the dump gives no crash title (no VMCOREINFO, say) and the guest has a console log,
-   read the console log instead (`console_triage`);
+   read the console log instead (`console_triage`); a Windows guest's is its bugcheck;
 4. sight the crash title (signatures.py: new on this host, or seen before; NEW_CRASH_SIGNATURE);
 5. record the triage, mark the record `announced`, and send DUMP_COMPLETED with the same fields
    every time (the crash title, DUMP_*, the triage's, INCIDENT_ID, what could not be recorded);
@@ -43,7 +43,7 @@ from panicd.alerts import Alerter
 from panicd.dumps import DumpStore
 from panicd.metrics import Metrics
 from panicd.records import ConsoleMark, CrashSighting, DumpRecord, DumpSummary, GuestRecord, TriageResult
-from panicd.signatures import CrashSignatures
+from panicd.signatures import CrashSignatures, bugcheck_report
 from panicd.triage.run import triage_console_in_child, triage_in_child
 
 log = structlog.get_logger("panicd.evidence")
@@ -172,6 +172,10 @@ async def announce(evidence: Evidence, record: DumpRecord,
         report = await _triage(path)
         if report.title is None and record.incident.console is not None:
             report = _titled_by_console(report, await console_triage(record.incident.console))
+        if report.title is None and record.incident.bugcheck is not None:
+            # A Windows guest: no kernel log panicd can read, but QEMU reported its bugcheck.
+            report = bugcheck_report(record.incident.bugcheck).model_copy(
+                update={"dump_error": report.error})
         if evidence.signatures is not None:
             crash = await evidence.signatures.sight(
                 record.guest, record.incident.id, report, record.incident.received_at.timestamp(),

@@ -5,7 +5,9 @@ can loop without them: its kdump kernel takes over and reboots it (GUEST_CRASHLO
 lets a panicked guest run on (panic action none, {action: "run"}: a Windows guest writes its
 MEMORY.DMP and reboots), or a guest resumed after its panic resets itself (RESET {guest: true},
 `IncidentDetector` marks the incident `rebooted_itself`). Each such crash is an incident whose
-`reboots_itself` is true.
+`reboots_itself` is true; one crash reported twice in a boot (GUEST_PANICKED and
+GUEST_CRASHLOADED, detection.py) is one incident, or two of which the second is `same_crash_as`
+the first and not counted.
 
 The limit is the policy's `restart` = {max, within}, read as "at most `max` reboots within
 `within` seconds": when a guest crashes again after rebooting itself `max` times within
@@ -57,6 +59,8 @@ class GuestCrashLoop:
         raised CRASH_LOOP, else None."""
         if record.kind not in (IncidentKind.PANIC, IncidentKind.CRASH_LOADED):
             return None
+        if record.same_crash_as is not None:
+            return None  # counted with the incident that reported it first
         self._seen.append(record)
         if limit is None:
             return None
@@ -67,7 +71,7 @@ class GuestCrashLoop:
             stored = [r for r in self._seen if r.seen_at >= since]
         # The store's write of `record` may still be queued: it is counted here, once.
         before = [r for r in stored if r.id != record.id]
-        crashes = 1 + sum(1 for r in before if r.reboots_itself)
+        crashes = 1 + sum(1 for r in before if r.reboots_itself and r.same_crash_as is None)
         log.debug("crash_loop.counted", crashes=crashes, within=limit.within, max=limit.max)
         if crashes <= limit.max:
             return None

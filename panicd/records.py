@@ -17,7 +17,8 @@ restarts from, and what a restarted panicd resumes an interrupted panic from.
     ├── crash: CrashSighting | None the crash title and signature, from the dump, the console
     │                               log or the bugcheck, and whether this host had seen it before
     ├── bugcheck: BugCheck | None   a Windows guest's bugcheck: code, name, four parameters
-    └── rebooted_itself, crash_loop the guest reset itself after it (counted for CRASH_LOOP)
+    ├── rebooted_itself, crash_loop the guest reset itself after it (counted for CRASH_LOOP)
+    └── crash_loaded_at, same_crash_as   one crash the guest reported twice in one boot
 
 Models are pydantic: they are validated where they enter (a row read back from the store, a
 step's outcome), and passed as models inside panicd, never as dicts read by key.
@@ -322,6 +323,8 @@ class DumpIncident(BaseModel):
     received_at: dt.datetime
     #: The guest's console log, for a title when the dump gives none.
     console: ConsoleMark | None = None
+    #: A Windows guest's bugcheck: its title when neither the dump nor a console log gives one.
+    bugcheck: BugCheck | None = None
 
 
 class DumpRecord(BaseModel):
@@ -387,6 +390,13 @@ class IncidentRecord(_Record):
     #: This crash raised CRASH_LOOP for a guest that reboots itself: how many crashes, this one
     #: included, the guest had had within the policy's `restart.within`.
     crash_loop: int | None = None
+    #: The guest's own crash dump began for this panic, in the same boot (GUEST_CRASHLOADED
+    #: after GUEST_PANICKED: Windows with hv-crash and the pvpanic driver reports one bugcheck
+    #: both ways). One crash, one incident: the later report is kept here.
+    crash_loaded_at: dt.datetime | None = None
+    #: This panic is the crash an earlier incident of the same boot reported as crash-loaded
+    #: (the other order): handled, since it stopped the guest, but counted once, with that one.
+    same_crash_as: str | None = None
 
     @classmethod
     def of(cls, incident: Incident, instance: str | None) -> IncidentRecord:

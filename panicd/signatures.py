@@ -96,7 +96,7 @@ class SignatureQueries:
                 "INSERT INTO crash_sightings (incident, signature, title, kind, guest, seen_at, "
                 "source, dump) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident) DO UPDATE "
                 "SET signature = excluded.signature, title = excluded.title, kind = excluded.kind, "
-                "source = excluded.source, dump = excluded.dump, alerted = CASE WHEN "
+                "source = excluded.source, dump = coalesce(excluded.dump, dump), alerted = CASE WHEN "
                 "signature = excluded.signature THEN alerted ELSE 0 END",
                 (incident, signature, title, kind, guest, seen_at, source, dump))
             count, guests, first, alerted = self.db.execute(
@@ -216,9 +216,7 @@ class CrashSignatures:
     async def sight_bugcheck(self, guest: GuestRecord, incident_id: str, bugcheck: BugCheck,
                              seen_at: float) -> CrashSighting | None:
         """Record a Windows guest's bugcheck as its incident's crash title (source `bugcheck`)."""
-        report = TriageResult(title=bugcheck.title, signature=signature_of(bugcheck.title),
-                              crash_kind=TITLE_KIND, source="bugcheck")
-        return await self.sight(guest, incident_id, report, seen_at, None)
+        return await self.sight(guest, incident_id, bugcheck_report(bugcheck), seen_at, None)
 
     def _remember(self, signature: str, guest: str, seen_at: float) -> _Seen:
         known = self._memory.get(signature)
@@ -230,3 +228,9 @@ class CrashSignatures:
         guests.add(guest)
         self._memory[signature] = (guests, min(first, seen_at), count + 1)
         return _Seen(count + 1, len(guests), min(first, seen_at), again=False, alerted=False)
+
+
+def bugcheck_report(bugcheck: BugCheck) -> TriageResult:
+    """A Windows guest's bugcheck as the report that titles its crash (source `bugcheck`)."""
+    return TriageResult(title=bugcheck.title, signature=signature_of(bugcheck.title),
+                        crash_kind=TITLE_KIND, source="bugcheck")

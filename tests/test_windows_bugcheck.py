@@ -170,3 +170,61 @@ async def test_a_malformed_hyperv_report_is_still_a_panic(
                                         if r.state.value == "done"], what="the incident done")
     assert record.bugcheck is None
     assert guest.machine.runstate == "guest-panicked"
+
+
+async def test_one_bugcheck_reported_both_ways_is_one_crash(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    """A Windows guest with hv-crash and the pvpanic driver: the crash MSRs make GUEST_PANICKED,
+    then the driver's dump callback GUEST_CRASHLOADED while Windows writes MEMORY.DMP, then it
+    reboots itself. Each crash is one incident (the crash-loaded report kept in it), and the
+    self-reboot loop counts crashes, not reports: CRASH_LOOP at the third, not the second."""
+    name = unique("win-both")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\npanic_action = "none"\non_panic = []\n'
+                    "restart = { max = 2, within = 600 }\n")
+    await daemon.wait_event("qmp.connected", guest=name)
+    for n in (1, 2, 3):
+        guest.bugcheck(0xEF)
+        guest.port.write(2)  # PVPANIC_CRASHLOADED: the dump is being written
+        await daemon.wait_event("crash.reported_again", count=n)
+        guest.reboots_itself()
+    (loop,) = await journal.find(MESSAGE_ID=AlertKind.CRASH_LOOP.message_id, GUEST_NAME=name)
+    assert (loop["CRASHES"], loop["REBOOTED_BY"]) == ("3", "guest")
+    crashes = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                      if r.state.value == "done"] or None, what="the incidents")
+    assert [r.kind.value for r in crashes] == ["panic"] * 3
+    assert all(r.crash_loaded_at is not None for r in crashes)
+    assert crashes[0].crash_loop == 3 and loop["INCIDENT_ID"] == crashes[0].id
+    assert not await journal.find(timeout=0, MESSAGE_ID=AlertKind.CRASH_LOADED.message_id,
+                                  GUEST_NAME=name)
+
+
+async def test_a_bugcheck_after_its_crash_loaded_report_is_handled_and_counted_once(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    """The other order, with panicd's pause: the panic stopped the guest, so it is handled (its
+    dump carries the bugcheck's title), and marked as the crash-loaded report's crash."""
+    name = unique("win-cl-first")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\non_crash_loaded = []\non_panic = ["dump", "resume"]\n'
+                    "restart = { max = 1, within = 600 }\n")
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(2)
+    guest.bugcheck(0x7E, PARAMETERS)
+    title = "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+    (dumped,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                                   GUEST_NAME=name)
+    assert dumped["CRASH_TITLE"] == title  # no kernel log in a Windows dump: its bugcheck
+    assert dumped["CRASH_TITLE_SOURCE"] == "bugcheck"
+    panic, loaded = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                            if r.state.value == "done"][:2] or None,
+                                   what="both incidents")
+    assert (panic.kind.value, loaded.kind.value) == ("panic", "crash-loaded")
+    assert panic.same_crash_as == loaded.id
+    assert panic.crash is not None and panic.crash.title == title and panic.crash.count == 1
+    assert guest.machine.runstate == "running"
+    await daemon.wait_event("crash_loop.counted", crashes=1)
+    assert not daemon.events("crash_loop.counted", crashes=2)  # max = 1: one more would alert
+    assert not await journal.find(timeout=0, MESSAGE_ID=AlertKind.CRASH_LOOP.message_id,
+                                  GUEST_NAME=name)

@@ -44,6 +44,7 @@ import structlog
 from panicd import __version__
 from panicd.actions import WAIT_FOR_QEMU_SECONDS, StepContext, guest_session, run_command
 from panicd.actions.qemu_dump import POLL_SECONDS, Detached, Progress, time_left, write_dump
+from panicd.bugcheck import decode
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, DumpCompletedData
@@ -290,7 +291,7 @@ def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
         incident=DumpIncident(id=incident.id, kind=incident.kind.value,
                               detection=incident.detection.value, action=incident.action,
                               received_at=dt.datetime.fromtimestamp(incident.received_at, dt.UTC),
-                              console=ctx.console),
+                              console=ctx.console, bugcheck=decode(incident.info)),
         event=jsonable(incident.raw_event),  # type: ignore[arg-type]
         dump=DumpInfo(path=str(path), format=fmt, requested_format=settings.format,
                       format_fallback=fallback, paging=settings.paging, started_at=started_at,
