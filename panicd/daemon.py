@@ -1,27 +1,35 @@
-"""The supervisor: owns the guest monitors, the shared dump slots, signals and sd_notify.
+"""The supervisor: the daemon's lifetime, its reload, the shared dump slots, signals and sd_notify.
 
     Daemon.run()
       ├── IncidentStore            every incident, in SQLite (its own thread; opened first)
       ├── ControlServer.serve      answers `panicd status` and `panicd guest` (GuestActions)
+      ├── metrics.serve            Prometheus metrics, when `metrics_listen` is set
+      ├── WatchedGuests.start      the guests (guests.py): "guest:{socket}", a GuestMonitor
+      │                            with its IncidentWorker each, and "discovery" and "listen"
       ├── _report_status           STATUS= to systemd whenever a guest's state changes
-      ├── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
-      └── GuestMonitor.run (x N)   one per [[guest]], each with its own IncidentWorker
+      ├── _prune_history           incidents past `history_days` leave the store, daily
+      └── _watchdog                WATCHDOG=1 from the event loop itself (WatchdogSec=)
 
 Every task lives in one TaskGroup and has a name. A guest's failure stays inside its monitor
-(it reconnects). SIGHUP reloads the config: guests are matched by socket path; new ones are
-connected, removed ones dropped, unchanged ones keep their QMP connection, and policies are
-looked up at each panic, so a changed policy applies to the next one. An invalid new config
-is refused (logged and alerted) and the old one stays in force. SIGTERM/SIGINT end the daemon;
-dumps in progress go on inside QEMU (see orphans.py).
+(it reconnects). READY=1 is sent once every guest's first connection has been tried (bounded).
+SIGTERM/SIGINT end the daemon; dumps in progress go on inside QEMU (see orphans.py).
+
+SIGHUP reloads the config:
+
+    load ──> invalid? ──> refused (logged and alerted); the old config stays in force
+      └──> valid ──> WatchedGuests.drop_changed ──> [daemon] settings (dump store, slots)
+                 ──> WatchedGuests.add_wanted ──> reapply_panic_actions ──> READY=1
+
+Guests are matched by socket path: new ones are connected, removed ones dropped, unchanged
+ones keep their QMP connection. Policies are looked up at each panic, so a changed policy
+applies to the next one. The incident store stays where it was opened (`state_dir` is kept).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import signal
-import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -31,15 +39,14 @@ import structlog
 
 from panicd import __version__, alerts, metrics
 from panicd.alerts import Alerter, JournalAlerter
-from panicd.config import Config, GuestConfig, console_log_path, load
+from panicd.config import Config, console_log_path, load
 from panicd.control import ControlServer
-from panicd.discovery import SocketWatcher
 from panicd.dumps import DumpSlots, DumpStore
 from panicd.errors import ConfigError
 from panicd.events import GuestIdentity
 from panicd.guest_actions import GuestActions
-from panicd.listen import IdentificationSlot, QemuListener
-from panicd.monitor import ConnectionState, GuestMonitor
+from panicd.guests import WatchedGuests
+from panicd.monitor import ConnectionState
 from panicd.notify import Notifier
 from panicd.respond import PanicResponder
 from panicd.store import IncidentStore
@@ -79,18 +86,17 @@ class Daemon:
             console_log_for=self._console_log_for,
         )
         self.responder.signatures.budget.per_hour = config.daemon.new_signature_alerts_per_hour
-        self.monitors: dict[Path, GuestMonitor] = {}
+        self.guests = WatchedGuests(config=lambda: self.config, responder=self.responder,
+                                    alerter=self.alerter, store=self.store,
+                                    on_change=self._guest_changed)
+        #: The watched guests by socket (the guest set's own dict, so always current).
+        self.monitors = self.guests.monitors
         #: `panicd guest NAME ACTION`: the guests and the config as they are at each request.
         self.guest_actions = GuestActions(monitors=self.monitors.values,
                                           config=lambda: self.config, responder=self.responder,
                                           alerter=self.alerter)
         self.responder.metrics.watch_guests(self.monitors.values,
                                             lambda: self.config.daemon.metrics_max_guests)
-        self._monitor_tasks: dict[Path, asyncio.Task[None]] = {}
-        #: Sockets found by [discovery] rather than listed as [[guest]].
-        self._discovered: set[Path] = set()
-        self._watcher_task: asyncio.Task[None] | None = None
-        self._listener_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()
@@ -181,10 +187,7 @@ class Daemon:
                 if self.config.daemon.metrics_listen:
                     tasks.create_task(metrics.serve(self.responder.metrics,
                                                     self.config.daemon.metrics_listen), name="metrics")
-                for spec in self.config.guest:
-                    self._start_monitor(spec)
-                self._start_discovery()
-                await asyncio.sleep(0)  # let the watcher's first scan add what is there
+                await self.guests.start(tasks)
                 await self._first_attempts()
                 self.notifier.ready()
                 self.notifier.status(self.summary())
@@ -246,105 +249,7 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval / 2)
 
-    # -- guests ---------------------------------------------------------------------------
-
-    def _start_monitor(self, spec: GuestConfig, accepted: socket.socket | None = None) -> None:
-        assert self._tasks is not None
-        monitor = GuestMonitor(
-            spec,
-            settings=self.config.daemon,
-            responder=self.responder,
-            alerter=self.alerter,
-            store=self.store,
-            on_change=self._guest_changed,
-            accepted=accepted,
-        )
-        self.monitors[spec.socket] = monitor
-        task = self._tasks.create_task(_supervise(monitor), name=f"guest:{spec.socket}")
-        self._monitor_tasks[spec.socket] = task
-        if accepted is not None:
-            # Its connection ends its life: forget it then (unless already replaced).
-            def ended(_: asyncio.Task[None], key: Path = spec.socket) -> None:
-                if self._monitor_tasks.get(key) is task:
-                    self._monitor_tasks.pop(key)
-                    self.monitors.pop(key)
-                    self._discovered.discard(key)
-                    self._changed.set()
-
-            task.add_done_callback(ended)
-        self._changed.set()
-
-    def _qemu_connected(self, sock: socket.socket, pid: int, slot: IdentificationSlot) -> None:
-        assert self.config.discovery.listen is not None
-        # Keyed by the listen socket and the peer's pid: shown as the guest's "socket".
-        key = Path(f"{self.config.discovery.listen}@{pid}")
-        if key in self.monitors:
-            self._detach_monitor(key)  # QEMU dialled again before panicd saw the old one end
-        self._discovered.add(key)
-        self._start_monitor(GuestConfig(socket=key), accepted=sock)
-        # The listener's slot is this peer's until its monitor knows who it is, or it is gone.
-        self.monitors[key].on_identified = slot.release
-        self._monitor_tasks[key].add_done_callback(lambda _: slot.release())
-
-    def _peer_refused(self, pid: int, uid: int) -> None:
-        self.responder.metrics.refused_peers.inc()
-
-    def _listen_saturated(self) -> None:
-        self.responder.metrics.listen_saturated.inc()
-
-    def _detach_monitor(self, socket: Path) -> asyncio.Task[None]:
-        """Forget a guest at once (so the same socket can come back) and cancel its task."""
-        task = self._monitor_tasks.pop(socket)
-        self.monitors.pop(socket, None)
-        self._discovered.discard(socket)
-        task.cancel()
-        log.info("guest.dropped", socket=str(socket))
-        self._changed.set()
-        return task
-
-    async def _stop_monitor(self, socket: Path) -> None:
-        if socket in self._monitor_tasks:  # it may have ended by itself (a dial-in guest)
-            await asyncio.wait({self._detach_monitor(socket)})  # connection and worker closed
-
-    # -- discovery ------------------------------------------------------------------------
-
-    def _socket_appeared(self, path: Path) -> None:
-        if path not in self.monitors:
-            log.info("discovery.found", socket=str(path))
-            self._discovered.add(path)
-            self._start_monitor(GuestConfig(socket=path))
-
-    def _watched_again(self, path: Path) -> None:
-        patterns = [Path(p) for p in self.config.discovery.watch]
-        if any(p.parent == path.parent and fnmatch.fnmatchcase(path.name, p.name) for p in patterns):
-            self._socket_appeared(path)
-
-    def _socket_vanished(self, path: Path) -> None:
-        if path in self._discovered:
-            self._detach_monitor(path)
-
-    async def _stop_discovery(self) -> None:
-        """Stop the watcher and the listener, and drop every guest they brought; a new
-        watcher's first scan (and the QEMUs re-dialling) bring them back with new settings."""
-        for source in (self._watcher_task, self._listener_task):
-            if source is not None:
-                source.cancel()
-                await asyncio.wait({source})
-        for key in list(self._discovered):
-            if key in self.monitors:
-                await self._stop_monitor(key)
-
-    def _start_discovery(self) -> None:
-        assert self._tasks is not None
-        if self.config.discovery.listen is not None:
-            listener = QemuListener(self.config.discovery.listen, self.config.discovery.allowed_uids,
-                                    self._qemu_connected, self._peer_refused,
-                                    self._listen_saturated)
-            self._listener_task = self._tasks.create_task(listener.run(), name="listen")
-        if self.config.discovery.watch:
-            watcher = SocketWatcher(self.config.discovery.watch, self._socket_appeared,
-                                    self._socket_vanished)
-            self._watcher_task = self._tasks.create_task(watcher.run(), name="discovery")
+    # -- reload ---------------------------------------------------------------------------
 
     async def reload(self) -> bool:
         """Load the config file again; apply it, or keep the old one. True when applied."""
@@ -380,13 +285,14 @@ class Daemon:
         wanted = {g.socket: g for g in new.guest}
         daemon_changed = new.daemon != self.config.daemon
         discovery_changed = new.discovery != self.config.discovery or daemon_changed
-        panic_actions: dict[Path, tuple[GuestMonitor, str]] = {
-            path: (monitor, self.config.policy_for(monitor.identity.name).panic_action)
-            for path, monitor in self.monitors.items()}
+        panic_actions = self.guests.panic_actions(self.config)
         self.config = new
-        await self._apply_guests(old, wanted, daemon_changed=daemon_changed,
-                                 discovery_changed=discovery_changed)
-        await self._reapply_panic_actions(panic_actions)
+        await self.guests.drop_changed(old, wanted, daemon_changed=daemon_changed,
+                                       discovery_changed=discovery_changed)
+        if daemon_changed:
+            self._apply_daemon_settings(new)
+        self.guests.add_wanted(old, wanted, discovery_changed=discovery_changed)
+        await self.guests.reapply_panic_actions(panic_actions)
         self.reloads += 1
         kept = [str(s) for s in wanted if s in old and old[s] == wanted[s] and not daemon_changed]
         log.info("reload.applied", guests=len(wanted), kept=len(kept),
@@ -394,43 +300,6 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self.summary())
         return True
-
-    async def _apply_guests(self, old: dict[Path, GuestConfig], wanted: dict[Path, GuestConfig], *,
-                            daemon_changed: bool, discovery_changed: bool) -> None:
-        for path, spec in old.items():
-            if path not in wanted or wanted[path] != spec or daemon_changed:
-                await self._stop_monitor(path)
-        for path in wanted:
-            if path in self._discovered:  # now listed: its [[guest]] entry (name) applies
-                await self._stop_monitor(path)
-        if discovery_changed:
-            await self._stop_discovery()
-        if daemon_changed:
-            self._apply_daemon_settings(self.config)
-        for path, spec in wanted.items():
-            if path not in self.monitors:
-                self._start_monitor(spec)
-        if discovery_changed:
-            self._start_discovery()
-        elif self._watcher_task is not None:
-            # A [[guest]] removed whose socket the watcher matches: it is discovered again.
-            for path in old:
-                if path not in wanted and path.exists():
-                    self._watched_again(path)
-
-    async def _reapply_panic_actions(
-            self, before: dict[Path, tuple[GuestMonitor, str]]) -> None:
-        """Guests connected across the reload whose policy's panic_action changed: QEMU's
-        panic action is set again now (a monitor started by the reload sets it on connect)."""
-        for path, monitor in list(self.monitors.items()):
-            kept = before.get(path)
-            if kept is None or kept[0] is not monitor:
-                continue
-            action = self.config.policy_for(monitor.identity.name).panic_action
-            if action != kept[1]:
-                log.info("reload.panic_action_changed", guest=monitor.identity.name,
-                         panic_action=action, was=kept[1])
-                await monitor.panic_action_reloaded()
 
     def _apply_daemon_settings(self, new: Config) -> None:
         # Rare ([daemon] edited): every guest reconnects with the new settings. Dumps already
@@ -457,18 +326,6 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
         await coro
     except Exception:
         log.exception("task.failed", task=name)
-
-
-async def _supervise(monitor: GuestMonitor) -> None:
-    """Run a monitor; should it ever fail (a bug), log it and start it again, alone."""
-    while True:
-        try:
-            await monitor.run()
-        except Exception:
-            log.exception("guest.monitor_crashed", guest=monitor.identity.name)
-            await asyncio.sleep(1.0)
-        else:
-            return  # only a monitor of an accepted connection ends by itself
 
 
 class _Stopping(Exception):
