@@ -199,6 +199,7 @@ class Daemon:
                 await self._serve_reloads()
                 self.notifier.stopping()
                 log.info("daemon.stopping")
+                self.guest_actions.close()
                 raise _Stopping
         except* _Stopping:
             pass

@@ -100,6 +100,10 @@ class GuestActions:
         self._refusal_audits = RefusalAudits(
             alerter, responder.metrics.guest_action_refusals_unaudited)
 
+    def close(self) -> None:
+        """panicd stops: refusals not yet summed up in the journal are, now."""
+        self._refusal_audits.close()
+
     async def request(self, raw: dict[str, Any], peer: Peer | None) -> Answer:
         """One request: the first reply, and the second (the steps' outcome) when it waits."""
         name = str(raw.get("guest"))[:1024]
@@ -298,6 +302,11 @@ class RefusalAudits:
                         window_seconds=self.window)
             self.alerter.send(alerts.guest_action_refusals_unaudited(uid, count, self.limit,
                                                                      self.window))
+
+    def close(self) -> None:
+        """panicd stops: every window's summary now, or what it did not audit is never said."""
+        for uid, window in list(self._windows.items()):
+            self._close(uid, window)
 
     def _forget_ended(self, now: float) -> None:
         """Windows that ended with nothing left to say: one entry per caller at most."""

@@ -583,6 +583,14 @@ async def test_a_flood_of_refused_requests_is_audited_ten_times_and_a_forged_lin
     assert unaudited == flood - REFUSED_AUDITS_PER_WINDOW
     assert control.request(short_tmp / "control.sock")["ok"]  # and the daemon serves on
 
+    # Stopped within the minute: what it did not audit one by one is still said, once.
+    assert daemon.proc is not None
+    pid = str(daemon.proc.pid)
+    assert await daemon.stop() == 0
+    (summary,) = await journal.find(MESSAGE_ID=GUEST_ACTION, _PID=pid, OUTCOME="unaudited")
+    assert (summary["CALLER_UID"], summary["UNAUDITED_REQUESTS"]) == (
+        str(NOBODY), str(flood - REFUSED_AUDITS_PER_WINDOW))
+
 
 async def test_refusals_past_the_allowance_are_summed_up_in_one_entry_when_the_window_ends(
     journal: Journald,
