@@ -23,6 +23,7 @@ from panicd.bugcheck import BugCheck, decode
 from panicd.events import PanicInfo
 from panicd.mock import MockGuest
 from panicd.mock.hyperv import crash_info
+from panicd.records import IncidentRecord
 from tests.daemon_process import PanicdProcess, daemon_section, unique, wait_for
 from tests.journal import Journald
 from tests.test_incident_store_e2e import incidents_of
@@ -191,10 +192,13 @@ async def test_one_bugcheck_reported_both_ways_is_one_crash(
         guest.reboots_itself()
     (loop,) = await journal.find(MESSAGE_ID=AlertKind.CRASH_LOOP.message_id, GUEST_NAME=name)
     assert (loop["CRASHES"], loop["REBOOTED_BY"]) == ("3", "guest")
-    crashes = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
-                                      if r.state.value == "done"] or None, what="the incidents")
+    def three_crashes() -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        recorded = all(r.state.value == "done" and r.crash_loaded_at for r in records)
+        return records if len(records) >= 3 and recorded else None
+
+    crashes = await wait_for(three_crashes, what="three crashes, each with its crash-loaded report")
     assert [r.kind.value for r in crashes] == ["panic"] * 3
-    assert all(r.crash_loaded_at is not None for r in crashes)
     assert crashes[0].crash_loop == 3 and loop["INCIDENT_ID"] == crashes[0].id
     assert not await journal.find(timeout=0, MESSAGE_ID=AlertKind.CRASH_LOADED.message_id,
                                   GUEST_NAME=name)
@@ -217,9 +221,12 @@ async def test_a_bugcheck_after_its_crash_loaded_report_is_handled_and_counted_o
                                    GUEST_NAME=name)
     assert dumped["CRASH_TITLE"] == title  # no kernel log in a Windows dump: its bugcheck
     assert dumped["CRASH_TITLE_SOURCE"] == "bugcheck"
-    panic, loaded = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
-                                            if r.state.value == "done"][:2] or None,
-                                   what="both incidents")
+    def both() -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        done = len(records) == 2 and all(r.state.value == "done" for r in records)
+        return records if done and records[0].crash is not None else None
+
+    panic, loaded = await wait_for(both, what="both incidents done, the panic titled")
     assert (panic.kind.value, loaded.kind.value) == ("panic", "crash-loaded")
     assert panic.same_crash_as == loaded.id
     assert panic.crash is not None and panic.crash.title == title and panic.crash.count == 1
