@@ -16,9 +16,8 @@ classifies, records (the store's write is queued), alerts (queued) and queues.
     RESUME / RESET ──> the latch is cleared: what panics next is a new panic
     RESET ──> the panic catch is closed, and the incidents queued behind the one running are
               stale (incident_worker.py: a panic or watchdog whose stopped guest is gone)
-    on connect, guest-panicked ──> resumed (an open incident of this QEMU), already handled
-    or watchdog                    (a done one), or found (a panic or watchdog panicd missed)
-    on connect, otherwise ──> an open incident is settled (resumed in prelaunch, else closed)
+    on connect ──> the runstate found, judged against the incident store (connect_findings.py):
+                   an incident resumed, already handled, found (missed), or settled
     raise_manual (an operator's `panicd guest NAME ACTION`) ──> Incident (manual) ──> as above,
                                    with a GUEST_ACTION alert; it latches nothing
 
@@ -42,13 +41,13 @@ from panicd import alerts
 from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alert, Alerter
 from panicd.bugcheck import decode
+from panicd.connect_findings import STOPPED_BY, ConnectFindings
 from panicd.events import (
     CaughtPanic,
     Detection,
     GuestIdentity,
     Incident,
     IncidentKind,
-    PanicInfo,
     PanickedData,
     QmpEvent,
     WatchdogData,
@@ -56,18 +55,13 @@ from panicd.events import (
 from panicd.guest_crash_loop import GuestCrashLoop
 from panicd.incident_worker import IncidentWorker
 from panicd.panic_catch import PanicCatch
-from panicd.records import CaughtPanicRecord, IncidentRecord, IncidentState
+from panicd.records import CaughtPanicRecord, IncidentRecord
 from panicd.respond import PanicResponder, planned_steps
 from panicd.store import IncidentStore
 
 log = structlog.get_logger("panicd.monitor")
 
 _PANIC_EVENTS = {"GUEST_PANICKED": IncidentKind.PANIC, "GUEST_CRASHLOADED": IncidentKind.CRASH_LOADED}
-#: Runstates that an incident left behind, found by query-status on connect. QEMU 7.2 stops a
-#: guest whose watchdog fired under `-action watchdog=pause` in runstate `watchdog`, not
-#: `paused` (seen: WATCHDOG {action: pause}, STOP, then query-status says "watchdog"), so a
-#: watchdog that fired while panicd was away is found like a missed panic.
-_STOPPED_BY = {"guest-panicked": IncidentKind.PANIC, "watchdog": IncidentKind.WATCHDOG}
 #: The log event an incident's detection is (CRITICAL: a guest in trouble).
 _DETECTED = {IncidentKind.PANIC: "panic.detected", IncidentKind.CRASH_LOADED: "panic.crash_loaded",
              IncidentKind.WATCHDOG: "watchdog.detected", IncidentKind.MANUAL: "manual.requested"}
@@ -96,7 +90,8 @@ class IncidentDetector:
         self.responder = responder
         self.alerter = alerter
         self.store = store
-        #: Kinds of incident seen since the guest last ran: more of them are duplicates.
+        #: Kinds of incident seen since the guest last ran: more of them are duplicates. Shared
+        #: with `connect_findings`, so cleared in place, never rebound.
         self._latched: set[IncidentKind] = set()
         #: Incidents handed to the worker: each with its record and how many steps that
         #: record held then (a resumed one's earlier steps). Pruned as the worker lets go.
@@ -108,6 +103,9 @@ class IncidentDetector:
         #: The record of this boot's crash (a panic or crash-loaded incident), until the guest
         #: resets: the same crash reported the other way is not a second crash (`_same_crash`).
         self._crash_of_this_boot: IncidentRecord | None = None
+        #: What a (re)connection finds: the runstate against the incident store.
+        self.connect_findings = ConnectFindings(guest, latched=self._latched, store=store,
+                                                worker=worker, raise_incident=self._raise_incident)
 
     def new_connection(self) -> None:
         """A new connection may be a new QEMU: what was latched is learned again (from
@@ -127,14 +125,9 @@ class IncidentDetector:
         self.panic_catch.release(incident_id)
 
     def connected(self) -> None:
-        """The guest is identified and its runstate known: what does it say of incidents?"""
-        stopped_by = _STOPPED_BY.get(self.guest.runstate or "")
-        if stopped_by is not None:
-            self._found_stopped(stopped_by)
-        else:
-            self._settle_open_incident()
-            if self.guest.runstate == "running":
-                self.store.guest_ran_again(self.guest.instance)
+        """The guest is identified and its runstate known: what does it say of incidents?
+        (connect_findings.py)"""
+        self.connect_findings.connected()
 
     def on_event(self, event: QmpEvent, raw: dict[str, Any]) -> bool:
         """Handle `event` if it is about incidents; False when it is not."""
@@ -261,7 +254,7 @@ class IncidentDetector:
 
     def _record_caught(self, owner: str, panic: CaughtPanic) -> None:
         """The caught panic goes into its incident's record, saved now (a reconnect, or a
-        panicd restarted, then knows what stopped the guest: `_stopped_by`)."""
+        panicd restarted, then knows what stopped the guest: connect_findings.py)."""
         submitted = self._submitted.get(owner)
         if submitted is None:
             return
@@ -288,7 +281,7 @@ class IncidentDetector:
         audit = alerts.guest_action(incident.guest, incident.guest.name, action, uid=uid, pid=pid,
                                     refused=None, incident_id=incident.id, steps=steps)
         record = self._raise_incident(incident, alert=audit)
-        if self.guest.runstate not in _STOPPED_BY:
+        if self.guest.runstate not in STOPPED_BY:
             # Asked of a guest that no panic or watchdog had stopped (running, paused by hand):
             # what stops it so later is no doing of this incident's, any more than of one the
             # guest has run since. Not every step shows the guest running again (`inject-nmi`
@@ -316,62 +309,6 @@ class IncidentDetector:
         for incident_id in [i for i in self._submitted if not self.worker.holds(i)]:
             del self._submitted[incident_id]
 
-    def _found_stopped(self, kind: IncidentKind) -> None:
-        """Connected to a guest stopped by a panic or a watchdog (`_STOPPED_BY`): an incident
-        of this QEMU already handled or handling it, or one panicd missed."""
-        name = kind.value  # panic.found_on_connect, watchdog.found_on_connect...
-        if kind in self._latched:
-            return  # the event itself arrived while connecting
-        latest = self.store.latest_for_instance(self.guest.instance)
-        if latest is not None and not latest.cleared and self._stopped_by(latest, kind):
-            if self.worker.holds(latest.id):
-                # Reconnected while its steps run: the worker carries on with it.
-                log.info(f"{name}.still_handled", incident=latest.id)
-                self._latched.add(kind)
-                return
-            if latest.state is IncidentState.DONE:
-                log.info(f"{name}.already_handled", status=self.guest.runstate, incident=latest.id)
-                self._latched.add(kind)
-                return
-            # Seen before, but its steps never all ran (panicd stopped, a reload, a crash):
-            # the same incident goes on, its record keeping the steps that did run.
-            log.warning(f"{name}.resumed", status=self.guest.runstate, incident=latest.id)
-            incident = Incident(kind=latest.kind, guest=self.guest.identity,
-                                detection=Detection.RESUMED, action="pause",
-                                received_at=latest.seen_at, id=latest.id,
-                                info=_panic_info(latest.event),
-                                # A manual one goes on with the steps its operator asked for.
-                                requested_steps=(tuple(latest.requested_steps)
-                                                 if latest.requested_steps is not None else None),
-                                requested_by=latest.requested_by)
-            latest.detection = Detection.RESUMED
-            self._raise_incident(incident, latest)
-            return
-        if latest is not None and latest.kind is IncidentKind.MANUAL and not latest.cleared:
-            # An operator acted on this guest (`panicd guest`) while a panic or watchdog had it
-            # stopped (`raise_manual` clears one asked of a guest stopped by neither), and it
-            # has not run since: panicd has had its turn at that stop, and what is left is
-            # theirs. (Taken for a missed one, it would be dumped and acted on again.) It is
-            # the same stop, of the same kind: QEMU leaves guest-panicked or watchdog only by
-            # running (RESUME, RESET clear the incident) or by going away (a new instance).
-            log.info(f"{name}.already_handled", status=self.guest.runstate, incident=latest.id,
-                     by="operator")
-            self._latched.add(kind)
-            return
-        log.warning(f"{name}.found_on_connect", status=self.guest.runstate)
-        self._raise_incident(Incident(kind=kind, guest=self.guest.identity,
-                                      detection=Detection.ON_CONNECT, action="pause"))
-
-    def _stopped_by(self, latest: IncidentRecord, kind: IncidentKind) -> bool:
-        """Whether `latest` is what left the guest stopped as `kind`: an incident of that kind,
-        or a watchdog (or manual) incident whose NMI's panic it caught (`_hand_over`)."""
-        if latest.kind is kind:
-            return True
-        return kind is IncidentKind.PANIC and (
-            self.worker.holds(latest.id) or latest.caught_panic is not None
-            or any(step.wait_panic is not None and step.wait_panic.panic_action is not None
-                   for step in latest.steps))
-
     async def _after_crash(self, record: IncidentRecord, durable: asyncio.Future[None]) -> None:
         """A new crash, once durable (after its PANIC alert): a Windows guest's bugcheck becomes
         its crash title (signatures.py), and the crash is counted for a guest that reboots
@@ -387,27 +324,6 @@ class IncidentDetector:
         except Exception:
             # A bug here costs the title or the loop alert, never the daemon's task group.
             log.exception("crash.after_failed", incident=record.id)
-
-    def _settle_open_incident(self) -> None:
-        """An open incident of this QEMU whose guest is no longer guest-panicked: its steps were
-        cut short after they changed the guest. In `prelaunch` (reset, but not yet `cont`: the
-        connection dropped inside the restart step) the incident is resumed, so the guest
-        runs; otherwise (running again, shut down, paused by a person) there is nothing left
-        to act on, and it is closed as it stands."""
-        latest = self.store.latest_for_instance(self.guest.instance)
-        if (latest is None or latest.state is not IncidentState.OPEN
-                or self.worker.holds(latest.id)):
-            return
-        if self.guest.runstate == "prelaunch" and latest.kind in _STOPPED_BY.values():
-            log.warning("panic.resumed", status=self.guest.runstate, incident=latest.id)
-            latest.detection = Detection.RESUMED
-            self._raise_incident(Incident(kind=latest.kind, guest=self.guest.identity,
-                                          detection=Detection.RESUMED, action=latest.action,
-                                          received_at=latest.seen_at, id=latest.id), latest)
-            return
-        log.info("incident.closed_on_connect", incident=latest.id, status=self.guest.runstate)
-        latest.state = IncidentState.DONE
-        self.store.save(latest)
 
     def _raise_incident(self, incident: Incident, record: IncidentRecord | None = None,
                         alert: Alert | None = None) -> IncidentRecord:
@@ -468,12 +384,3 @@ class IncidentDetector:
             self.alerter.send(alert)
         except Exception:
             log.exception("alert.failed", kind=incident.kind.value)
-
-
-def _panic_info(event: dict[str, Any] | None) -> PanicInfo | None:
-    """The panic information of a stored GUEST_PANICKED event (a Windows guest's bugcheck)."""
-    data = (event or {}).get("data")
-    try:
-        return PanickedData.model_validate(data).info if isinstance(data, dict) else None
-    except ValidationError:
-        return None
