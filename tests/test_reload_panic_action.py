@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.daemon_process import PanicdProcess, unique
 from tests.journal import Journald
 from tests.qemu_harness import Qemus
-from tests.test_dump_faults import config
+from tests.test_dump_faults import config, freeze, thaw
 
 Start = Callable[[str], PanicdProcess]
 
@@ -51,3 +51,29 @@ async def test_a_reload_back_to_pause_makes_the_next_panic_dumpable_again(
     await guest.panic()
     await daemon.wait_event("incident.handled", guest=guest.name)
     assert await guest.status() == "guest-panicked"
+
+
+async def test_a_frozen_qemu_does_not_hold_up_the_other_guests_reloaded_panic_action(
+        short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus) -> None:
+    """Each guest is told at once: the frozen QEMU's set-action times out on its own."""
+    frozen, live = await qemus(unique("frozen")), await qemus(unique("live"))
+    daemon = panicd(config(short_tmp, [frozen, live], "on_panic = []",
+                           daemon="command_timeout = 3"))
+    for guest in (frozen, live):
+        await daemon.wait_event("qmp.connected", guest=guest.name)
+    freeze(frozen)
+    try:
+        daemon.config_path.write_text(config(short_tmp, [frozen, live],
+                                             'panic_action = "none"\non_panic = []',
+                                             daemon="command_timeout = 3"))
+        daemon.signal(signal.SIGHUP)
+        (applied,) = await daemon.wait_event("reload.applied")
+        (told,) = daemon.events("qmp.actions_set", guest=live.name, panic="none")
+        (failed,) = daemon.events("reload.set_action_failed", guest=frozen.name)
+        # The live guest was told before the frozen one's command timed out, not after it.
+        assert told["timestamp"] < failed["timestamp"] <= applied["timestamp"]
+    finally:
+        thaw(frozen)
+    await live.panic()
+    (detected,) = await daemon.wait_event("panic.detected", guest=live.name)
+    assert detected["action"] == "run"
