@@ -38,7 +38,6 @@ import structlog
 from pydantic import ValidationError
 
 from panicd import alerts
-from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alert, Alerter
 from panicd.bugcheck import decode
 from panicd.connect_findings import STOPPED_BY, ConnectFindings
@@ -57,7 +56,7 @@ from panicd.incident_worker import IncidentWorker
 from panicd.panic_catch import PanicCatch
 from panicd.records import CaughtPanicRecord, IncidentRecord
 from panicd.respond import PanicResponder, planned_steps
-from panicd.store import IncidentStore
+from panicd.store import DURABLE_WAIT_SECONDS, IncidentStore
 
 log = structlog.get_logger("panicd.monitor")
 

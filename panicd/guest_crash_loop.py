@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 
 import structlog
 
 from panicd import alerts
-from panicd.actions import DURABLE_WAIT_SECONDS
 from panicd.alerts import Alerter
 from panicd.config import RestartLimit
 from panicd.events import IncidentKind
@@ -53,6 +51,8 @@ class GuestCrashLoop:
         self.metrics = metrics
         #: This run's crash incidents (newest last), for when the store cannot answer.
         self._seen: collections.deque[IncidentRecord] = collections.deque(maxlen=MEMORY_PER_GUEST)
+        #: One crash counted at a time: each count sees the CRASH_LOOP the one before marked.
+        self._counting = asyncio.Lock()
 
     async def crashed(self, record: IncidentRecord, limit: RestartLimit | None) -> int | None:
         """`record` is a new crash of this guest: the crash count within the window when it
@@ -64,27 +64,33 @@ class GuestCrashLoop:
         self._seen.append(record)
         if limit is None:
             return None
+        async with self._counting:
+            return await self._count(record, limit)
+
+    async def _count(self, record: IncidentRecord, limit: RestartLimit) -> int | None:
         since = record.seen_at - limit.within
         stored = await self.store.query(
             lambda db: IncidentQueries(db).incidents(guest=record.guest.name, since=since))
         if stored is None:
             stored = [r for r in self._seen if r.seen_at >= since]
-        # The store's write of `record` may still be queued: it is counted here, once.
-        before = [r for r in stored if r.id != record.id]
+        # The store's write of `record` may still be queued: it is counted here, once. A count
+        # that runs late (its write was slow) finds later crashes stored too: not before it.
+        others = [r for r in stored if r.id != record.id]
+        before = [r for r in others if r.seen_at < record.seen_at]
         crashes = 1 + sum(1 for r in before if r.reboots_itself and r.same_crash_as is None)
         log.debug("crash_loop.counted", crashes=crashes, within=limit.within, max=limit.max)
         if crashes <= limit.max:
             return None
-        alerted = next((r.id for r in before if r.crash_loop is not None), None)
+        # Alerted already, by an earlier crash in the window or a later one counted first.
+        alerted = next((r.id for r in others if r.crash_loop is not None), None)
         if alerted is not None:
             log.info("crash_loop.still_looping", crashes=crashes, within=limit.within,
                      alerted_with=alerted)
             return None
         record.crash_loop = crashes
         # On disk before the alert, as the incident itself is: whoever the alert sends to
-        # `panicd incidents` finds the loop there. Bounded, as every wait on the state disk.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.store.save(record)), DURABLE_WAIT_SECONDS)
+        # `panicd incidents` finds the loop there.
+        await self.store.save_durably(record)
         log.error("crash_loop.guest_reboots_itself", crashes=crashes, within=limit.within,
                   incident=record.id)
         self.metrics.guest_crash_loops.inc()

@@ -13,7 +13,7 @@ from panicd.cli import main
 from panicd.metrics import Metrics
 from panicd.records import GuestRecord, IncidentRecord, TriageResult
 from panicd.signatures import CrashSignatures, NewSignatureBudget
-from panicd.store import IncidentStore
+from panicd.store import FILE_NAME, IncidentQueries, IncidentStore, connect
 from panicd.triage.title import signature_of
 
 
@@ -226,3 +226,28 @@ def test_both_signature_new_series_are_exported_from_the_start() -> None:
     registry = Metrics().registry
     for new in ("true", "false"):
         assert registry.get_sample_value("panicd_incidents_total", {"signature_new": new}) == 0.0
+
+
+async def test_a_title_is_on_disk_before_its_new_signature_alert_goes_out(tmp_path: Path) -> None:
+    """Whoever NEW_CRASH_SIGNATURE sends to `panicd incidents` finds the title there."""
+    store = IncidentStore(tmp_path)
+    await store.open()
+    record = IncidentRecord(id="i1", guest=guest("g"), kind="panic", detection="event", seen_at=5.0)
+    await store.create(record)
+    on_disk_at_alert: list[str | None] = []
+
+    class ReadingAlerter(RecordingAlerter):
+        def send(self, alert: Alert) -> None:
+            super().send(alert)
+            db = connect(tmp_path / FILE_NAME, read_only=True)
+            try:
+                stored = IncidentQueries(db).incident("i1")
+            finally:
+                db.close()
+            assert stored is not None
+            on_disk_at_alert.append(stored.crash.title if stored.crash else None)
+
+    await CrashSignatures(store, ReadingAlerter(), Metrics()).sight(
+        guest("g"), "i1", report("WARNING in f"), 5.0, None)
+    await store.close()
+    assert on_disk_at_alert == ["WARNING in f"]

@@ -41,7 +41,7 @@ from panicd.evidence import Evidence
 from panicd.metrics import Metrics
 from panicd.qmp import QmpCommandError, QmpSession
 from panicd.records import ConsoleMark, StepDetail
-from panicd.store import IncidentStore
+from panicd.store import DURABLE_WAIT_SECONDS, IncidentStore
 
 log = structlog.get_logger("panicd.actions")
 
@@ -124,9 +124,6 @@ class StepContext:
                 log.warning("incident.not_durable", incident=self.incident.id,
                             waited=DURABLE_WAIT_SECONDS)
 
-
-#: The longest a step waits for its incident to be on disk before it changes the guest anyway.
-DURABLE_WAIT_SECONDS = 5.0
 
 #: QMP commands that change the guest (or hand QEMU a file): sent only once the incident is
 #: durable. Queries go first, unhindered: a panic's first command leaves at once.

@@ -11,11 +11,12 @@ the daemon, nor it for them), with a schema version and migrations.
 Crash signatures (signatures.py) keep their own table in the same file (schema version 2).
 """
 
-from panicd.store.incident_store import IncidentStore, StoreFailed
+from panicd.store.incident_store import DURABLE_WAIT_SECONDS, IncidentStore, StoreFailed
 from panicd.store.queries import IncidentListing, IncidentQueries, when
 from panicd.store.schema import FILE_NAME, MIGRATIONS, SCHEMA_VERSION, StoreError, connect
 
 __all__ = [
+    "DURABLE_WAIT_SECONDS",
     "FILE_NAME",
     "MIGRATIONS",
     "SCHEMA_VERSION",

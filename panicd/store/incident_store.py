@@ -52,6 +52,9 @@ UNSAVED_LIMIT = 10_000
 #: thread's GIL-holding work does not delay them; the first command that changes a guest
 #: waits for the write anyway (actions.CHANGES_GUEST).
 WRITE_DELAY_SECONDS = 0.002
+#: The longest anyone waits for a record to be on disk before going on anyway (a state disk
+#: that stops answering): the steps before they change the guest, an alert naming the record.
+DURABLE_WAIT_SECONDS = 5.0
 StoreFailed = Callable[[str, str], None]
 T = TypeVar("T")
 
@@ -227,11 +230,12 @@ class IncidentStore:
             self.save(record)
 
     async def record_crash(self, incident_id: str, crash: CrashSighting) -> None:
-        """Incident `incident_id`'s crash title is known (signatures.py): into its record."""
+        """Incident `incident_id`'s crash title is known (signatures.py): into its record, on
+        disk before the title is alerted."""
         record = await self._record_of(incident_id)
         if record is not None:
             record.crash = crash
-            self.save(record)
+            await self.save_durably(record)
 
     async def _record_of(self, incident_id: str) -> IncidentRecord | None:
         # The live record when there is one: a copy read from the file and saved would be
@@ -287,6 +291,12 @@ class IncidentStore:
         """Record what happened to an incident since; nobody needs to wait for it."""
         self._remember(record)
         return self._write(record)
+
+    async def save_durably(self, record: IncidentRecord) -> None:
+        """`save`, and wait until it is on disk (DURABLE_WAIT_SECONDS at most): before an alert
+        that sends its reader to `panicd incidents` for what was just recorded."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.save(record)), DURABLE_WAIT_SECONDS)
 
     def _write(self, record: IncidentRecord) -> asyncio.Future[None]:
         self._changes += 1
