@@ -33,7 +33,7 @@ import pytest
 
 from panicd import control
 from panicd.alerts import AlertKind
-from tests.daemon_process import PanicdProcess, completed_dumps, daemon_section, unique
+from tests.daemon_process import PanicdProcess, completed_dumps, daemon_section, unique, wait_for
 from tests.qemu_harness import QemuGuest, Qemus
 
 JOURNALD = "/usr/lib/systemd/systemd-journald"
@@ -169,10 +169,15 @@ async def test_a_stalled_journald_does_not_stop_the_dump_the_restart_or_status(
     assert await qemu_guest.panic() == "OK"
     (dump,) = await completed_dumps(short_tmp, name, timeout=30)
     await wait_running(qemu_guest)
-    reply = await asyncio.to_thread(_status, short_tmp / "control.sock")
-    (shown,) = [g for g in reply["guests"] if g["name"] == name]
+
+    def restarted() -> dict[str, Any] | None:
+        reply = _status(short_tmp / "control.sock")
+        (shown,) = [g for g in reply["guests"] if g["name"] == name]
+        return shown if shown["restarts"] == 1 else None
+
+    # `panicd status` answers while journald is stalled, and shows the restart once recorded.
+    shown = await wait_for(restarted, what="panicd status showing the restart")
     assert shown["last_dump"]["path"] == str(dump)
-    assert shown["restarts"] == 1
 
     own_journald.signal(signal.SIGCONT)
     panic = await own_journald.find(GUEST_NAME=name, MESSAGE_ID=AlertKind.PANIC.message_id)

@@ -130,14 +130,16 @@ async def test_bugchecks_are_decoded_alerted_titled_and_grouped(
     (new,) = await journal.find(MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
                                 GUEST_NAME=names[0], CRASH_TITLE=title)
     assert new["CRASH_TITLE_SOURCE"] == "bugcheck"
-    await daemon.wait_event("signature.sighted", count=3)
+    def titled(name: str, count: int) -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        return records if len(records) == count and all(r.crash for r in records) else None
 
-    newest, first = incidents_of(short_tmp, names[0])
+    newest, first = await wait_for(lambda: titled(names[0], 2), what="both crashes titled")
     assert first.bugcheck is not None and first.bugcheck.parameters == PARAMETERS
     assert first.crash is not None and first.crash.title == title
     assert first.crash.source == "bugcheck"
     assert newest.crash is not None and newest.crash.title == "Bug Check 0x1F0"
-    (second,) = incidents_of(short_tmp, names[1])
+    (second,) = await wait_for(lambda: titled(names[1], 1), what="the second guest's crash titled")
     assert second.crash is not None and not second.crash.new and second.crash.guests == 2
 
     table = await cli("incidents", "-c", str(daemon.config_path), "--guest", names[0])
