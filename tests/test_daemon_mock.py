@@ -340,8 +340,9 @@ async def test_a_dump_that_would_not_fit_is_skipped_and_alerted(
 ) -> None:
     name = unique("nospace")
     guest = await mocks(name)
-    free = shutil.disk_usage(short_tmp).free
-    daemon = panicd(config(short_tmp, 1, daemon=f"min_free_bytes = {free}"))  # 8 MiB won't fit
+    # Whatever other processes free meanwhile, an 8 MiB dump never fits above this reserve.
+    reserve = shutil.disk_usage(short_tmp).total
+    daemon = panicd(config(short_tmp, 1, daemon=f"min_free_bytes = {reserve}"))
     await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(1)
     (failed,) = await journal.find(MESSAGE_ID=AlertKind.DUMP_FAILED.message_id, GUEST_NAME=name)
