@@ -449,3 +449,19 @@ async def test_a_panic_storm_loses_nothing(
     assert all(g.machine.runstate == "guest-panicked" for g in guests)
     waited = sorted(metadata(d)["dump"]["waited_for_slot_seconds"] for d in dumps)
     assert waited[-1] > 0  # the limit made some wait
+
+
+async def test_a_pause_right_after_a_dump_of_a_running_guest_leaves_it_paused(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    """QEMU resumes a guest it stopped for a dump only after DUMP_COMPLETED (mock/dump.py:
+    `resume_delay` widens that moment): a `stop` sent in it would be undone."""
+    name = unique("pause-after-dump")
+    guest = await mocks(name)
+    guest.dumper.resume_delay = 0.5
+    daemon = panicd(config(short_tmp, 1, 'panic_action = "none"\non_panic = ["dump", "pause"]'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)  # {action: run}: the guest runs on, the dump stops it for a moment
+    await daemon.wait_event("incident.handled", guest=name)
+    await asyncio.sleep(guest.dumper.resume_delay + 0.2)  # past QEMU's own resume
+    assert guest.machine.runstate == "paused"

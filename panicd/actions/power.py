@@ -39,6 +39,10 @@ log = structlog.get_logger("panicd.power")
 _STOPPED = {"paused", "guest-panicked", "prelaunch", "postmigrate", "suspended"}
 #: How often query-dump is asked while waiting for a dump to end.
 DUMP_POLL_SECONDS = 0.5
+#: After a dump, how long (and how often) query-status is asked until QEMU has resumed the guest
+#: it stopped for the dump.
+SAVE_VM_RESUME_SECONDS = 10.0
+SAVE_VM_POLL_SECONDS = 0.05
 
 
 async def _status(ctx: StepContext, step: str) -> str:
@@ -48,8 +52,16 @@ async def _status(ctx: StepContext, step: str) -> str:
 
 
 async def pause(ctx: StepContext) -> PowerStepDetail:
-    """Keep the guest stopped: `stop` it unless it already is (guest-panicked usually is)."""
+    """Keep the guest stopped: `stop` it unless it already is (guest-panicked usually is).
+
+    A running guest QEMU stopped to dump it (save-vm) is one QEMU resumes once the dump is
+    written: 7.2 refuses `stop` during the dump, and right after DUMP_COMPLETED, before its dump
+    thread resumes the guest, accepts it and does nothing. So the dump's end and that resume are
+    waited for first, then the guest is stopped."""
     before = await _status(ctx, "pause")
+    if before == "save-vm":
+        await _wait_for_dump_to_end(ctx, "pause")
+        before = await _status_after_save_vm(ctx, "pause")
     if before not in _STOPPED:
         await run_command(ctx, "pause", "stop")
     return PowerStepDetail(status_before=before, status=await _status(ctx, "pause"))
@@ -72,6 +84,17 @@ async def restart(ctx: StepContext) -> PowerStepDetail:
     if await _status(ctx, "restart") != "running":
         await run_command(ctx, "restart", "cont")
     return PowerStepDetail(status=await _status(ctx, "restart"))
+
+
+async def _status_after_save_vm(ctx: StepContext, step: str) -> str:
+    """The runstate once QEMU has resumed a guest it stopped for a dump that has ended (at
+    once, in practice: its dump thread waits only for the big lock)."""
+    deadline = time.monotonic() + SAVE_VM_RESUME_SECONDS
+    status = await _status(ctx, step)
+    while status == "save-vm" and time.monotonic() < deadline:
+        await asyncio.sleep(SAVE_VM_POLL_SECONDS)
+        status = await _status(ctx, step)
+    return status
 
 
 async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:

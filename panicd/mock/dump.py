@@ -16,8 +16,12 @@ QEMU has a single global dump state, so one dump at a time. Seen on a real QEMU 
 - A write error fails the dump with "dump: failed to save memory: <strerror>" (a closed pipe
   gives "Broken pipe").
 
-For tests: `bytes_per_second` makes a dump take time (progress visible in query-dump), and
-`fail_next` makes the next dump fail halfway with that exact error text, as a full disk would.
+For tests: `bytes_per_second` makes a dump take time (progress visible in query-dump),
+`fail_next` makes the next dump fail halfway with that exact error text, as a full disk would,
+and `resume_delay` widens a window QEMU has: a detached dump's thread sends DUMP_COMPLETED and
+only then takes the big lock to resume the guest, so for a moment query-status still says
+save-vm, the dump is no longer in progress, and `stop` is accepted but does nothing (the guest is
+not running), to be undone by that resume.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class Dumper:
         self.bytes_per_second = bytes_per_second
         self.vmcoreinfo = vmcoreinfo
         self.fail_next: str | None = None
+        self.resume_delay = 0.0
         self.status = DumpStatus.NONE
         self.completed = 0
         self.total = 0
@@ -156,7 +161,13 @@ class Dumper:
     def _end(self, status: DumpStatus, resume: bool) -> None:
         self.status = status
         self._machine.dump_in_progress = False
-        if resume and self._machine.runstate is RunState.SAVE_VM:
+        if resume and self.resume_delay:
+            asyncio.get_running_loop().call_later(self.resume_delay, self._resume)
+        elif resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self._machine.runstate is RunState.SAVE_VM:
             self._machine.vm_start()
 
     async def _write(self, fd: int, segments: Iterator[Segment], failure: str | None) -> None:
