@@ -465,3 +465,21 @@ async def test_a_pause_right_after_a_dump_of_a_running_guest_leaves_it_paused(
     await daemon.wait_event("incident.handled", guest=name)
     await asyncio.sleep(guest.dumper.resume_delay + 0.2)  # past QEMU's own resume
     assert guest.machine.runstate == "paused"
+
+
+async def test_a_restart_right_after_a_dump_of_a_running_guest_does_not_abort_qemu(
+    short_tmp: Path, mocks: Any, panicd: Start
+) -> None:
+    """A reset while QEMU 7.2 still shows save-vm aborts it ("invalid runstate transition
+    save-vm -> prelaunch"), as the mock does; panicd waits for QEMU's own resume first."""
+    name = unique("restart-after-dump")
+    guest = await mocks(name)
+    guest.dumper.resume_delay = 0.5
+    daemon = panicd(config(short_tmp, 1, 'panic_action = "none"\non_panic = ["dump", "restart"]'))
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    await daemon.wait_event("incident.handled", guest=name)
+    assert guest.machine.exit_status is None, daemon.tail()
+    assert guest.machine.runstate == "running"
+    assert daemon.events("step.done", step="restart")
+    assert not daemon.events("step.failed")

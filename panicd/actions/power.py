@@ -78,6 +78,8 @@ async def restart(ctx: StepContext) -> PowerStepDetail:
     if limit is not None and len(await ctx.restarts_since(time.time() - limit.within)) >= limit.max:
         return await _crash_loop(ctx, limit.max, limit.within)
     await _wait_for_dump_to_end(ctx, "restart")
+    # Nor in the moment after it, before QEMU resumes the guest it stopped for it (`pause`).
+    await _status_after_save_vm(ctx, "restart")
     await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
