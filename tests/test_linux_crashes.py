@@ -221,9 +221,10 @@ def test_a_warn_without_panic_on_warn_does_not_panic_and_the_helper_says_so_quic
 
 def test_every_kind_panics_well_within_the_crash_helpers_wait(crashed: CrashedGuests) -> None:
     # 120 s is the helper's wait for GUEST_PANICKED; a boot is about 5 s alone, 13 s with all
-    # six at once on two cores. A guest past 40 s is one whose /init no longer crashes it.
+    # six at once on two cores. A guest past 60 s (a loaded CI box stays well under) is one
+    # whose /init no longer crashes it.
     for kind, guest in crashed.by_kind.items():
-        assert guest.boot_to_panic < 40, (kind, guest.boot_to_panic)
+        assert guest.boot_to_panic < 60, (kind, guest.boot_to_panic)
 
 
 @pytest.fixture
