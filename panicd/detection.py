@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from panicd import alerts
 from panicd.alerts import Alert, Alerter
-from panicd.bugcheck import decode
+from panicd.bugcheck import BugCheck, decode
 from panicd.connect_findings import STOPPED_BY, ConnectFindings
 from panicd.events import (
     CaughtPanic,
@@ -195,10 +195,12 @@ class IncidentDetector:
         A Windows guest with `hv-crash` and the pvpanic driver reports one bugcheck twice: the
         Hyper-V crash MSRs make GUEST_PANICKED, the driver's dump callback GUEST_CRASHLOADED
         (virtio-win's pvpanic sends CRASHLOADED when a crash dump is enabled, else PANICKED).
-        A crash-loaded report after the panic goes into the panic's record. A panic after the
-        crash-loaded report that stopped the guest (action pause) still needs its steps: it is
-        an incident, marked `same_crash_as` the first so that it is counted once."""
-        if kind is IncidentKind.PANIC and data.action == "pause":
+        A crash-loaded report after the panic goes into the panic's record; so does a panic
+        after the crash-loaded report that QEMU let run on (action run). Any other such panic
+        (QEMU paused the guest, or powered it off, or said something odd) still needs its
+        steps and its record: it is an incident, marked `same_crash_as` the first so that it
+        is counted once."""
+        if kind is IncidentKind.PANIC and data.action != "run":
             return False
         self._latched.add(kind)
         if kind is IncidentKind.CRASH_LOADED:
@@ -308,16 +310,20 @@ class IncidentDetector:
         for incident_id in [i for i in self._submitted if not self.worker.holds(i)]:
             del self._submitted[incident_id]
 
-    async def _after_crash(self, record: IncidentRecord, durable: asyncio.Future[None]) -> None:
+    async def _after_crash(self, record: IncidentRecord, bugcheck: BugCheck | None,
+                           durable: asyncio.Future[None]) -> None:
         """A new crash, once durable (after its PANIC alert): a Windows guest's bugcheck becomes
         its crash title (signatures.py), and the crash is counted for a guest that reboots
-        itself (guest_crash_loop.py). Off the event path: both read the store."""
+        itself (guest_crash_loop.py). Off the event path: both read the store.
+
+        `bugcheck` is the one the crash's own event brought (taken when the task was made): one
+        a later report of the same crash adds meanwhile is sighted by `_same_crash`, once."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(durable), DURABLE_WAIT_SECONDS)
         try:
-            if record.bugcheck is not None:
+            if bugcheck is not None:
                 await self.responder.signatures.sight_bugcheck(
-                    record.guest, record.id, record.bugcheck, record.seen_at)
+                    record.guest, record.id, bugcheck, record.seen_at)
             limit = self.responder.policy_for(record.guest.name).restart
             await self.crash_loop.crashed(record, limit)
         except Exception:
@@ -337,7 +343,10 @@ class IncidentDetector:
             # Written by the store's thread at once; the steps wait for it only before their
             # first command that changes the guest (the first queries leave meanwhile).
             durable = self.store.create(record)
-        if incident.kind in _PANIC_EVENTS.values() and self._crash_of_this_boot is None:
+        if (incident.kind in _PANIC_EVENTS.values() and incident.detection is Detection.EVENT
+                and self._crash_of_this_boot is None):
+            # Only a crash seen on this connection: one found or resumed on connect may be of
+            # an earlier boot (a RESET panicd did not see).
             self._crash_of_this_boot = record
         log.critical(
             _DETECTED[incident.kind],
@@ -349,7 +358,8 @@ class IncidentDetector:
         self._submitted[record.id] = (incident, record, len(record.steps))
         self.worker.submit(incident, record, durable)  # first: whatever the alert does
         if durable is not None and incident.kind in _PANIC_EVENTS.values():
-            self.responder.spawn(self._after_crash(record, durable), f"after-crash:{record.id}")
+            self.responder.spawn(self._after_crash(record, record.bugcheck, durable),
+                                 f"after-crash:{record.id}")
         if incident.kind is IncidentKind.PANIC:
             self.responder.metrics.panics.inc()
         elif incident.kind is IncidentKind.CRASH_LOADED:

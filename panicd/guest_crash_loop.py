@@ -81,8 +81,10 @@ class GuestCrashLoop:
         log.debug("crash_loop.counted", crashes=crashes, within=limit.within, max=limit.max)
         if crashes <= limit.max:
             return None
-        # Alerted already, by an earlier crash in the window or a later one counted first.
-        alerted = next((r.id for r in others if r.crash_loop is not None), None)
+        # Alerted already, by an earlier crash in the window or a later one counted first;
+        # this run's live records too (a mark whose write a stalled store still holds).
+        alerted = next((r.id for r in (*others, *self._seen) if r.id != record.id
+                        and r.seen_at >= since and r.crash_loop is not None), None)
         if alerted is not None:
             log.info("crash_loop.still_looping", crashes=crashes, within=limit.within,
                      alerted_with=alerted)

@@ -237,3 +237,49 @@ async def test_a_bugcheck_after_its_crash_loaded_report_is_handled_and_counted_o
     assert not daemon.events("crash_loop.counted", crashes=2)  # max = 1: one more would alert
     assert not await journal.find(timeout=0, MESSAGE_ID=AlertKind.CRASH_LOOP.message_id,
                                   GUEST_NAME=name)
+
+
+async def test_a_bugcheck_let_run_after_its_crash_loaded_report_goes_into_it_titled_once(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    name = unique("win-cl-run")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\npanic_action = "none"\non_panic = []\non_crash_loaded = []\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(2)
+    guest.bugcheck(0x7E, PARAMETERS)  # {action: run}: the same crash, nothing to act on
+    (new,) = await journal.find(MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
+                                GUEST_NAME=name)
+    (record,) = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                        if r.crash is not None and r.crash.alerted] or None,
+                               what="the crash-loaded incident titled, its alert on record")
+    assert record.kind.value == "crash-loaded" and record.bugcheck is not None
+    assert new["INCIDENT_ID"] == record.id
+    await daemon.wait_event("crash.reported_again")
+    assert not daemon.events("signature.seen_again")  # sighted once, not once per report
+    assert not await journal.find(timeout=0, MESSAGE_ID=AlertKind.PANIC.message_id,
+                                  GUEST_NAME=name)
+
+
+async def test_a_panic_qemu_did_not_let_run_after_a_crash_loaded_report_is_its_own_incident(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    """Only a panic QEMU let run on is folded into the crash-loaded report: one QEMU powered
+    off (its panic action not taken over) gets its incident, linked to that report."""
+    name = unique("win-cl-off")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\non_crash_loaded = []\non_panic = []\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(2)
+    await daemon.wait_event("panic.crash_loaded", guest=name)
+    await guest.emit_event("GUEST_PANICKED", {"action": "poweroff"})
+    (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
+
+    def both() -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        return records if len(records) == 2 and records[0].same_crash_as else None
+
+    later, first = await wait_for(both, what="the panic, linked to the crash-loaded report")
+    assert (later.kind.value, first.kind.value) == ("panic", "crash-loaded")
+    assert later.same_crash_as == first.id and panic["INCIDENT_ID"] == later.id
+    assert later.action == "poweroff"

@@ -60,8 +60,8 @@ async def pause(ctx: StepContext) -> PowerStepDetail:
     waited for first, then the guest is stopped."""
     before = await _status(ctx, "pause")
     if before == "save-vm":
-        await _wait_for_dump_to_end(ctx, "pause")
-        before = await _status_after_save_vm(ctx, "pause")
+        await _wait_for_dump_to_end(ctx, "pause", "QEMU refuses to stop the guest during it")
+        before = await _status_after_save_vm(ctx, "pause", "stopping it now would be undone")
     if before not in _STOPPED:
         await run_command(ctx, "pause", "stop")
     return PowerStepDetail(status_before=before, status=await _status(ctx, "pause"))
@@ -77,9 +77,9 @@ async def restart(ctx: StepContext) -> PowerStepDetail:
     # Counted from the incident history, so a restarted panicd keeps the brake on.
     if limit is not None and len(await ctx.restarts_since(time.time() - limit.within)) >= limit.max:
         return await _crash_loop(ctx, limit.max, limit.within)
-    await _wait_for_dump_to_end(ctx, "restart")
+    await _wait_for_dump_to_end(ctx, "restart", "resetting now would abort QEMU")
     # Nor in the moment after it, before QEMU resumes the guest it stopped for it (`pause`).
-    await _status_after_save_vm(ctx, "restart")
+    await _status_after_save_vm(ctx, "restart", "resetting it now would abort QEMU")
     await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
@@ -88,18 +88,28 @@ async def restart(ctx: StepContext) -> PowerStepDetail:
     return PowerStepDetail(status=await _status(ctx, "restart"))
 
 
-async def _status_after_save_vm(ctx: StepContext, step: str) -> str:
+async def _status_after_save_vm(ctx: StepContext, step: str, why: str) -> str:
     """The runstate once QEMU has resumed a guest it stopped for a dump that has ended (at
-    once, in practice: its dump thread waits only for the big lock)."""
+    once, in practice: its dump thread waits only for the big lock). A guest still in save-vm
+    after SAVE_VM_RESUME_SECONDS of asking fails the step (`why` says what it spared)."""
     deadline = time.monotonic() + SAVE_VM_RESUME_SECONDS
-    status = await _status(ctx, step)
-    while status == "save-vm" and time.monotonic() < deadline:
-        await asyncio.sleep(SAVE_VM_POLL_SECONDS)
+    while True:
         status = await _status(ctx, step)
+        # Asked once more after the deadline: a reply that was slow (a frozen QEMU) is no
+        # answer to "still in save-vm after all this time?".
+        if status != "save-vm" or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(SAVE_VM_POLL_SECONDS)
+    if status == "save-vm":
+        raise step_error(
+            ctx, step,
+            f"the guest is still stopped for a dump (save-vm) {SAVE_VM_RESUME_SECONDS:g} s "
+            f"after the dump ended; {why}", command={"execute": "query-status"},
+            reply={"status": status})
     return status
 
 
-async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:
+async def _wait_for_dump_to_end(ctx: StepContext, step: str, why: str) -> None:
     """Return once QEMU writes no dump (query-dump not "active"); see the module docstring."""
     begun = time.monotonic()
     every = guest_session(ctx, step).command_timeout
@@ -113,8 +123,8 @@ async def _wait_for_dump_to_end(ctx: StepContext, step: str) -> None:
         if waited >= WAIT_FOR_QEMU_SECONDS:
             raise step_error(
                 ctx, step,
-                f"a dump is still being written after {WAIT_FOR_QEMU_SECONDS:g} s; resetting now "
-                "would abort QEMU. Restart the guest once query-dump says it is finished",
+                f"a dump is still being written after {WAIT_FOR_QEMU_SECONDS:g} s; {why}. "
+                f"Run the step again ({step}) once query-dump says it is finished",
                 command={"execute": "query-dump"}, reply=dump,
             )
         if logged_at is None or time.monotonic() - logged_at >= every:
