@@ -5,8 +5,11 @@ decides which event is a new incident, which a duplicate, which an incident pani
 and hands each new one to the guest's worker (incident_worker.py). Nothing here waits: it
 classifies, records (the store's write is queued), alerts (queued) and queues.
 
-    GUEST_PANICKED / GUEST_CRASHLOADED ──> latched? ── yes ──> duplicate, dropped
-                                              │ no
+    GUEST_PANICKED / GUEST_CRASHLOADED ──> latched? ── yes ──> duplicate, dropped (a bugcheck
+                                              │ no                 it brings is kept)
+                                              v
+                          this boot's crash reported the other way? (boot_crash.py) ── yes ──>
+                                              │ no                   folded into its incident
                                               v
                           Incident ──> store.create ──> worker.submit ──> PANIC alert
     WATCHDOG ──> latched? ── yes ──> duplicate; no ──> Incident (kind watchdog), as above
@@ -39,7 +42,8 @@ from pydantic import ValidationError
 
 from panicd import alerts
 from panicd.alerts import Alert, Alerter
-from panicd.bugcheck import BugCheck, decode
+from panicd.boot_crash import BootCrash
+from panicd.bugcheck import BugCheck
 from panicd.connect_findings import STOPPED_BY, ConnectFindings
 from panicd.events import (
     CaughtPanic,
@@ -99,9 +103,8 @@ class IncidentDetector:
         self.panic_catch = PanicCatch()
         #: A guest that crashes and reboots itself, over and over (CRASH_LOOP).
         self.crash_loop = GuestCrashLoop(store, alerter, responder.metrics)
-        #: The record of this boot's crash (a panic or crash-loaded incident), until the guest
-        #: resets: the same crash reported the other way is not a second crash (`_same_crash`).
-        self._crash_of_this_boot: IncidentRecord | None = None
+        #: This boot's crash: the same crash reported again is not a second one (boot_crash.py).
+        self.boot_crash = BootCrash(store=store, responder=responder, latched=self._latched)
         #: What a (re)connection finds: the runstate against the incident store.
         self.connect_findings = ConnectFindings(guest, latched=self._latched, store=store,
                                                 worker=worker, raise_incident=self._raise_incident)
@@ -110,7 +113,7 @@ class IncidentDetector:
         """A new connection may be a new QEMU: what was latched is learned again (from
         query-status and the incident store, `connected`)."""
         self._latched.clear()
-        self._crash_of_this_boot = None
+        self.boot_crash.forget()
         # A panic caught on another connection's QEMU would be a guess: the waiting step
         # (if it still runs) times out, and a panic found on connect is handled as found.
         self.panic_catch.drop()
@@ -148,7 +151,7 @@ class IncidentDetector:
             # took an NMI, or that stopped for a queued incident, is gone.
             self.panic_catch.drop()
             self.worker.guest_was_reset()
-            self._crash_of_this_boot = None
+            self.boot_crash.forget()
         if event.event in ("RESUME", "RESET"):
             # The guest runs again: whatever panics next is a new panic.
             if self._latched:
@@ -166,14 +169,15 @@ class IncidentDetector:
             data = PanickedData(action="unknown")
         if kind in self._latched:
             log.info("panic.duplicate", qmp_event=event.event, action=data.action)
+            self.boot_crash.duplicate(kind, data)
             return
         if kind is IncidentKind.PANIC and data.action == "pause":
             self.guest.runstate = "guest-panicked"
         if kind is IncidentKind.PANIC and self._hand_over(data, raw):
             return
-        first = self._crash_of_this_boot
-        if first is not None and first.kind is not kind and self._same_crash(first, kind, data):
+        if self.boot_crash.reported_again(kind, data):
             return
+        same_crash_as = self.boot_crash.same_crash_as(kind)
         record = self._raise_incident(
             Incident(
                 kind=kind,
@@ -184,37 +188,9 @@ class IncidentDetector:
                 info=data.info,
             )
         )
-        if first is not None and first.kind is not kind:
-            record.same_crash_as = first.id
+        if same_crash_as is not None:
+            record.same_crash_as = same_crash_as
             self.store.save(record)
-
-    def _same_crash(self, first: IncidentRecord, kind: IncidentKind, data: PanickedData) -> bool:
-        """The crash `first` already reports, reported again the other way in the same boot
-        (no RESET between): True when that needs no incident of its own.
-
-        A Windows guest with `hv-crash` and the pvpanic driver reports one bugcheck twice: the
-        Hyper-V crash MSRs make GUEST_PANICKED, the driver's dump callback GUEST_CRASHLOADED
-        (virtio-win's pvpanic sends CRASHLOADED when a crash dump is enabled, else PANICKED).
-        A crash-loaded report after the panic goes into the panic's record; so does a panic
-        after the crash-loaded report that QEMU let run on (action run). Any other such panic
-        (QEMU paused the guest, or powered it off, or said something odd) still needs its
-        steps and its record: it is an incident, marked `same_crash_as` the first so that it
-        is counted once."""
-        if kind is IncidentKind.PANIC and data.action != "run":
-            return False
-        self._latched.add(kind)
-        if kind is IncidentKind.CRASH_LOADED:
-            first.crash_loaded_at = dt.datetime.now(dt.UTC)
-        elif first.bugcheck is None:
-            first.bugcheck = decode(data.info)
-            if first.bugcheck is not None:
-                self.responder.spawn(self.responder.signatures.sight_bugcheck(
-                    first.guest, first.id, first.bugcheck, first.seen_at),
-                    f"bugcheck:{first.id}")
-        self.store.save(first)
-        log.warning("crash.reported_again", incident=first.id, qmp_event=kind.value,
-                    action=data.action)
-        return True
 
     def _on_watchdog_event(self, raw: dict[str, Any], event: QmpEvent) -> None:
         try:
@@ -317,7 +293,7 @@ class IncidentDetector:
         itself (guest_crash_loop.py). Off the event path: both read the store.
 
         `bugcheck` is the one the crash's own event brought (taken when the task was made): one
-        a later report of the same crash adds meanwhile is sighted by `_same_crash`, once."""
+        a later report of the same crash adds meanwhile is sighted by boot_crash.py, once."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(durable), DURABLE_WAIT_SECONDS)
         try:
@@ -343,11 +319,7 @@ class IncidentDetector:
             # Written by the store's thread at once; the steps wait for it only before their
             # first command that changes the guest (the first queries leave meanwhile).
             durable = self.store.create(record)
-        if (incident.kind in _PANIC_EVENTS.values() and incident.detection is Detection.EVENT
-                and self._crash_of_this_boot is None):
-            # Only a crash seen on this connection: one found or resumed on connect may be of
-            # an earlier boot (a RESET panicd did not see).
-            self._crash_of_this_boot = record
+        self.boot_crash.raised(incident, record)
         log.critical(
             _DETECTED[incident.kind],
             action=incident.action,

@@ -283,3 +283,25 @@ async def test_a_panic_qemu_did_not_let_run_after_a_crash_loaded_report_is_its_o
     assert (later.kind.value, first.kind.value) == ("panic", "crash-loaded")
     assert later.same_crash_as == first.id and panic["INCIDENT_ID"] == later.id
     assert later.action == "poweroff"
+
+
+async def test_a_bugcheck_after_pvpanics_own_report_completes_the_incident(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    """Windows' pvpanic driver (no crash dump enabled) writes PANICKED, the Hyper-V crash MSRs
+    then report the bugcheck: one crash, and its incident gets the bugcheck and the title."""
+    name = unique("win-pv-hv")
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
+                    '[[policy]]\npanic_action = "none"\non_panic = []\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    guest.port.write(1)
+    guest.bugcheck(0x7E, PARAMETERS)
+    title = "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+    (new,) = await journal.find(MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
+                                GUEST_NAME=name, CRASH_TITLE=title)
+    (record,) = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                        if r.crash is not None] or None, what="the titled crash")
+    assert record.bugcheck is not None and record.bugcheck.code == 0x7E
+    assert new["INCIDENT_ID"] == record.id
+    assert len(await journal.find(timeout=1, count=2, MESSAGE_ID=AlertKind.PANIC.message_id,
+                                  GUEST_NAME=name)) == 1
