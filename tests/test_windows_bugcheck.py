@@ -84,6 +84,16 @@ async def mocks(short_tmp: Path) -> AsyncIterator[Callable[..., Any]]:
         await guest.stop()
 
 
+async def one_guest(tmp: Path, mocks: Any, panicd: Start, prefix: str,
+                    policy: str) -> tuple[str, MockGuest, PanicdProcess]:
+    """A mock guest named `prefix`-..., watched by a `panicd run` with `policy`, connected."""
+    name = unique(prefix)
+    guest = await mocks(name)
+    daemon = panicd(daemon_section(tmp) + f'[[guest]]\nsocket = "{tmp}/0.qmp"\n{policy}')
+    await daemon.wait_event("qmp.connected", guest=name)
+    return name, guest, daemon
+
+
 async def cli(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "panicd", *args,
                                                 stdout=asyncio.subprocess.PIPE)
@@ -160,11 +170,8 @@ async def test_bugchecks_are_decoded_alerted_titled_and_grouped(
 
 async def test_a_malformed_hyperv_report_is_still_a_panic(
         short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
-    name = unique("win-odd")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\non_panic = ["pause"]\n')
-    await daemon.wait_event("qmp.connected", guest=name)
+    name, guest, _daemon = await one_guest(short_tmp, mocks, panicd, "win-odd",
+                                          '[[policy]]\non_panic = ["pause"]\n')
     guest.machine.guest_panicked({"type": "hyper-v", "arg1": "0x7E", "arg2": -5})
     (panic,) = await journal.find(MESSAGE_ID=AlertKind.PANIC.message_id, GUEST_NAME=name)
     assert "BUGCHECK_CODE" not in panic
@@ -181,12 +188,9 @@ async def test_one_bugcheck_reported_both_ways_is_one_crash(
     then the driver's dump callback GUEST_CRASHLOADED while Windows writes MEMORY.DMP, then it
     reboots itself. Each crash is one incident (the crash-loaded report kept in it), and the
     self-reboot loop counts crashes, not reports: CRASH_LOOP at the third, not the second."""
-    name = unique("win-both")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\npanic_action = "none"\non_panic = []\n'
+    name, guest, daemon = await one_guest(short_tmp, mocks, panicd, "win-both",
+                                          '[[policy]]\npanic_action = "none"\non_panic = []\n'
                     "restart = { max = 2, within = 600 }\n")
-    await daemon.wait_event("qmp.connected", guest=name)
     for n in (1, 2, 3):
         guest.bugcheck(0xEF)
         guest.port.write(2)  # PVPANIC_CRASHLOADED: the dump is being written
@@ -210,12 +214,9 @@ async def test_a_bugcheck_after_its_crash_loaded_report_is_handled_and_counted_o
         short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
     """The other order, with panicd's pause: the panic stopped the guest, so it is handled (its
     dump carries the bugcheck's title), and marked as the crash-loaded report's crash."""
-    name = unique("win-cl-first")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\non_crash_loaded = []\non_panic = ["dump", "resume"]\n'
+    name, guest, daemon = await one_guest(short_tmp, mocks, panicd, "win-cl-first",
+                                          '[[policy]]\non_crash_loaded = []\non_panic = ["dump", "resume"]\n'
                     "restart = { max = 1, within = 600 }\n")
-    await daemon.wait_event("qmp.connected", guest=name)
     guest.port.write(2)
     guest.bugcheck(0x7E, PARAMETERS)
     title = "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
@@ -241,11 +242,9 @@ async def test_a_bugcheck_after_its_crash_loaded_report_is_handled_and_counted_o
 
 async def test_a_bugcheck_let_run_after_its_crash_loaded_report_goes_into_it_titled_once(
         short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
-    name = unique("win-cl-run")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\npanic_action = "none"\non_panic = []\non_crash_loaded = []\n')
-    await daemon.wait_event("qmp.connected", guest=name)
+    name, guest, daemon = await one_guest(short_tmp, mocks, panicd, "win-cl-run",
+                                          '[[policy]]\npanic_action = "none"\non_panic = []\n'
+                                          "on_crash_loaded = []\n")
     guest.port.write(2)
     guest.bugcheck(0x7E, PARAMETERS)  # {action: run}: the same crash, nothing to act on
     (new,) = await journal.find(MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
@@ -265,11 +264,8 @@ async def test_a_panic_qemu_did_not_let_run_after_a_crash_loaded_report_is_its_o
         short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
     """Only a panic QEMU let run on is folded into the crash-loaded report: one QEMU powered
     off (its panic action not taken over) gets its incident, linked to that report."""
-    name = unique("win-cl-off")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\non_crash_loaded = []\non_panic = []\n')
-    await daemon.wait_event("qmp.connected", guest=name)
+    name, guest, daemon = await one_guest(short_tmp, mocks, panicd, "win-cl-off",
+                                          '[[policy]]\non_crash_loaded = []\non_panic = []\n')
     guest.port.write(2)
     await daemon.wait_event("panic.crash_loaded", guest=name)
     await guest.emit_event("GUEST_PANICKED", {"action": "poweroff"})
@@ -289,11 +285,8 @@ async def test_a_bugcheck_after_pvpanics_own_report_completes_the_incident(
         short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
     """Windows' pvpanic driver (no crash dump enabled) writes PANICKED, the Hyper-V crash MSRs
     then report the bugcheck: one crash, and its incident gets the bugcheck and the title."""
-    name = unique("win-pv-hv")
-    guest = await mocks(name)
-    daemon = panicd(daemon_section(short_tmp) + f'[[guest]]\nsocket = "{short_tmp}/0.qmp"\n'
-                    '[[policy]]\npanic_action = "none"\non_panic = []\n')
-    await daemon.wait_event("qmp.connected", guest=name)
+    name, guest, _daemon = await one_guest(short_tmp, mocks, panicd, "win-pv-hv",
+                                          '[[policy]]\npanic_action = "none"\non_panic = []\n')
     guest.port.write(1)
     guest.bugcheck(0x7E, PARAMETERS)
     title = "Bug Check 0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
