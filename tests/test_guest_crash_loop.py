@@ -28,6 +28,7 @@ from panicd.store import IncidentStore
 from tests.daemon_process import PanicdProcess, daemon_section, unique, wait_for
 from tests.journal import Journald
 from tests.test_incident_store_e2e import incidents_of
+from tests.test_signatures import RecordingAlerter
 
 Start = Callable[..., PanicdProcess]
 CRASH_LOOP = AlertKind.CRASH_LOOP.message_id
@@ -172,14 +173,6 @@ async def test_the_loop_is_on_disk_before_its_alert_goes_out(short_tmp: Path) ->
         await loop.crashed(record, RestartLimit(max=2, within=600))
     await store.close()
     assert on_disk_at_alert == [3]
-
-
-class RecordingAlerter:
-    def __init__(self) -> None:
-        self.sent: list[Alert] = []
-
-    def send(self, alert: Alert) -> None:
-        self.sent.append(alert)
 
 
 async def test_crashes_counted_out_of_order_alert_once(short_tmp: Path) -> None:
