@@ -193,6 +193,8 @@ def _value(value: JsonValue | object) -> str:
     """A field's value on one line: JSON for structures (the event, a QMP reply), escaped."""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, dt.datetime):
+        return utc_time(value.timestamp())
     if isinstance(value, dict | list):
         # ASCII JSON escapes every control (and every non-ASCII) character itself, so it is
         # safe on a terminal as it is, and stays JSON an operator can paste.

@@ -21,6 +21,7 @@ import pytest
 
 from panicd.cli import main
 from panicd.events import Detection, IncidentKind
+from panicd.incidents_view import format_incident
 from panicd.records import (
     DumpStepDetail,
     DumpSummary,
@@ -388,3 +389,14 @@ async def test_by_signature_on_a_store_an_older_panicd_still_runs_says_so(
     assert "has no crash signatures yet (schema 1): restart panicd" in capsys.readouterr().err
     assert main(["incidents", "--state-dir", str(tmp_path), "--by-signature", "--kind", "panic"]) == 2
     assert "--kind does not go with --by-signature" in capsys.readouterr().err
+
+
+def test_show_gives_times_as_utc_to_the_second_and_names_the_same_crash() -> None:
+    loaded = dt.datetime(2026, 11, 26, 17, 9, 54, 123456, tzinfo=dt.UTC)
+    record = IncidentRecord(id="i2", guest=GuestRecord(name="win", socket="/s"),
+                            kind=IncidentKind.PANIC, detection=Detection.EVENT, action="run",
+                            seen_at=loaded.timestamp() - 1, crash_loaded_at=loaded,
+                            same_crash_as="i1")
+    shown = format_incident(record).splitlines()
+    assert re.search(r"^  crash loaded at +2026-11-26T17:09:54Z$", "\n".join(shown), re.M)
+    assert re.search(r"^  same crash as +i1$", "\n".join(shown), re.M)
