@@ -27,7 +27,7 @@ from panicd.errors import DumpFailed, StepFailed
 from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from panicd.journal import JournalWriter
 from panicd.records import CrashSighting, DumpRecord, GuestRecord, IncidentRecord, TriageResult
-from panicd.text import journal_text, printable
+from panicd.text import journal_line, journal_text, printable
 
 log = structlog.get_logger("panicd.alerts")
 
@@ -80,7 +80,7 @@ class Alert:
         # every text that may hold what a guest wrote (its kernel log, a crash title, QEMU's
         # reply) is escaped, or journald would store it as a blob nobody sees.
         out.update({key: journal_text(value) for key, value in self.fields.items()})
-        out["MESSAGE"] = journal_text(self.message)
+        out["MESSAGE"] = journal_line(self.message)
         return out
 
 

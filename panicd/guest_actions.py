@@ -153,10 +153,11 @@ class GuestActions:
     def _not_one_guest(self, name: str, found: list[GuestMonitor]) -> str:
         if found:
             sockets = ", ".join(sorted(m.identity.socket for m in found))
-            return (f"{len(found)} guests are named {name!r} (sockets {sockets}): panicd cannot "
-                    "tell which one is meant")
+            return (f"{len(found)} guests are named '{name}' (sockets {sockets}): panicd "
+                    "cannot tell which one is meant")
+        # Raw here: whoever shows the reason escapes it, once (`panicd guest`, the audit entry).
         known = sorted({m.identity.name for m in self._monitors()})
-        return f"no guest named {name!r}; known: {', '.join(known) if known else '(none)'}"
+        return f"no guest named '{name}'; known: {', '.join(known) if known else '(none)'}"
 
     def _steps(self, monitor: GuestMonitor, request: GuestActionRequest) -> list[str]:
         """The steps this request runs: the action's, or the guest's on_panic (run-policy)."""

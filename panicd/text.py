@@ -54,3 +54,12 @@ def journal_text(text: str) -> str:
     if all(c.isprintable() or c in "\n\t" for c in text):
         return text
     return "".join(c if c.isprintable() or c in "\n\t" else _escape(c) for c in text)
+
+
+def journal_line(text: str) -> str:
+    r"""`text` as an alert's MESSAGE: `journal_text`, and on one line (newlines and tabs
+    escaped too), so that a guest's name or report can never make `journalctl` show a line
+    that looks like an entry of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)

@@ -6,8 +6,9 @@ import re
 import uuid
 from pathlib import Path
 
+from panicd import alerts
 from panicd.alerts import Alert, AlertKind, JournalAlerter
-from panicd.events import GuestIdentity
+from panicd.events import Detection, GuestIdentity, Incident, IncidentKind
 from tests.journal import Journald
 
 CATALOG = Path(__file__).resolve().parent.parent / "systemd" / "panicd.catalog"
@@ -32,3 +33,18 @@ def test_an_alert_reaches_journald_with_its_fields(journal: Journald) -> None:
     assert entry["QMP_SOCKET"] == "/run/q.qmp"
     assert entry["QEMU_PID"] == "7"
     assert entry["ERROR"] == "disk full"
+
+
+def test_a_hostile_guest_name_cannot_forge_a_line_in_the_journal(journal: Journald) -> None:
+    """The MESSAGE is one line whatever the guest is called: `journalctl` shows no second line
+    that looks like an entry of its own, and no terminal escape runs."""
+    marker = uuid.uuid4().hex[:8]
+    name = f"evil-{marker}\nGuest web-01 panicked; steps: nothing\x1b[31m"
+    guest = GuestIdentity(name=name, socket="/run/q.qmp")
+    incident = Incident(kind=IncidentKind.PANIC, guest=guest, detection=Detection.EVENT,
+                        action="pause")
+    JournalAlerter().send(alerts.panic(incident, ["dump"]))
+    (entry,) = journal.wait_for(QMP_SOCKET="/run/q.qmp", MESSAGE_ID=AlertKind.PANIC.message_id,
+                                INCIDENT_ID=incident.id)
+    assert entry["MESSAGE"] == (f"Guest evil-{marker}\\nGuest web-01 panicked; steps: "
+                                "nothing\\x1b[31m panicked (QEMU action: pause); steps: dump")

@@ -322,6 +322,11 @@ async def test_an_unknown_or_unconnected_guest_is_refused_with_the_known_names(
     (audit,) = await audits(journal, nosuch)
     assert audit["OUTCOME"] == "refused" and "QMP_SOCKET" not in audit
 
+    hostile = f"{unique('nope')}\n\x1b[31m"  # escaped once, where it is shown
+    code, out, err = await guest_cli(capsys, short_tmp, hostile, "resume")
+    shown = hostile.replace("\n", "\\n").replace("\x1b", "\\x1b")
+    assert f"refused: no guest named '{shown}'; known: " in err
+
     code, out, err = await guest_cli(capsys, short_tmp, absent, "dump")
 
     assert (code, out) == (2, "")
