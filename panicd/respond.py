@@ -114,8 +114,10 @@ class PanicResponder:
         record = record or IncidentRecord.of(incident, None)
         # The policy is looked up now, not at event time: a reload applies to the next panic.
         policy = policy_for_incident(incident, self.policy_for(incident.guest.name))
-        if record.console is None:
+        if record.console is None and incident.kind is not IncidentKind.MANUAL:
             # Before any step: a restart starts a boot whose lines would follow the crash's.
+            # Not for an operator's request: no crash is reported then, and the console's last
+            # boot may hold an old one (a WARNING the guest survived), which is no new sighting.
             record.console = await self._console_mark(incident.guest)
         names = planned_steps(incident, policy)
         ctx = StepContext(

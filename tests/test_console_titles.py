@@ -15,11 +15,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from panicd import control
 from panicd.alerts import AlertKind
+from panicd.records import IncidentRecord
 from panicd.triage.title import signature_of
 from tests.daemon_process import PanicdProcess, completed_dumps, daemon_section, metadata, unique, wait_for
 from tests.journal import Journald
 from tests.qemu_harness import Qemus
+from tests.test_daemon_e2e import wait_for_status
 from tests.test_incident_store_e2e import incidents_of
 
 Start = Callable[..., PanicdProcess]
@@ -172,3 +175,45 @@ async def test_a_crash_title_with_control_characters_is_still_readable_in_the_jo
     for text in (alert["CRASH_TITLE"], alert["MESSAGE"]):
         assert "kernel panic: evil" in text
         assert "\u009b" not in text and "\u202e" not in text
+
+
+async def test_an_operators_request_is_no_crash_sighting(
+        short_tmp: Path, panicd: Start, journal: Journald, qemus: Qemus) -> None:
+    """The console's last boot still holds the crash after a panic left the guest paused: a
+    `panicd guest NAME dump` or restart then reports no new crash. The next real crash is the
+    second sighting, not the fourth."""
+    name = unique("console-manual")
+    serial = short_tmp / "serial"
+    serial.mkdir()
+    guest = await qemus(name)
+    daemon = panicd(config(short_tmp, {name: '["pause"]'})
+                    + f'[[guest]]\nsocket = "{guest.qmp_path}"\n')
+    await daemon.wait_event("qmp.connected", guest=name)
+    (serial / f"{name}.log").write_text(CRASHED)
+    await guest.panic()
+    await daemon.wait_event("signature.sighted", guest=name, timeout=30)
+    for action in ("dump", "restart"):
+        with control.ControlConnection(short_tmp / "control.sock") as connection:
+            connection.send({"command": "guest", "guest": name, "action": action, "wait": 60})
+            reply = connection.receive()
+        assert reply.get("ok"), reply
+    await wait_for(lambda: len([r for r in incidents_of(short_tmp, name)
+                                if r.kind.value == "manual" and r.state.value == "done"]) == 2,
+                   what="both requests done")
+    await wait_for_status(guest, "running")
+    # The manual dump is announced (its title, had it one, sighted) before the next crash.
+    await journal.find(MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id, GUEST_NAME=name)
+
+    with (serial / f"{name}.log").open("a") as log:
+        log.write(CRASHED)  # the restarted guest crashes alike
+    await guest.panic()
+
+    def titled() -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        return records if len(records) == 4 and records[0].crash is not None else None
+
+    newest, *manual, first = await wait_for(titled, what="the second panic titled")
+    assert [r.kind.value for r in manual] == ["manual", "manual"]
+    assert [r.crash for r in manual] == [None, None]
+    assert newest.crash is not None and first.crash is not None
+    assert (newest.crash.title, newest.crash.count) == (TITLE, 2)

@@ -4,7 +4,9 @@ A real guest's kernel prints its crash report (the WARNING or Oops, the register
 trace, `Kernel panic - not syncing: ...`) on its console before its pvpanic driver tells QEMU,
 and QEMU's `-serial file:PATH` keeps it. The mock writes such a report (Linux 6.1 on x86-64,
 timestamps and all) to its console file when its pvpanic port reports a panic, so that a
-configuration's `console_log` and panicd's crash titles can be tried without a VM.
+configuration's `console_log` and panicd's crash titles can be tried without a VM. Each reset
+starts a new boot there, as a real kernel's first line does (`Linux version ...`): the crash is
+the previous boot's, and a console triage of the new boot finds none.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ CRASH_REPORT = """\
 """
 
 
+BOOT_BANNER = ("[    0.000000] Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) "
+               "(gcc-12 (Debian 12.2.0-14) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
+               "PREEMPT_DYNAMIC Debian 6.1.192-2\n")
+
+
 class SerialConsole:
     """A console log file the mock guest appends to, as QEMU's `-serial file:` does."""
 
@@ -41,6 +48,12 @@ class SerialConsole:
         self.path = path
         self.name = (guest_name or "mock").replace("-", "_")
         self._booted = time.monotonic()
+
+    def booted(self) -> None:
+        """The guest was reset: its next boot's first line."""
+        self._booted = time.monotonic()
+        with self.path.open("a", encoding="utf-8") as console:
+            console.write(BOOT_BANNER)
 
     def kernel_panicked(self) -> None:
         """Print the crash report a panicking kernel prints before it tells pvpanic."""

@@ -76,6 +76,9 @@ class MockGuest:
         #: Like -serial file:PATH: a panic prints a kernel crash report there (mock/console.py).
         console = SerialConsole(console_log, name) if console_log is not None else None
         self.port = PvPanicPort(self.machine, qemu_version, console)
+        if console is not None:
+            self.event_listeners.append(
+                lambda event, _: console.booted() if event == "RESET" else None)
         self.dumper = Dumper(self.machine, self._broadcast, ram_blocks(memory_bytes),
                              bytes_per_second=dump_bytes_per_second, vmcoreinfo=vmcoreinfo)
         identity = Identity(name, uuid, memory_bytes, qemu_version, package)
