@@ -11,7 +11,8 @@ at a config it accepts and say what panicd would actually do with it:
   running to write its own crash dump (Windows' MEMORY.DMP) is stopped in the middle of it;
 - a `wait_panic` with no `nmi` before it (nothing provokes the panic it waits for), and
   `nmi` or `wait_panic` in on_panic (the guest has panicked already);
-- an `exec` hook whose program is missing, not executable, or not on PATH;
+- an `exec` hook whose program is missing, not executable, or not on PATH: the service's
+  PATH, as its unit sets it, when there is a unit (`panicd.hook_checks`);
 - a `control_group` this host does not have;
 - with the installed systemd unit (`panicd.sandbox`): a `dump_dir`, `state_dir` or socket
   the service may not write, and guest sockets, console logs or hooks it cannot even see.
@@ -22,41 +23,20 @@ run but not as the file seems to mean. Each says what will happen and how to fix
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import grp
-import os
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from panicd import hook_checks
 from panicd.config import Config, Policy
-from panicd.sandbox import Access, ServiceSandbox, Verdict
-from panicd.text import printable
+from panicd.findings import Finding, Severity, seen_as
+from panicd.sandbox import Access, ServiceSandbox
 
 _WILDCARDS = frozenset("*?[")
 _DROP_IN = "/etc/systemd/system/panicd.service.d/paths.conf"
 
 
-class Severity(enum.StrEnum):
-    ERROR = "ERROR"
-    WARNING = "WARNING"
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: Severity
-    #: The key it is about, as the config's own errors name keys: `policy[1].on_panic[0]`.
-    where: str
-    #: What panicd will do with this config.
-    what: str
-    #: How to fix it.
-    fix: str
-
-    def __str__(self) -> str:
-        # Values quoted in `what` and `fix` come from the file: escaped here, once.
-        return printable(f"{self.severity} {self.where}: {self.what}; {self.fix}")
 
 
 def check(config: Config, sandbox: ServiceSandbox | None = None) -> list[Finding]:
@@ -141,13 +121,6 @@ _PRIVATE_CONSEQUENCE = {
 }
 
 
-def _seen_as(verdict: Verdict, sandbox: ServiceSandbox) -> str:
-    where = f"({verdict.origin} in {sandbox.unit})"
-    if verdict.access is Access.PRIVATE:
-        return f"is in the service's private /tmp, not the host's {where}"
-    if verdict.access is Access.HIDDEN:
-        return f"is hidden from the service {where}"
-    return f"is read-only for the service {where}"
 
 
 def _writable_paths(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding]:
@@ -165,7 +138,7 @@ def _writable_paths(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding
         if verdict.access is Access.READ_ONLY:
             yield Finding(
                 Severity.WARNING, where,
-                f"{path} {_seen_as(verdict, sandbox)}: {_BLOCKED_CONSEQUENCE[where]}",
+                f"{path} {seen_as(verdict, sandbox)}: {_BLOCKED_CONSEQUENCE[where]}",
                 f"create {directory} and let the service write there with a drop-in: "
                 f"{_DROP_IN} holding \"[Service]\" and \"ReadWritePaths={directory}\", then "
                 "systemctl daemon-reload && systemctl restart panicd")
@@ -173,7 +146,7 @@ def _writable_paths(config: Config, sandbox: ServiceSandbox) -> Iterator[Finding
             consequence = (_PRIVATE_CONSEQUENCE if verdict.access is Access.PRIVATE
                            else _BLOCKED_CONSEQUENCE)[where]
             yield Finding(
-                Severity.WARNING, where, f"{path} {_seen_as(verdict, sandbox)}: {consequence}",
+                Severity.WARNING, where, f"{path} {seen_as(verdict, sandbox)}: {consequence}",
                 "use a directory under /var/lib/panicd (or /run/panicd for a socket)")
 
 
@@ -206,7 +179,7 @@ def _hidden(sandbox: ServiceSandbox, places: list[tuple[str, Path]], consequence
         verdict = sandbox.access(path)
         if verdict.access in (Access.HIDDEN, Access.PRIVATE):
             yield Finding(
-                Severity.WARNING, where, f"{path} {_seen_as(verdict, sandbox)}: {consequence}",
+                Severity.WARNING, where, f"{path} {seen_as(verdict, sandbox)}: {consequence}",
                 f"{elsewhere}, or override {verdict.origin.split('=')[0]}= in a drop-in")
 
 
@@ -358,43 +331,6 @@ def _hook(index: int, policy: Policy, sandbox: ServiceSandbox | None) -> Iterato
     runs_it = [_STEP_LISTS[name] for name, steps in _step_lists(policy) if "exec" in steps]
     if policy.exec is None or not runs_it:
         return  # configured but never run: nothing will fail
-    program = policy.exec.command[0]
-    where = f"policy[{index}].exec.command[0]"
     fails = f"the exec step fails at every {' and '.join(runs_it)} (a step-failed alert)"
-    if "/" not in program:
-        # The hook is started with create_subprocess_exec and panicd's own environment,
-        # so a bare name is looked up on panicd's PATH, as here.
-        search = os.environ.get("PATH", os.defpath)
-        found = shutil.which(program, path=search)
-        if found is None:
-            yield Finding(Severity.ERROR, where,
-                          f"'{program}' is not on PATH ({search}): {fails}",
-                          "give the program's absolute path, or install it on that PATH")
-            return
-        path = Path(found)
-    elif not program.startswith("/"):
-        yield Finding(
-            Severity.WARNING, where,
-            f"'{program}' is relative: it is looked up from panicd's working directory "
-            "(/ under systemd), not from the config file's",
-            "give the program's absolute path")
-        return
-    else:
-        path = Path(program)
-        if not path.exists():
-            yield Finding(Severity.ERROR, where, f"{program} does not exist: {fails}",
-                          "install the hook there, or correct the path")
-            return
-        if not path.is_file() or not os.access(path, os.X_OK):
-            yield Finding(Severity.ERROR, where,
-                          f"{program} is not an executable file: {fails}",
-                          f"chmod +x {program}, or name the program itself")
-            return
-    if sandbox is not None:
-        verdict = sandbox.access(path)
-        if verdict.access in (Access.HIDDEN, Access.PRIVATE):
-            yield Finding(
-                Severity.ERROR, where,
-                f"{path} {_seen_as(verdict, sandbox)}, and the hook runs in the service's "
-                f"sandbox: {fails}",
-                "install the hook outside /home, /root and /tmp (/usr/local/libexec/, say)")
+    yield from hook_checks.program(policy.exec.command[0], f"policy[{index}].exec.command[0]",
+                                   fails, sandbox)

@@ -174,6 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from panicd import checks, sandbox  # noqa: PLC0415
+    from panicd.findings import Severity  # noqa: PLC0415
 
     path: Path = args.config
     try:
@@ -204,7 +205,7 @@ def _check_config(args: argparse.Namespace) -> int:
     findings = checks.check(config, service)
     for finding in findings:
         print(finding)
-    errors = sum(f.severity is checks.Severity.ERROR for f in findings)
+    errors = sum(f.severity is Severity.ERROR for f in findings)
     warnings = len(findings) - errors
     counts = f"({len(config.guest)} guests, {len(config.policy)} policies)"
     name = printable(str(path))

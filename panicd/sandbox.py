@@ -15,11 +15,17 @@ CacheDirectory=, LogsDirectory=, ReadWritePaths=, ReadOnlyPaths=, InaccessiblePa
 BindPaths=, BindReadOnlyPaths= (with their `-`/`+` prefixes and the common path
 specifiers). Not modelled: TemporaryFileSystem=, RootDirectory=/RootImage=, DynamicUser=,
 mount propagation, and file permissions (panicd runs as root).
+
+The unit also decides the service's PATH, on which an exec hook's bare command name is looked
+up (the hook inherits panicd's environment): systemd's default unless `Environment=PATH=`,
+`EnvironmentFile=` or `ExecSearchPath=` sets one. Not modelled: `PassEnvironment=`, and
+`DefaultEnvironment=` in system.conf.
 """
 
 from __future__ import annotations
 
 import enum
+import glob
 import os
 import re
 import shlex
@@ -46,6 +52,11 @@ _DIRECTORY_ROOTS = {
     "CacheDirectory": Path("/var/cache"),
     "LogsDirectory": Path("/var/log"),
 }
+
+#: The PATH systemd gives a system service that sets none (systemd.exec(5), "Environment
+#: Variables in Spawned Processes"): /sbin:/bin are appended by a systemd built for an unmerged
+#: /usr, as Debian 12's systemd 252 is.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: Path specifiers of a system unit (systemd.unit(5), "Specifiers").
 _SPECIFIERS = {"%t": "/run", "%S": "/var/lib", "%C": "/var/cache", "%L": "/var/log",
@@ -81,6 +92,10 @@ class ServiceSandbox:
     #: The unit file, then its drop-ins in the order systemd applies them.
     files: tuple[Path, ...]
     rules: tuple[Rule, ...]
+    #: The service's PATH, where a hook's bare command name is looked up.
+    path: str = DEFAULT_PATH
+    #: Where `path` comes from: "Environment= in FILE", or systemd's default.
+    path_origin: str = "systemd's default"
 
     @property
     def unit(self) -> Path:
@@ -137,6 +152,9 @@ def _drop_ins(directories: Iterable[Path]) -> list[Path]:
 def read(unit: Path, drop_ins: Sequence[Path] = ()) -> ServiceSandbox:
     """Parse the [Service] settings of `unit` then each drop-in; raises OSError."""
     settings: dict[str, list[str]] = {}
+    #: The settings that give the service its PATH, each value with its file.
+    path_settings: dict[str, list[tuple[str, Path]]] = {
+        "ExecSearchPath": [], "Environment": [], "EnvironmentFile": []}
     for file in (unit, *drop_ins):
         for key, value in _service_assignments(file.read_text(encoding="utf-8", errors="replace")):
             # An empty assignment resets a list setting; for single-valued ones the last wins.
@@ -144,7 +162,57 @@ def read(unit: Path, drop_ins: Sequence[Path] = ()) -> ServiceSandbox:
                 settings[key] = []
             else:
                 settings.setdefault(key, []).append(value)
-    return ServiceSandbox(files=(unit, *drop_ins), rules=tuple(_rules(settings)))
+            if key in path_settings:
+                path_settings[key] = [*path_settings[key], (value, file)] if value else []
+    path, origin = _service_path(path_settings, unit)
+    return ServiceSandbox(files=(unit, *drop_ins), rules=tuple(_rules(settings)),
+                          path=path, path_origin=origin)
+
+
+def _service_path(settings: dict[str, list[tuple[str, Path]]], unit: Path) -> tuple[str, str]:
+    """The service's PATH and where it comes from. systemd merges, each over the one before:
+    its default, ExecSearchPath=, Environment=, then the EnvironmentFile= files."""
+    path, origin = DEFAULT_PATH, f"systemd's default: {unit} and its drop-ins set none"
+    if settings["ExecSearchPath"]:
+        path = ":".join(_expand(value) for value, _ in settings["ExecSearchPath"])
+        origin = f"ExecSearchPath= in {settings['ExecSearchPath'][-1][1]}"
+    for value, file in settings["Environment"]:
+        for word in _words([value]):
+            if word.startswith("PATH="):
+                path, origin = _expand(word.removeprefix("PATH=")), f"Environment= in {file}"
+    unread: list[str] = []
+    for value, file in settings["EnvironmentFile"]:
+        # Read by systemd as the service starts: a file missing now is skipped (or made by then).
+        pattern = _expand(value.removeprefix("-"))
+        names = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]  # noqa: PTH207
+        for name in names:
+            try:
+                text = Path(name).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError):
+                unread.append(name)
+                continue
+            found = _environment_file_path(text)
+            if found is not None:
+                path, origin = found, f"EnvironmentFile={name} in {file}"
+    if unread:
+        origin += f"; {', '.join(unread)} could not be read here, and may set another"
+    return path, origin
+
+
+def _environment_file_path(text: str) -> str | None:
+    """PATH as an EnvironmentFile= sets it (KEY=VALUE lines, the last wins; quotes around the
+    value are taken off, but multi-line values and backslash escapes are not read), or None."""
+    path = None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "PATH":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            path = value
+    return path
 
 
 def _service_assignments(text: str) -> list[tuple[str, str]]:
@@ -257,3 +325,8 @@ def _listed_path(entry: str, *, bind: bool) -> Path | None:
     if unknown or not entry.startswith("/"):
         return None  # a specifier of no fixed value (%h, %i), or not a path
     return Path(os.path.normpath(entry))
+
+
+def _expand(value: str) -> str:
+    """`value` with the specifiers of fixed value expanded (the others left as written)."""
+    return re.sub(r"%.", lambda match: _SPECIFIERS.get(match.group(0), match.group(0)), value)

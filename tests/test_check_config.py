@@ -135,7 +135,8 @@ def test_exec_hooks_that_cannot_start_are_errors(
     not_executable = bin_dir / "notes.txt"
     not_executable.write_text("not a program\n")
     not_executable.chmod(0o644)
-    # A bare name is looked up on PATH, as create_subprocess_exec does for the hook.
+    # A bare name is looked up on PATH, as create_subprocess_exec does for the hook; with no
+    # unit to say the service's, the caller's.
     monkeypatch.setenv("PATH", str(bin_dir))
     policies = [
         ("a", f'["{runnable}"]'),                 # fine
@@ -160,12 +161,114 @@ def test_exec_hooks_that_cannot_start_are_errors(
         f"{fails}; chmod +x {not_executable}, or name the program itself",
         f"ERROR policy[4].exec.command[0]: {bin_dir} is not an executable file: {fails}; "
         f"chmod +x {bin_dir}, or name the program itself",
-        f"ERROR policy[5].exec.command[0]: 'no-such-hook' is not on PATH ({bin_dir}): "
-        f"{fails}; give the program's absolute path, or install it on that PATH",
+        f"ERROR policy[5].exec.command[0]: 'no-such-hook' is not found in the caller's PATH "
+        f"({bin_dir}): {fails}; give the program's absolute path, or install it on panicd's "
+        "PATH (no unit was read: name one with --unit to search the service's PATH)",
         "WARNING policy[6].exec.command[0]: 'hooks/notify' is relative: it is looked up from "
         "panicd's working directory (/ under systemd), not from the config file's; give the "
         "program's absolute path",
     ]
+
+
+def hook_in_a_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A hook installed in a virtualenv whose bin/ is on the caller's PATH, not the service's."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    hook = bin_dir / "panicd-test-page-oncall"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return hook
+
+
+VENV_HOOK_CONFIG = ('[[policy]]\non_panic = ["dump", "exec"]\n'
+                    'exec = { command = ["panicd-test-page-oncall", "--high"] }\n')
+
+
+def test_a_bare_hook_name_is_looked_up_on_the_services_path_not_the_callers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    no_installed_unit: Path,
+) -> None:
+    hook_in_a_venv(tmp_path, monkeypatch)
+    # No unit: the caller's PATH stands in for panicd's, and it has the hook.
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, capsys=capsys)
+    assert (code, findings(lines)) == (0, [])
+
+    # Under the shipped unit, which sets no PATH, panicd looks only where systemd's default
+    # PATH says: the hook is not there.
+    error = ("ERROR policy[0].exec.command[0]: 'panicd-test-page-oncall' is not found in the "
+             "service's PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; "
+             "systemd's default: {unit} and its drop-ins set none): the exec step fails at "
+             "every panic (a step-failed alert); give the program's absolute path, or install "
+             "it in a directory on that PATH")
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(SHIPPED_UNIT), capsys=capsys)
+    assert (code, findings(lines)) == (1, [error.format(unit=SHIPPED_UNIT)])
+    # The same with the installed unit, found by itself.
+    shutil.copy(SHIPPED_UNIT, no_installed_unit)
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, capsys=capsys)
+    assert (code, findings(lines)) == (1, [error.format(unit=no_installed_unit / "panicd.service")])
+
+    # Where the unit would let panicd run the caller's copy, the fix names it.
+    unit = tmp_path / "bare.service"
+    unit.write_text("[Service]\nProtectHome=yes\n")
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(unit), capsys=capsys)
+    assert code == 1
+    assert findings(lines)[0].endswith(
+        f"; give its absolute path ({tmp_path}/venv/bin/panicd-test-page-oncall, found on the "
+        "caller's PATH), or add its directory to the service's PATH with Environment=PATH= in "
+        "a drop-in")
+
+
+def test_the_path_a_units_drop_in_sets_is_the_one_searched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = hook_in_a_venv(tmp_path, monkeypatch).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # from here on, not the caller's PATH's doing
+    unit = tmp_path / "panicd.service"
+    unit.write_text("[Service]\nProtectHome=yes\n"
+                    "Environment=PATH=/usr/bin\n")
+    drop_ins = tmp_path / "panicd.service.d"
+    drop_ins.mkdir()
+    path_conf = drop_ins / "path.conf"
+    # Quoted, among other variables; it replaces the unit's PATH. A directory hidden from the
+    # service comes first: panicd passes over it, as execvp does.
+    path_conf.write_text(f'[Service]\nEnvironment=LANG=C "PATH=/home/nobody/bin:{bin_dir}:/usr/bin"\n')
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(unit), capsys=capsys)
+    assert (code, findings(lines)) == (0, [])
+
+    # An empty Environment= drops every earlier assignment: systemd's default again.
+    path_conf.write_text(f"[Service]\nEnvironment=PATH={bin_dir}\nEnvironment=\n")
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(unit), capsys=capsys)
+    assert code == 1
+    assert ("(/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; systemd's default: "
+            f"{unit} and its drop-ins set none)") in findings(lines)[0]
+
+    # ExecSearchPath= gives the PATH when Environment= does not, and EnvironmentFile= wins
+    # over both; the finding names the setting and file the PATH came from.
+    env_file = tmp_path / "panicd.env"
+    env_file.write_text('# PATH for panicd\nPATH="/usr/sbin:/usr/bin"\n')
+    path_conf.write_text(f"[Service]\nEnvironment=\nExecSearchPath={bin_dir}\n"
+                         f"EnvironmentFile=-{env_file}\n")
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(unit), capsys=capsys)
+    assert code == 1
+    assert (f"not found in the service's PATH (/usr/sbin:/usr/bin; EnvironmentFile={env_file} "
+            f"in {path_conf}): ") in findings(lines)[0]
+    env_file.unlink()
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(unit), capsys=capsys)
+    assert (code, findings(lines)) == (0, [])
+
+    # The shipped unit's PrivateTmp= hides the hook (under /tmp here) wherever PATH points.
+    shipped = tmp_path / "shipped" / "panicd.service"
+    (tmp_path / "shipped" / "panicd.service.d").mkdir(parents=True)
+    shutil.copy(SHIPPED_UNIT, shipped)
+    (tmp_path / "shipped" / "panicd.service.d" / "path.conf").write_text(
+        f"[Service]\nEnvironment=PATH={bin_dir}:/usr/bin\n")
+    code, lines = check(tmp_path, VENV_HOOK_CONFIG, "--unit", str(shipped), capsys=capsys)
+    assert code == 1
+    assert findings(lines)[0].startswith(
+        f"ERROR policy[0].exec.command[0]: {bin_dir}/panicd-test-page-oncall is in the "
+        f"service's private /tmp, not the host's (PrivateTmp=yes in {shipped}), and the hook "
+        "runs in the service's sandbox")
 
 
 async def test_an_unknown_control_group_is_an_error_and_leaves_no_control_socket(
