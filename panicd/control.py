@@ -289,6 +289,8 @@ def step_summary(step: dict[str, Any]) -> str:
         size = dump.get("bytes")
         parts.append(f"{dump['path']} ({human_size(size) if isinstance(size, int) else '?'}, "
                      f"{dump.get('format')}, {dump.get('result')})")
+        if dump.get("format_fallback"):
+            parts.append(f"not the format asked for: {dump['format_fallback']}")
     power = step.get("power")
     if isinstance(power, dict) and power.get("status"):
         parts.append(f"guest {power['status']}")

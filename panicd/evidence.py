@@ -206,10 +206,13 @@ async def finish_dump(evidence: Evidence, record: DumpRecord, *, guest_bytes: in
 
 def summary(record: DumpRecord) -> DumpSummary:
     triage = record.triage
-    return DumpSummary(path=record.dump.path, format=record.dump.format, bytes=record.dump.size_bytes,
+    return DumpSummary(path=record.dump.path, format=record.dump.format,
+                       format_fallback=record.dump.format_fallback, bytes=record.dump.size_bytes,
                        seconds=record.dump.duration_seconds, result=record.dump.result,
                        panic_reason=triage.panic_reason if triage is not None else None,
-                       triage_error=triage.error if triage is not None else None)
+                       # The dump's own triage error, also when the console log gave the title.
+                       triage_error=(triage.error or triage.dump_error) if triage is not None
+                       else None)
 
 
 async def title_from_console(evidence: Evidence, guest: GuestRecord, incident_id: str,

@@ -147,6 +147,8 @@ def _dump_cell(dump: DumpSummary | None) -> str:
     facts = [dump.format, human_size(dump.bytes) if dump.bytes is not None else None,
              f"{dump.seconds:.2f} s" if dump.seconds is not None else None, dump.result]
     text = f"{dump.path or 'no file'} ({', '.join(f for f in facts if f)})"
+    if dump.format_fallback:
+        text += f"; not the format asked for: {dump.format_fallback}"
     if dump.error:
         text += f": {dump.error}"
     return cell(text)

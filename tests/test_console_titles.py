@@ -124,8 +124,11 @@ async def test_the_console_log_titles_a_crash_the_dump_cannot_and_a_second_guest
     assert await second.status() == "guest-panicked"
     assert await journal.find(timeout=2, MESSAGE_ID=AlertKind.NEW_CRASH_SIGNATURE.message_id,
                               GUEST_NAME=undumped) == []
-    (dumped_record,) = incidents_of(short_tmp, dumped)
+    (dumped_record,) = await wait_for(lambda: [r for r in incidents_of(short_tmp, dumped)
+                                               if r.dump is not None], what="the dump recorded")
     assert dumped_record.crash is not None and dumped_record.crash.new
+    # What the dump itself lacked shows in `panicd incidents show`, as in the alert.
+    assert dumped_record.dump is not None and "VMCOREINFO" in (dumped_record.dump.triage_error or "")
 
 
 async def test_by_signature_counts_the_console_titled_incidents(

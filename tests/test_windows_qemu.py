@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from panicd.alerts import AlertKind
+from panicd.incidents_view import format_incident
 from panicd.records import IncidentState
 from tests.daemon_process import (
     PanicdProcess,
@@ -68,6 +70,12 @@ async def test_win_dmp_that_qemu_refuses_is_written_as_elf_and_said(
     results = [d["result"]["status"] for n, d in guest.events if n == "DUMP_COMPLETED"]
     assert results == ["failed", "completed"]
     assert await guest.status() == "guest-panicked"
+    # And where an operator looks: `panicd incidents show`.
+    (record,) = await wait_for(lambda: [r for r in incidents_of(short_tmp, name)
+                                        if r.dump is not None], what="the incident's dump")
+    shown = format_incident(record)
+    assert re.search(r"dump format fallback +QEMU refused win-dmp \(win-dump: ", shown), shown
+    assert re.search(r"dump triage error +panicd triage: no VMCOREINFO", shown), shown
 
 
 async def test_panic_action_none_keeps_the_guest_running_and_records_the_incident(

@@ -119,8 +119,10 @@ async def dump(ctx: StepContext) -> DumpStepDetail:
     # Triage reads the file while the policy goes on (a restart needs only the file written);
     # DUMP_COMPLETED goes out when triage is done or gives up (evidence.py).
     ctx.spawn(announce(ctx.evidence, record, not_recorded), f"announce:{ctx.dump_path.name}")
-    return DumpStepDetail(path=record.dump.path, format=fmt, bytes=record.dump.size_bytes,
-                          seconds=record.dump.duration_seconds, not_recorded=not_recorded)
+    return DumpStepDetail(path=record.dump.path, format=fmt,
+                          format_fallback=record.dump.format_fallback,
+                          bytes=record.dump.size_bytes, seconds=record.dump.duration_seconds,
+                          not_recorded=not_recorded)
 
 
 async def _dump_of_resumed_panic(ctx: StepContext) -> DumpStepDetail | None:

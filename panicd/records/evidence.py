@@ -172,6 +172,8 @@ class DumpSummary(_Record):
 
     path: str | None = None
     format: str | None = None
+    #: Why `format` is not the one asked for (QEMU lacks or refused that one), when it is not.
+    format_fallback: str | None = None
     bytes: int | None = None
     seconds: float | None = None
     result: str

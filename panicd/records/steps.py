@@ -47,6 +47,8 @@ class DumpStepDetail(StepDetail):
     field_name: ClassVar[str] = "dump"
     path: str
     format: str | None = None
+    #: Why `format` is not the one asked for (QEMU lacks or refused that one), when it is not.
+    format_fallback: str | None = None
     bytes: int | None = None
     seconds: float | None = None
     #: completed: the file is whole; running: QEMU may still be writing it (orphans.py settles it).
@@ -171,7 +173,8 @@ class StepResult(_Record):
     def dump_summary(self) -> DumpSummary:
         """The dump this (`dump`) step reports: its file and result, or why there is none."""
         if self.dump is not None:
-            return DumpSummary(path=self.dump.path, format=self.dump.format, bytes=self.dump.bytes,
+            return DumpSummary(path=self.dump.path, format=self.dump.format,
+                               format_fallback=self.dump.format_fallback, bytes=self.dump.bytes,
                                seconds=self.dump.seconds, result=self.dump.result, error=self.error)
         return DumpSummary(result="skipped" if self.skipped else "completed" if self.ok else "failed",
                            error=self.error)
