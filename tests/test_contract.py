@@ -139,6 +139,37 @@ async def test_stop_and_cont_send_events_only_on_a_change(guest_factory: GuestFa
     assert await guest.events_for(0.2) == [("STOP", None), ("RESUME", None)]
 
 
+async def test_inject_nmi_is_accepted_in_any_runstate_and_without_a_guest_os_changes_nothing(
+    guest_factory: GuestFactory,
+) -> None:
+    # qmp_inject_nmi() only marks an NMI pending on the vCPUs; with qtest as the guest no OS
+    # takes it, so no event and no runstate change, running or stopped (it waits there until
+    # the vCPUs run, which is the guest OS's business: tests/test_mock_machine.py).
+    guest = await guest_factory(name="nmi", panic_action="pause")
+    assert await guest.execute("inject-nmi") == {}
+    assert await guest.events_for(0.3) == []
+    assert await guest.status() == "running"
+    await guest.execute("stop")
+    assert await guest.execute("inject-nmi") == {}
+    await guest.execute("cont")
+    assert await guest.events_for(0.3) == [("STOP", None), ("RESUME", None)]
+    assert await guest.status() == "running"
+    await guest.panic(1)
+    await guest.events_until("STOP")
+    assert await guest.execute("inject-nmi") == {}
+    assert await guest.events_for(0.3) == []
+    assert await guest.status() == "guest-panicked"
+    await guest.execute("system_reset")
+    await guest.events_until("RESET")
+    assert await guest.execute("inject-nmi") == {}
+    assert await guest.events_for(0.3) == []
+    assert await guest.status() == "prelaunch"
+    with pytest.raises(ExecuteError) as refused:
+        await guest.execute("inject-nmi", {"cpu-index": 0})
+    assert refused.value.error_class == "GenericError"
+    assert str(refused.value) == "Parameter 'cpu-index' is unexpected"
+
+
 async def test_quit_shuts_down_and_exits(guest_factory: GuestFactory) -> None:
     guest = await guest_factory(name="quit")
     await guest.execute("quit")

@@ -60,6 +60,45 @@ async def test_a_panic_with_exit_failure_ends_the_command_with_status_1(short_tm
     assert '"reason": "guest-panic"' in (await proc.stderr.read()).decode()
 
 
+async def test_nmi_panics_makes_an_nmi_panic_the_guest_now_or_once_it_runs(short_tmp: Path) -> None:
+    qmp = short_tmp / "nmi.qmp"
+    proc = await start("--qmp", str(qmp), "--name", "nmi-01", "--panic-action", "pause",
+                       "--nmi-panics")
+    try:
+        await wait_for_socket(qmp, proc)
+        client = await connect(qmp)
+        with client.listener() as listener:
+            async def next_events(count: int) -> list[tuple[str, object]]:
+                got = [await asyncio.wait_for(listener.get(), 5) for _ in range(count)]
+                return [(e["event"], e.get("data")) for e in got]
+
+            # Running: it panics at once, as Linux with unknown_nmi_panic=1 does.
+            assert await client.execute("inject-nmi") == {}
+            assert await next_events(2) == [("GUEST_PANICKED", {"action": "pause"}),
+                                            ("STOP", None)]
+            await client.execute("cont")
+            assert await next_events(1) == [("RESUME", None)]
+            # Stopped: the NMI waits for the vCPU, and the panic comes right after RESUME.
+            await client.execute("stop")
+            assert await client.execute("inject-nmi") == {}
+            assert await next_events(1) == [("STOP", None)]
+            status: object = await client.execute("query-status")
+            assert status == {"status": "paused", "singlestep": False, "running": False}
+            await client.execute("cont")
+            assert await next_events(3) == [("RESUME", None),
+                                            ("GUEST_PANICKED", {"action": "pause"}),
+                                            ("STOP", None)]
+            status = await client.execute("query-status")
+            assert status == {"status": "guest-panicked", "singlestep": False, "running": False}
+        await disconnect(client)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def test_help_says_how_to_panic_the_guest_by_hand() -> None:
     parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_arguments(parser)
@@ -69,3 +108,5 @@ def test_help_says_how_to_panic_the_guest_by_hand() -> None:
     args = parser.parse_args(["--qmp", "a", "--qmp", "b", "--memory", "32"])
     assert args.qmp == [Path("a"), Path("b")]
     assert args.panic_action == "shutdown"  # QEMU's default
+    assert args.nmi_panics is False  # a qtest QEMU has no guest OS to panic on an NMI
+    assert "--nmi-panics" in text

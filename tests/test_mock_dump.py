@@ -238,3 +238,26 @@ async def test_a_guest_going_away_abandons_its_dump(short_tmp: Path) -> None:
 def test_big_guests_get_the_pc_machine_memory_hole() -> None:
     assert ram_blocks(16 * MIB) == [(0, 16 * MIB)]
     assert ram_blocks(8 << 30) == [(0, 3 << 30), (4 << 30, 5 << 30)]
+
+
+async def test_an_nmi_sent_during_a_dump_of_a_running_guest_is_taken_after_it_resumes(
+    short_tmp: Path,
+) -> None:
+    # QEMU 7.2 with a guest that panics on NMIs: DUMP_COMPLETED, RESUME, then the panic (seen).
+    guest = MockGuest("nmi-dump", panic_action="pause", memory_bytes=8 * MIB, nmi_panics=True,
+                      dump_bytes_per_second=32 * MIB)
+    await guest.start(short_tmp / "g.qmp")
+    recorder = Recorder(guest)
+    client = await connect(short_tmp / "g.qmp")
+    try:
+        await dump_to(client, short_tmp / "core", detach=True)
+        status: Any = await client.execute("query-status")
+        assert status["status"] == "save-vm"
+        assert await client.execute("inject-nmi") == {}
+        assert recorder.names() == ["STOP"]
+        await recorder.wait_for("GUEST_PANICKED")
+        assert recorder.names() == ["STOP", "DUMP_COMPLETED", "RESUME", "GUEST_PANICKED", "STOP"]
+        assert guest.machine.runstate == "guest-panicked"
+    finally:
+        await disconnect(client)
+        await guest.stop()

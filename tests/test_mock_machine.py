@@ -132,3 +132,77 @@ def test_pvpanic_on_qemu_9_1_reports_a_guest_shutdown() -> None:
 def test_an_unknown_panic_action_is_refused() -> None:
     with pytest.raises(ValueError, match="panic action"):
         machine(panic_action="poweroff")
+
+
+# An NMI into a guest that panics on it (Linux's unknown_nmi_panic=1): as a boot sector whose NMI
+# handler writes pvpanic, and Debian's 6.1 kernel, did on QEMU 7.2 under TCG.
+
+def test_an_nmi_panics_a_running_nmi_panics_guest_at_once() -> None:
+    m, events, _ = machine(panic_action="pause", nmi_panics=True)
+    m.inject_nmi()
+    assert events == [("GUEST_PANICKED", {"action": "pause"}), ("STOP", None)]
+    assert m.runstate == "guest-panicked"
+
+
+def test_an_nmi_into_a_stopped_guest_waits_and_panics_it_right_after_resume() -> None:
+    m, events, _ = machine(panic_action="pause", nmi_panics=True)
+    m.stop()
+    m.inject_nmi()
+    m.inject_nmi()  # one pending NMI, however many were injected
+    assert events == [("STOP", None)]
+    assert m.runstate == "paused"
+    m.cont()
+    assert events == [("STOP", None), ("RESUME", None),
+                      ("GUEST_PANICKED", {"action": "pause"}), ("STOP", None)]
+    assert m.runstate == "guest-panicked"
+    m.cont()  # taken: nothing pending any more
+    assert events[-1] == ("RESUME", None)
+    assert m.running
+
+
+def test_a_guest_without_nmi_panics_takes_the_nmi_and_runs_on() -> None:
+    m, events, _ = machine(panic_action="pause")
+    m.inject_nmi()
+    m.stop()
+    m.inject_nmi()
+    m.cont()
+    assert events == [("STOP", None), ("RESUME", None)]
+    assert m.running
+    m.nmi_panics = True  # the NMI was taken: nothing is left pending to panic on
+    m.stop()
+    m.cont()
+    assert m.running
+
+
+def test_a_reset_drops_a_pending_nmi_and_one_sent_in_prelaunch_is_the_firmwares() -> None:
+    m, events, _ = machine(panic_action="pause", nmi_panics=True)
+    m.stop()
+    m.inject_nmi()
+    m.system_reset()
+    m.cont()
+    assert m.running
+    m.stop()
+    m.system_reset()
+    assert m.runstate == "prelaunch"
+    m.inject_nmi()
+    m.cont()
+    assert m.running
+    assert "GUEST_PANICKED" not in [name for name, _ in events]
+
+
+def test_an_nmi_into_a_panicked_guest_panics_it_again_when_it_is_continued() -> None:
+    m, events, _ = machine(panic_action="pause", nmi_panics=True)
+    m.guest_panicked()
+    m.inject_nmi()
+    assert m.runstate == "guest-panicked"
+    m.cont()
+    assert [name for name, _ in events] == ["GUEST_PANICKED", "STOP",
+                                            "RESUME", "GUEST_PANICKED", "STOP"]
+
+
+def test_an_nmi_panic_runs_the_panic_action() -> None:
+    m, events, exits = machine(nmi_panics=True)  # QEMU's default: shutdown
+    m.inject_nmi()
+    assert events == [("GUEST_PANICKED", {"action": "poweroff"}), ("STOP", None),
+                      ("SHUTDOWN", {"guest": True, "reason": "guest-panic"})]
+    assert exits == [0]

@@ -7,7 +7,7 @@ It is trusted only where tests/test_contract.py shows it behaves like the real Q
 The pipeline inside, one module each:
 
     pvpanic.py      the I/O port the guest kernel writes its panic to
-    machine.py      runstates and actions: what QEMU does on panic, stop, cont, reset, quit
+    machine.py      runstates and actions: what QEMU does on panic, stop, cont, reset, quit, NMI
     dump.py         dump-guest-memory's one dump slot; core_files.py: the ELF and kdump files
     qmp_server.py   QMP on a unix stream (json_stream.py frames input, qapi.py checks it)
     commands.py     the commands, with QEMU's replies and refusals

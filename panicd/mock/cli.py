@@ -8,6 +8,9 @@ with a pvpanic device) and logs one line per QMP event to stderr. Make it panic:
   --bugcheck 0x7E                         its panics are Windows bugchecks with that code
                                           (Hyper-V crash information, as -cpu ...,hv-crash)
   --panic-after 5                         it panics 5 s after start
+  --nmi-panics                            an NMI (QMP inject-nmi, panicd's `nmi` step) panics
+                                          it, as Linux booted with unknown_nmi_panic=1; a
+                                          stopped guest panics once it runs again
   --qtest PATH, then:
     echo 'outb 0x505 0x1' | socat - UNIX-CONNECT:PATH     panic (0x2: crash-loaded)
     echo 'inb 0x505' | socat - UNIX-CONNECT:PATH          OK 0x0003: the supported bits
@@ -58,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bugcheck", type=lambda text: int(text, 0), metavar="CODE",
                         help="panic as a Windows guest with hv-crash does: GUEST_PANICKED with "
                              "Hyper-V crash information, bugcheck CODE (e.g. 0x7E)")
+    parser.add_argument("--nmi-panics", action="store_true",
+                        help="act as a Linux guest booted with unknown_nmi_panic=1: an NMI "
+                             "(inject-nmi) panics it, or, injected while it is stopped, "
+                             "when it next runs")
     parser.add_argument("--console-log", type=Path, metavar="PATH",
                         help="like -serial file:PATH: a panic first prints a Linux crash report "
                              "there (for trying console_log and crash titles)")
@@ -74,7 +81,7 @@ async def _main(args: argparse.Namespace) -> int:
         args.name, uuid=args.uuid, memory_bytes=args.memory * 2**20,
         panic_action=args.panic_action,
         dump_bytes_per_second=rate * 2**20 if rate else None,
-        console_log=args.console_log,
+        console_log=args.console_log, nmi_panics=args.nmi_panics,
     )
     label = args.name or "mock-guest"
     guest.event_listeners.append(lambda name, data: _log(label, name, data))

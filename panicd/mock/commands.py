@@ -12,6 +12,9 @@ dump/dump.c), which matters when a request has several faults::
     Could not open 'PATH': No such file or directory            (protocol file:PATH)
     Invalid parameter 'protocol'
 
+`inject-nmi` replies {} in every runstate (running, paused, guest-panicked, prelaunch, save-vm)
+and takes no arguments ("Parameter 'cpu' is unexpected"); what the NMI does is machine.py's.
+
 A named fd serves one dump: dump-guest-memory takes it off the monitor's list (a later
 closefd says "File descriptor named 'NAME' not found"). file: outputs are created with mode
 0400 and truncated, as QEMU does.
@@ -134,6 +137,7 @@ def build_commands(identity: Identity, machine: Machine, dumper: Dumper,
         Command("system_reset", (), simple(machine.system_reset)),
         Command("system_powerdown", (), simple(machine.system_powerdown)),
         Command("quit", (), simple(machine.quit)),
+        Command("inject-nmi", (), simple(machine.inject_nmi)),
         Command("getfd", (Param("fdname", "str"),), getfd),
         Command("closefd", (Param("fdname", "str"),), closefd),
         Command("dump-guest-memory", (

@@ -16,6 +16,9 @@ closed after the last event, the socket files are removed, and `wait_exited()` r
 status QEMU would have (1 for exit-failure). `kill()` is the SIGKILL variant: connections drop
 without a word and the socket files stay behind, stale, as they do after a real crash.
 
+The guest OS it pretends to run does nothing on an NMI (like a qtest QEMU) unless
+`nmi_panics=True`: then, like Linux booted with ``unknown_nmi_panic=1``, an `inject-nmi` panics it.
+
 Hooks for hostile-peer tests: `send_raw()` puts any bytes on the wire, `emit_event()` any
 event, `fail_next_dump` fails the next dump; `received_commands` records every request.
 
@@ -63,6 +66,7 @@ class MockGuest:
         vmcoreinfo: str | None = None,
         obeys_powerdown: bool = False,
         console_log: Path | None = None,
+        nmi_panics: bool = False,
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -71,9 +75,13 @@ class MockGuest:
         self.reconnect_seconds = reconnect_seconds
         self.received_commands: list[tuple[str, str, dict[str, Any]]] = []
         self.event_listeners: list[EventListener] = []
+        #: nmi_panics: like a Linux guest booted with unknown_nmi_panic=1, an NMI (`inject-nmi`)
+        #: panics it: at once when it runs, else when it next runs (machine.py).
         self.machine = Machine(self._broadcast, self._on_exit, panic_action=panic_action,
-                               obeys_powerdown=obeys_powerdown)
+                               obeys_powerdown=obeys_powerdown, nmi_panics=nmi_panics)
         #: Like -serial file:PATH: a panic prints a kernel crash report there (mock/console.py).
+        #: An NMI's panic prints none: Linux prints from NMI context only once it runs on, and
+        #: under panic=pause the console showed nothing of it (seen, Debian's 6.1).
         console = SerialConsole(console_log, name) if console_log is not None else None
         self.port = PvPanicPort(self.machine, qemu_version, console)
         if console is not None:

@@ -19,6 +19,13 @@ checked on a real QEMU 7.2 (``-machine pc -nodefaults -device pvpanic`` driven b
   reset request becomes a shutdown. During a dump (runstate save-vm) QEMU 7.2 aborts on the
   invalid transition save-vm -> prelaunch; the mock "aborts" too (exit status -6).
 - `quit`: SHUTDOWN {guest: false, reason: host-qmp-quit}, then exit.
+- `inject-nmi` (qmp_inject_nmi -> x86_nmi) only marks an NMI pending on the vCPUs, in any
+  runstate, and sends no event. A running vCPU takes it at once; a stopped one (paused,
+  guest-panicked, save-vm) when it next runs, right after RESUME; several pending are one NMI;
+  a reset drops it; one injected in prelaunch is taken by the firmware, not the guest OS.
+  Without a guest OS nothing more happens. A Linux guest booted with ``unknown_nmi_panic=1``
+  panics on it (`nmi_panics`): GUEST_PANICKED, then the panic action, as for a pvpanic write.
+  (Seen: Debian's 6.1 kernel under TCG, and a boot sector whose NMI handler writes pvpanic.)
 
 Not copied: the firmware. After a reset, a real QEMU's SeaBIOS reboots once more by itself
 (a second RESET {guest: true, reason: guest-reset}); the mock guest has no firmware.
@@ -70,7 +77,7 @@ class Machine:
     """
 
     def __init__(self, emit: EventSink, on_exit: ExitHook, *, panic_action: str = "shutdown",
-                 obeys_powerdown: bool = False) -> None:
+                 obeys_powerdown: bool = False, nmi_panics: bool = False) -> None:
         if panic_action not in ACTIONS["panic"]:
             raise ValueError(f"panic action must be one of {ACTIONS['panic']}: {panic_action!r}")
         self._emit = emit
@@ -82,6 +89,9 @@ class Machine:
         self.watchdog_action = "reset"
         # An ACPI-aware guest OS powers off on system_powerdown; a qtest QEMU has none.
         self.obeys_powerdown = obeys_powerdown
+        # A Linux guest booted with unknown_nmi_panic=1 panics on an NMI; a qtest QEMU has no OS.
+        self.nmi_panics = nmi_panics
+        self.nmi_pending = False  # injected while the vCPUs were stopped: taken when they run
         self.dump_in_progress = False  # set by the dump job; stop and cont refuse meanwhile
         self.exit_status: int | None = None
 
@@ -122,6 +132,14 @@ class Machine:
             self._emit("GUEST_PVSHUTDOWN", None)
             self.shutdown_request("guest-shutdown")
 
+    def _take_nmi(self) -> None:
+        """A running vCPU takes a pending NMI: the guest OS's NMI handler runs."""
+        if self.nmi_pending and self.running and not self.exited:
+            self.nmi_pending = False
+            if self.nmi_panics:
+                # Linux's unknown_nmi_error() -> nmi_panic(): its pvpanic driver reports it.
+                self.guest_panicked()
+
     def _panicked_event(self, action: str, info: Mapping[str, Any] | None,
                         event: str = "GUEST_PANICKED") -> None:
         data: dict[str, Any] = {"action": action}
@@ -142,10 +160,18 @@ class Machine:
             raise QmpError("Resetting the Virtual Machine is required")
         self.vm_start()
 
+    def inject_nmi(self) -> None:
+        """qmp_inject_nmi(): accepted in every runstate; no event, no runstate change of its own."""
+        if self.runstate is RunState.PRELAUNCH:
+            return  # the firmware takes it when the guest starts (its NMI handler, not the OS's)
+        self.nmi_pending = True
+        self._take_nmi()
+
     def system_reset(self, cause: str = "host-qmp-system-reset") -> None:
         if self.reboot_action == "shutdown":
             self.shutdown_request(cause)
             return
+        self.nmi_pending = False  # a CPU reset clears a pending NMI
         self._emit("RESET", {"guest": cause in _GUEST_CAUSES, "reason": cause})
         if self.runstate is RunState.SAVE_VM:
             # QEMU 7.2: "invalid runstate transition: 'save-vm' -> 'prelaunch'", then abort().
@@ -190,6 +216,7 @@ class Machine:
         if not self.running:
             self._emit("RESUME", None)
             self.runstate = RunState.RUNNING
+            self._take_nmi()
 
     def shutdown_request(self, cause: str) -> None:
         """main_loop_should_exit() handling a shutdown request: SHUTDOWN, then exit or pause."""
