@@ -261,8 +261,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         reply = control.request(path)
     except (OSError, ValueError) as exc:
-        print(printable(f"panicd status: cannot ask the daemon at {path}: {exc}"),
-              file=sys.stderr)
+        print(_unreachable("status", path, exc), file=sys.stderr)
         return 1
     if not reply.get("ok"):
         print(printable(f"panicd status: {reply.get('error')}"), file=sys.stderr)
@@ -306,9 +305,18 @@ def _guest(args: argparse.Namespace) -> int:
             # The daemon answers by `wait`; a little longer here for the reply to travel.
             outcome = connection.receive(timeout=wait + 10)
     except (OSError, ValueError) as exc:
-        print(printable(f"panicd guest: cannot ask the daemon at {path}: {exc}"), file=sys.stderr)
+        print(_unreachable("guest", path, exc), file=sys.stderr)
         return 1
     return control.print_guest_outcome(outcome, incident)
+
+
+def _unreachable(command: str, path: Path, exc: Exception) -> str:
+    """Why the daemon could not be asked, with what to do about a socket one may not use."""
+    why = f"panicd {command}: cannot ask the daemon at {path}: {exc}"
+    if isinstance(exc, PermissionError):
+        why += ("; the control socket is root's and [daemon] control_group's (panicd guest "
+                "also needs root or a uid in [daemon] control_allowed_uids)")
+    return printable(why)
 
 
 def _status_socket(config_path: Path | None) -> Path:
@@ -346,9 +354,10 @@ def _daemon_path(command: str, config_path: Path | None, *, key: str,
                             f"trying the default, {default}"), file=sys.stderr)
             return default
         print(f"panicd {command}: warning: {invalid}", file=sys.stderr)
+        said = "as the file says" if value != default else "the default (the file sets no other)"
         print(printable(f"panicd {command}: the daemon would refuse {path} on reload or restart "
-                        f"(see panicd check-config -c {path}); {use} {value}, "
-                        "as the file says"), file=sys.stderr)
+                        f"(see panicd check-config -c {path}); {use} {value}, {said}"),
+              file=sys.stderr)
     return value
 
 

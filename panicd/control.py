@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import grp
 import json
 import os
@@ -244,13 +245,23 @@ def _incident_cell(incident: object) -> str:
     return cell(f"{incident['id']} {incident.get('outcome') or '?'}")
 
 
+def _utc(when: object) -> object:
+    """An ISO time as the other commands show times (`2026-11-26T17:40:52Z`); else as it is."""
+    if not isinstance(when, str):
+        return when
+    try:
+        return dt.datetime.fromisoformat(when).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return when
+
+
 def format_table(status: dict[str, Any]) -> str:
     """The status reply as a table, one line per guest whatever the names hold."""
     guests = status.get("guests")
     rows = [
         (
             cell(g.get("name")), cell(g.get("socket")), cell(g.get("connection")),
-            cell(g.get("runstate")), cell(g.get("last_panic")), _dump_cell(g.get("last_dump")),
+            cell(g.get("runstate")), cell(_utc(g.get("last_panic"))), _dump_cell(g.get("last_dump")),
             cell(g.get("restarts", 0)), _incident_cell(g.get("last_incident")),
         )
         for g in (guests if isinstance(guests, list) else [])

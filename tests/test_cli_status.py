@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 
 from panicd.cli import main
 from panicd.config import DaemonConfig
+from panicd.control import format_table
 from tests.daemon_process import PanicdProcess, daemon_section
 from tests.qemu_harness import QemuGuest
 
@@ -117,3 +121,30 @@ async def test_a_config_invalid_elsewhere_still_names_the_socket_when_no_daemon_
     assert err.splitlines()[-1].startswith(
         f"panicd status: cannot ask the daemon at {short_tmp}/control.sock: ")
     assert str(DEFAULT_SOCKET) not in err
+
+
+def test_a_socket_the_caller_may_not_use_says_who_may(short_tmp: Path) -> None:
+    """Run as nobody (root would pass any mode): the hint names the settings that let one in."""
+    path = short_tmp / "control.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    path.chmod(0o600)
+    short_tmp.chmod(0o755)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "panicd", "status", "--socket", str(path)],
+            capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        listener.close()
+    assert result.returncode == 1
+    assert "Permission denied" in result.stderr
+    assert "control_group" in result.stderr and "control_allowed_uids" in result.stderr
+
+
+def test_the_table_gives_the_last_panic_as_utc_to_the_second() -> None:
+    table = format_table({"guests": [{"name": "web-01", "socket": "/s", "connection": "connected",
+                                      "runstate": "running",
+                                      "last_panic": "2026-11-26T17:40:52.482999+00:00"}]})
+    assert "2026-11-26T17:40:52Z" in table and ".482999" not in table

@@ -74,10 +74,12 @@ async def test_a_step_waits_for_qemus_resume_after_the_dump(
         held: tuple[MockGuest, StepContext], step: object) -> None:
     guest, ctx = held
     asyncio.get_running_loop().call_later(0.3, guest.machine.vm_start)  # QEMU's own resume
-    await step(ctx)  # type: ignore[operator]
+    detail = await step(ctx)  # type: ignore[operator]
     assert guest.machine.exit_status is None  # a reset in save-vm aborts QEMU 7.2
     expected = "paused" if step is power.pause else "running"
     assert guest.machine.runstate == expected
+    # What the guest was in when the step acted on it: running again after the dump.
+    assert detail.status_before == "running"
 
 
 @pytest.mark.parametrize(("step", "spared"), [(power.pause, "stopping it now would be undone"),

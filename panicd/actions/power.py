@@ -79,13 +79,13 @@ async def restart(ctx: StepContext) -> PowerStepDetail:
         return await _crash_loop(ctx, limit.max, limit.within)
     await _wait_for_dump_to_end(ctx, "restart", "resetting now would abort QEMU")
     # Nor in the moment after it, before QEMU resumes the guest it stopped for it (`pause`).
-    await _status_after_save_vm(ctx, "restart", "resetting it now would abort QEMU")
+    before = await _status_after_save_vm(ctx, "restart", "resetting it now would abort QEMU")
     await run_command(ctx, "restart", "system_reset")
     ctx.metrics.restarts.inc()
     # After system_reset a guest-panicked guest sits in prelaunch until cont.
     if await _status(ctx, "restart") != "running":
         await run_command(ctx, "restart", "cont")
-    return PowerStepDetail(status=await _status(ctx, "restart"))
+    return PowerStepDetail(status_before=before, status=await _status(ctx, "restart"))
 
 
 async def _status_after_save_vm(ctx: StepContext, step: str, why: str) -> str:
