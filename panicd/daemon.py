@@ -126,7 +126,7 @@ class Daemon:
                 "version": __version__,
                 "pid": os.getpid(),
                 "started_at": self.started_at,
-                "config": str(self.config_path) if self.config_path else None,
+                "config": str(self.config_path.absolute()) if self.config_path else None,
                 "reloads": self.reloads,
                 "summary": self.summary(),
             },

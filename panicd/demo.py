@@ -208,7 +208,8 @@ def _show(work: Path, dump_dir: Path, metadata_files: list[Path], daemon: Daemon
     for monitor in daemon.monitors.values():
         incident = monitor.last_incident
         print(f"  {monitor.identity.name:14} {monitor.state:10} runstate={monitor.runstate:10} "
-              f"panicked={'yes' if incident else 'no'}")
+              + ("panicked earlier: dumped, then restarted by panicd" if incident
+                 else "never panicked: left alone"))
     _banner("Journal alerts (journalctl SYSLOG_IDENTIFIER=panicd -o json)")
     journal.flush(timeout=5.0)  # alerts are queued for journald off the event loop
     out = subprocess.run(

@@ -21,7 +21,8 @@ def test_demo_dumps_every_panicked_guest(
     assert all(json.loads(m.read_text())["dump"]["result"] == "completed" for m in metas)
     shown = capsys.readouterr().out
     assert "Guest demo-qemu-01 panicked" in shown  # read back from the journal
-    assert "demo-db-01     connected  runstate=running    panicked=no" in shown
+    assert "demo-db-01     connected  runstate=running    never panicked: left alone" in shown
+    assert "demo-web-01    connected  runstate=running    panicked earlier: dumped, then" in shown
     history = shown[shown.index("Incident history"):]
     assert "demo-qemu-01" in history and "demo-web-01" in history
     assert history.count("dump:ok restart:ok") == 2
