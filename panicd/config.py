@@ -22,6 +22,7 @@ Relative paths are taken relative to the directory of the config file.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 import tomllib
@@ -293,8 +294,10 @@ def _describe(item: ErrorDetails) -> str:
         return "unknown key"
     if kind == "literal_error":
         # pydantic says "Input should be 'dump', 'pause' or 'exec'"; name the bad value too.
-        allowed = ", ".join(_QUOTED.findall(str(item.get("ctx", {}).get("expected", ""))))
-        return f"{_shown(given)} is not one of {allowed}"
+        choices = _QUOTED.findall(str(item.get("ctx", {}).get("expected", "")))
+        close = difflib.get_close_matches(given, choices, n=1) if isinstance(given, str) else []
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{_shown(given)} is not one of {', '.join(choices)}{hint}"
     if kind == "path_type":
         return f"{_shown(given)} is not a path: write it as a string"
     msg = item["msg"].removeprefix("Value error, ")

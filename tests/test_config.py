@@ -78,6 +78,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
          "'reboot' is not one of dump, pause, resume, restart, poweroff, exec, nmi, wait_panic"),
         ('[[policy]]\ndump = { format = "zip" }\n', "policy[0].dump.format",
          "'zip' is not one of elf, kdump-zlib,"),
+        ('[[policy]]\non_watchdog = ["dump", "restrat"]\n', "policy[0].on_watchdog[1]",
+         "wait_panic (did you mean 'restart'?)"),
         ('[[guest]]\nname = "web"\n', "guest[0].socket", "Field required"),
         ('[[policy]]\non_panic = ["exec"]\n', "policy[0]", "needs exec"),
         ('[[policy]]\ndump = { format = "kdump-zlib", paging = true }\n', "policy[0].dump",
