@@ -14,9 +14,12 @@ panic action none ({action: run}) the guest runs on and every report arrives. `B
 the first crash incident seen on this QMP connection since the guest last reset, and says what a
 later report of it is:
 
-    the other kind, after it ──> folded into it: `crash_loaded_at`, or its bugcheck added
-        (a panic QEMU did not let run on is still an incident, `same_crash_as` the first)
-    the same kind (a duplicate the detector drops) ──> its bugcheck added, if it lacked one
+    the other kind, after it, or a panic bringing the bugcheck the first panic lacked
+        ──> folded into it: `crash_loaded_at`, or its bugcheck added; but a panic QEMU did not
+            let run on (it paused the guest) needs its steps: an incident, `same_crash_as` the
+            first, counted once with it
+    the same kind, latched (a duplicate the detector drops) ──> its bugcheck added, if any
+    a panic an NMI step caught ──> the crash of its (watchdog or manual) incident
     RESET, a new connection ──> forgotten: a crash found on connect may be of an earlier boot
 
 A bugcheck added is sighted as the incident's crash title (signatures.py), once.
@@ -60,12 +63,17 @@ class BootCrash:
                 and incident.detection is Detection.EVENT):
             self.record = record
 
+    def caught(self, record: IncidentRecord) -> None:
+        """An NMI step's incident caught the guest's panic: that is this boot's crash."""
+        if self.record is None:
+            self.record = record
+
     def reported_again(self, kind: IncidentKind, data: PanickedData) -> bool:
         """A crash event that is no duplicate of its own kind: True when it is this boot's
-        crash reported the other way and needs no incident of its own (see the module's
-        docstring); `same_crash_as` gives the incident it needs otherwise."""
+        crash reported again and needs no incident of its own (see the module's docstring);
+        `same_crash_as` names the crash when it needs one all the same."""
         first = self.record
-        if first is None or first.kind is kind:
+        if first is None or not self._again(first, kind, data):
             return False
         if kind is IncidentKind.PANIC and data.action != "run":
             return False  # QEMU paused the guest (or powered it off): it needs its steps
@@ -79,9 +87,20 @@ class BootCrash:
                     action=data.action)
         return True
 
-    def same_crash_as(self, kind: IncidentKind) -> str | None:
+    def same_crash_as(self, kind: IncidentKind, data: PanickedData) -> str | None:
         """The incident a new incident of `kind` is the same crash as, if any."""
-        return self.record.id if self.record is not None and self.record.kind is not kind else None
+        first = self.record
+        return first.id if first is not None and self._again(first, kind, data) else None
+
+    @staticmethod
+    def _again(first: IncidentRecord, kind: IncidentKind, data: PanickedData) -> bool:
+        """Whether this report is `first`'s crash again: a report of the other kind, or a
+        panic bringing the bugcheck a first panic lacked (pvpanic's own report came first; under
+        panicd's pause the crash MSRs' arrives only once the guest was resumed)."""
+        if first.kind is not kind:
+            return True
+        return (kind is IncidentKind.PANIC and first.bugcheck is None
+                and decode(data.info) is not None)
 
     def duplicate(self, kind: IncidentKind, data: PanickedData) -> None:
         """A report the detector drops as a duplicate of its kind: its bugcheck, if the crash's

@@ -177,7 +177,7 @@ class IncidentDetector:
             return
         if self.boot_crash.reported_again(kind, data):
             return
-        same_crash_as = self.boot_crash.same_crash_as(kind)
+        same_crash_as = self.boot_crash.same_crash_as(kind, data)
         record = self._raise_incident(
             Incident(
                 kind=kind,
@@ -220,6 +220,11 @@ class IncidentDetector:
         # One panic is handled once: a repeat (QEMU < 6.0's second GUEST_PANICKED) is dropped.
         self._latched.add(IncidentKind.PANIC)
         self._record_caught(owner, panic)
+        submitted = self._submitted.get(owner)
+        if submitted is not None:
+            # The NMI's panic is this boot's crash: a later report of it (Windows' dump
+            # beginning, GUEST_CRASHLOADED) goes into the same incident.
+            self.boot_crash.caught(submitted[1])
         record = self.store.latest_for_instance(self.guest.instance)
         if record is not None and record.id == owner and record.cleared:
             # The nmi step's `cont` (RESUME) cleared the incident; the guest stands stopped by

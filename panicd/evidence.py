@@ -176,7 +176,7 @@ async def announce(evidence: Evidence, record: DumpRecord,
             # A Windows guest: no kernel log panicd can read, but QEMU reported its bugcheck.
             report = bugcheck_report(record.incident.bugcheck).model_copy(
                 update={"dump_error": report.error})
-        if evidence.signatures is not None:
+        if evidence.signatures is not None and record.incident.reports_crash:
             crash = await evidence.signatures.sight(
                 record.guest, record.incident.id, report, record.incident.received_at.timestamp(),
                 record.dump.path)

@@ -58,8 +58,8 @@ def _bare_name(name: str, where: str, fails: str,
         return
     hidden = None  # the first match the sandbox hides: execve fails there and looks further
     for directory in sandbox.path.split(":"):
-        # An empty entry is the working directory: / under systemd.
-        found = shutil.which(name, path=directory or "/")
+        # An empty or relative entry is taken from the working directory: / under systemd.
+        found = shutil.which(name, path=str(Path("/") / directory))
         if found is not None and _visible(Path(found), sandbox):
             return
         hidden = hidden or found
@@ -69,8 +69,10 @@ def _bare_name(name: str, where: str, fails: str,
     fix = "give the program's absolute path, or install it in a directory on that PATH"
     theirs = shutil.which(name, path=caller_path)
     if theirs is not None and _visible(Path(theirs), sandbox):
+        where_set = ("in the EnvironmentFile= that sets it" if "EnvironmentFile=" in
+                     sandbox.path_origin else "with Environment=PATH= in a drop-in")
         fix = (f"give its absolute path ({theirs}, found on the caller's PATH), or add its "
-               "directory to the service's PATH with Environment=PATH= in a drop-in")
+               f"directory to the service's PATH {where_set}")
     yield Finding(
         Severity.ERROR, where,
         f"'{name}' is not found in the service's PATH ({sandbox.path}; {sandbox.path_origin}): "

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from panicd import control
 from panicd.alerts import AlertKind
 from panicd.triage.title import signature_of
 from tests.daemon_process import PanicdProcess, completed_dumps, daemon_section, metadata, unique, wait_for
@@ -186,9 +187,24 @@ async def test_real_linux_crashes_are_titled_grouped_and_new_ones_alerted_once(
     newest = {s["title"]: s["newest_dump"] for s in summaries}
     assert newest[TITLES["sysrq"]] == str(dumps["sysrq"])  # sysrq-again made none
 
+    await an_operators_dump_is_no_second_sighting(short_tmp, journal, by_label["null"])
+
     # The same console logs through `panicd triage --log` give the same titles.
     for guest in booted:
         report = await run_cli("triage", "--log", str(serial_log(guest.directory)), "--json")
         assert (report["title"], report["source"]) == (guest.title, "console_log"), guest.label
     assert await daemon.stop() == 0
 
+
+async def an_operators_dump_is_no_second_sighting(tmp: Path, journal: Journald,
+                                                  guest: Guest) -> None:
+    """An operator dumps a guest its panic left stopped: the dump's kernel log holds that
+    crash, already counted; the operator's request is no second sighting."""
+    with control.ControlConnection(tmp / "control.sock") as connection:
+        connection.send({"command": "guest", "guest": guest.name, "action": "dump", "wait": 150})
+        assert connection.receive().get("ok")
+    await journal.find(timeout=150, count=2, MESSAGE_ID=AlertKind.DUMP_COMPLETED.message_id,
+                       GUEST_NAME=guest.name)
+    summaries = await run_cli("incidents", "--state-dir", str(tmp / "state"),
+                              "--by-signature", "--json")
+    assert {s["title"]: s["count"] for s in summaries}[guest.title] == 1

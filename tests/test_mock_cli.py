@@ -78,6 +78,10 @@ async def test_nmi_panics_makes_an_nmi_panic_the_guest_now_or_once_it_runs(short
                                             ("STOP", None)]
             await client.execute("cont")
             assert await next_events(1) == [("RESUME", None)]
+            # A panicked kernel panics no more: a new boot's can.
+            await client.execute("system_reset")
+            assert await next_events(1) == [("RESET", {"guest": False,
+                                                       "reason": "host-qmp-system-reset"})]
             # Stopped: the NMI waits for the vCPU, and the panic comes right after RESUME.
             await client.execute("stop")
             assert await client.execute("inject-nmi") == {}

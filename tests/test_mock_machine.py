@@ -190,14 +190,15 @@ def test_a_reset_drops_a_pending_nmi_and_one_sent_in_prelaunch_is_the_firmwares(
     assert "GUEST_PANICKED" not in [name for name, _ in events]
 
 
-def test_an_nmi_into_a_panicked_guest_panics_it_again_when_it_is_continued() -> None:
+def test_a_kernel_that_panicked_on_an_nmi_panics_no_more_until_a_reset() -> None:
     m, events, _ = machine(panic_action="pause", nmi_panics=True)
-    m.guest_panicked()
     m.inject_nmi()
-    assert m.runstate == "guest-panicked"
+    m.inject_nmi()  # Linux's nmi_panic() does nothing while a panic is under way
     m.cont()
-    assert [name for name, _ in events] == ["GUEST_PANICKED", "STOP",
-                                            "RESUME", "GUEST_PANICKED", "STOP"]
+    assert [name for name, _ in events] == ["GUEST_PANICKED", "STOP", "RESUME"]
+    m.system_reset()  # a new boot: its kernel can panic again
+    m.inject_nmi()
+    assert [name for name, _ in events][-2:] == ["GUEST_PANICKED", "STOP"]
 
 
 def test_an_nmi_panic_runs_the_panic_action() -> None:

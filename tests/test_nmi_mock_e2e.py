@@ -63,3 +63,30 @@ async def test_a_watchdog_nmi_panics_the_guest_and_its_incident_catches_and_dump
         assert await daemon.stop() == 0
     finally:
         await guest.stop()
+
+
+async def test_the_crash_loaded_report_of_an_nmi_panic_goes_into_the_incident_that_caught_it(
+        short_tmp: Path, panicd: Start, journal: Journald) -> None:
+    """QEMU lets the NMI's panic run on (panic_action none), and the guest's own dump begins
+    (GUEST_CRASHLOADED, as Windows' pvpanic driver reports it): the same crash, one incident."""
+    name = unique("nmi-cl")
+    guest = MockGuest(name=name, memory_bytes=8 * 2**20, nmi_panics=True)
+    await guest.start(short_tmp / "g.qmp")
+    try:
+        daemon = panicd(f'{daemon_section(short_tmp)}[[guest]]\nsocket = "{short_tmp}/g.qmp"\n'
+                        '[[policy]]\npanic_action = "none"\non_crash_loaded = []\n'
+                        'on_watchdog = ["nmi", "wait_panic"]\nwait_panic = { timeout = 10 }\n')
+        await daemon.wait_event("qmp.connected", guest=name)
+        await guest.emit_event("WATCHDOG", {"action": "pause"})
+        guest.machine.stop()
+        await daemon.wait_event("panic.handed_over", guest=name)
+        guest.port.write(2)
+        await daemon.wait_event("crash.reported_again", guest=name)
+
+        (record,) = await done_incidents(short_tmp, name)
+        assert record["kind"] == "watchdog" and record["caught_panic"]["action"] == "run"
+        assert not daemon.events("panic.crash_loaded")  # no crash-loaded incident
+        assert journal.entries(MESSAGE_ID=AlertKind.CRASH_LOADED.message_id, GUEST_NAME=name) == []
+        assert await daemon.stop() == 0
+    finally:
+        await guest.stop()

@@ -298,3 +298,27 @@ async def test_a_bugcheck_after_pvpanics_own_report_completes_the_incident(
     assert new["INCIDENT_ID"] == record.id
     assert len(await journal.find(timeout=1, count=2, MESSAGE_ID=AlertKind.PANIC.message_id,
                                   GUEST_NAME=name)) == 1
+
+
+async def test_under_pause_the_bugcheck_after_pvpanics_report_is_linked_and_counted_once(
+        short_tmp: Path, mocks: Any, panicd: Start, journal: Journald) -> None:
+    """panicd's pause stops the guest at pvpanic's report; the crash MSRs' report comes once it
+    is resumed: the panic it raises (it paused the guest again) is the same crash."""
+    name, guest, daemon = await one_guest(short_tmp, mocks, panicd, "win-pv-pause",
+                                          '[[policy]]\non_panic = ["resume"]\n'
+                                          "restart = { max = 1, within = 600 }\n")
+    guest.port.write(1)
+    await daemon.wait_event("incident.handled", guest=name)
+    await wait_for(lambda: guest.machine.runstate == "running", what="the resume step")
+    guest.bugcheck(0x7E, PARAMETERS)
+
+    def both() -> list[IncidentRecord] | None:
+        records = incidents_of(short_tmp, name)
+        return records if len(records) == 2 and records[0].crash is not None else None
+
+    later, first = await wait_for(both, what="the bugcheck's incident, titled")
+    assert later.same_crash_as == first.id
+    assert later.bugcheck is not None and later.bugcheck.code == 0x7E
+    assert later.crash is not None and later.crash.count == 1
+    await daemon.wait_event("crash_loop.counted", crashes=1)
+    assert not daemon.events("crash_loop.counted", crashes=2)

@@ -101,6 +101,9 @@ class StepContext:
     durable: asyncio.Future[None] | None = None
     #: Set by a successful `dump` step, for later steps (exec's PANICD_DUMP).
     dump_path: Path | None = None
+    #: Set by a `wait_panic` step that caught the panic its NMI caused: this incident then
+    #: reports a crash, even an operator's (its dump's title is a crash sighting).
+    panic_caught: bool = False
     #: Runs work that outlives the step (a dump's triage and alert), owned by the daemon.
     spawn: Spawn = spawn_detached
     #: The guest's console log as it was at the panic (for a title the dump does not give).

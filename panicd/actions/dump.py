@@ -47,7 +47,7 @@ from panicd.actions.qemu_dump import POLL_SECONDS, Detached, Progress, time_left
 from panicd.bugcheck import decode
 from panicd.dumps import DumpSlot
 from panicd.errors import DumpFailed, StepFailed
-from panicd.events import Detection, DumpCompletedData
+from panicd.events import Detection, DumpCompletedData, IncidentKind
 from panicd.evidence import (
     DumpGone,
     announce,
@@ -293,7 +293,9 @@ def _record(ctx: StepContext, path: Path, fmt: str, started_at: dt.datetime,
         incident=DumpIncident(id=incident.id, kind=incident.kind.value,
                               detection=incident.detection.value, action=incident.action,
                               received_at=dt.datetime.fromtimestamp(incident.received_at, dt.UTC),
-                              console=ctx.console, bugcheck=decode(incident.info)),
+                              console=ctx.console, bugcheck=decode(incident.info),
+                              reports_crash=(incident.kind is not IncidentKind.MANUAL
+                                             or ctx.panic_caught)),
         event=jsonable(incident.raw_event),  # type: ignore[arg-type]
         dump=DumpInfo(path=str(path), format=fmt, requested_format=settings.format,
                       format_fallback=fallback, paging=settings.paging, started_at=started_at,

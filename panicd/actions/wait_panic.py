@@ -50,6 +50,7 @@ async def wait_panic(ctx: StepContext) -> WaitPanicStepDetail:
         return WaitPanicStepDetail(waited_seconds=waited,
                                    skipped="the guest was reset instead of panicking")
     panic = caught.result()
+    ctx.panic_caught = True
     log.info("wait_panic.panicked", action=panic.data.action)
     return WaitPanicStepDetail(
         waited_seconds=round(time.monotonic() - begun, 3),

@@ -26,6 +26,8 @@ checked on a real QEMU 7.2 (``-machine pc -nodefaults -device pvpanic`` driven b
   Without a guest OS nothing more happens. A Linux guest booted with ``unknown_nmi_panic=1``
   panics on it (`nmi_panics`): GUEST_PANICKED, then the panic action, as for a pvpanic write.
   (Seen: Debian's 6.1 kernel under TCG, and a boot sector whose NMI handler writes pvpanic.)
+  Once that kernel has panicked it panics no more until a reset (Linux's nmi_panic() does
+  nothing while a panic is under way): a later NMI is taken and nothing follows.
 
 Not copied: the firmware. After a reset, a real QEMU's SeaBIOS reboots once more by itself
 (a second RESET {guest: true, reason: guest-reset}); the mock guest has no firmware.
@@ -92,6 +94,7 @@ class Machine:
         # A Linux guest booted with unknown_nmi_panic=1 panics on an NMI; a qtest QEMU has no OS.
         self.nmi_panics = nmi_panics
         self.nmi_pending = False  # injected while the vCPUs were stopped: taken when they run
+        self.os_panicked = False  # its kernel panicked (on an NMI): no second panic until reset
         self.dump_in_progress = False  # set by the dump job; stop and cont refuse meanwhile
         self.exit_status: int | None = None
 
@@ -136,8 +139,9 @@ class Machine:
         """A running vCPU takes a pending NMI: the guest OS's NMI handler runs."""
         if self.nmi_pending and self.running and not self.exited:
             self.nmi_pending = False
-            if self.nmi_panics:
+            if self.nmi_panics and not self.os_panicked:
                 # Linux's unknown_nmi_error() -> nmi_panic(): its pvpanic driver reports it.
+                self.os_panicked = True
                 self.guest_panicked()
 
     def _panicked_event(self, action: str, info: Mapping[str, Any] | None,
@@ -172,6 +176,7 @@ class Machine:
             self.shutdown_request(cause)
             return
         self.nmi_pending = False  # a CPU reset clears a pending NMI
+        self.os_panicked = False  # and the next boot's kernel can panic again
         self._emit("RESET", {"guest": cause in _GUEST_CAUSES, "reason": cause})
         if self.runstate is RunState.SAVE_VM:
             # QEMU 7.2: "invalid runstate transition: 'save-vm' -> 'prelaunch'", then abort().

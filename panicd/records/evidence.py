@@ -150,6 +150,10 @@ class DumpIncident(BaseModel):
     console: ConsoleMark | None = None
     #: A Windows guest's bugcheck: its title when neither the dump nor a console log gives one.
     bugcheck: BugCheck | None = None
+    #: The dump is a crash's evidence, so its title is a sighting (signatures.py). Not so an
+    #: operator's dump of a guest no new crash stopped: its kernel log may hold the crash
+    #: already counted (a guest left paused after its panic), or an old WARNING.
+    reports_crash: bool = True
 
 
 class DumpRecord(BaseModel):
